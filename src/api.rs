@@ -1,0 +1,241 @@
+//! The publish API the clinic's queue system calls: authenticate, read a
+//! bounded JSON body, turn it into notifications and publish them.
+//!
+//! Checks run in a fixed order — token (401/403), body size (413), body
+//! (400) — and a request that fails any of them publishes nothing.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH};
+use hyper::{Request, StatusCode};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::auth::{Denied, Identity};
+use crate::gateway::Shared;
+use crate::http::{json_response, HttpError, HttpResponse};
+use crate::realtime::{self, Notification, PositionReport, ShapeError};
+use crate::room::{EventName, PatientId, Room};
+
+/// The publish endpoints; patient ids are raw path segments until checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /api/broadcast` `{"room", "event", "data"}`.
+    Broadcast,
+    /// `POST /api/patients/{id}/position`.
+    Position(String),
+    /// `POST /api/patients/{id}/called`.
+    Called(String),
+    /// `POST /api/queue/update`.
+    QueueUpdate,
+    /// `POST /api/queue/refresh`.
+    QueueRefresh,
+    /// `POST /api/queue/new-patient`.
+    NewPatient,
+}
+
+impl Endpoint {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Broadcast => "/api/broadcast",
+            Self::Position(_) => "/api/patients/{id}/position",
+            Self::Called(_) => "/api/patients/{id}/called",
+            Self::QueueUpdate => "/api/queue/update",
+            Self::QueueRefresh => "/api/queue/refresh",
+            Self::NewPatient => "/api/queue/new-patient",
+        }
+    }
+}
+
+impl From<ShapeError> for HttpError {
+    fn from(err: ShapeError) -> Self {
+        HttpError::bad_request("invalid_body", err.0)
+    }
+}
+
+/// Handles one publish request.
+pub async fn publish(
+    shared: &Arc<Shared>,
+    endpoint: Endpoint,
+    request: Request<Incoming>,
+) -> Result<HttpResponse, HttpError> {
+    if shared.shutdown.is_cancelled() {
+        return Err(HttpError::unavailable(
+            "shutting_down",
+            "the gateway is shutting down",
+        ));
+    }
+    authorize(shared, &request)?;
+    let body = read_json_body(request, shared.config.limits.max_body_bytes).await?;
+    let mut notifications = notifications_for(shared, &endpoint, body)?;
+    let first = notifications.remove(0);
+    let published = send(shared, &first)?;
+    let mut answer = serde_json::json!({
+        "seq": published.seq,
+        "rooms": first.rooms,
+        "delivered": published.delivered,
+    });
+    // Only `position` yields a second notification: the `get_ready` of a crossing.
+    if let Some(get_ready) = notifications.first() {
+        let extra = send(shared, get_ready)?;
+        answer["getReady"] = serde_json::json!({"seq": extra.seq, "delivered": extra.delivered});
+    }
+    Ok(json_response(StatusCode::ACCEPTED, &answer))
+}
+
+fn authorize(shared: &Shared, request: &Request<Incoming>) -> Result<(), HttpError> {
+    let token = match request.headers().get(AUTHORIZATION) {
+        None => None,
+        Some(value) => {
+            let bearer = value.to_str().ok().and_then(|text| {
+                text.strip_prefix("Bearer ")
+                    .or_else(|| text.strip_prefix("bearer "))
+            });
+            match bearer {
+                Some(token) => Some(token.trim()),
+                None => {
+                    return Err(HttpError::Unauthorized {
+                        code: "invalid_token",
+                        message: "the Authorization header must be 'Bearer <token>'".into(),
+                    })
+                }
+            }
+        }
+    };
+    let identity = shared
+        .auth
+        .identify(token)
+        .map_err(|err| HttpError::Unauthorized {
+            code: err.code(),
+            message: err.to_string(),
+        })?;
+    match shared.auth.may_publish(&identity) {
+        Ok(()) => Ok(()),
+        Err(Denied::Unauthorized) => Err(HttpError::Unauthorized {
+            code: "unauthorized",
+            message: "this API needs 'Authorization: Bearer <token>' with role service".into(),
+        }),
+        Err(Denied::Forbidden) => {
+            debug_assert!(matches!(identity, Identity::Token(_)));
+            Err(HttpError::Forbidden)
+        }
+    }
+}
+
+async fn read_json_body(request: Request<Incoming>, max_bytes: usize) -> Result<Value, HttpError> {
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > max_bytes as u64) {
+        return Err(HttpError::PayloadTooLarge(max_bytes));
+    }
+    let body: Bytes = match Limited::new(request.into_body(), max_bytes).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+            return Err(HttpError::PayloadTooLarge(max_bytes))
+        }
+        Err(_) => {
+            return Err(HttpError::bad_request(
+                "invalid_body",
+                "the request body could not be read",
+            ))
+        }
+    };
+    serde_json::from_slice(&body).map_err(|err| {
+        HttpError::bad_request("invalid_json", format!("the body is not valid JSON: {err}"))
+    })
+}
+
+fn patient(raw: &str) -> Result<PatientId, HttpError> {
+    PatientId::parse(raw).ok_or_else(|| {
+        HttpError::bad_request(
+            "invalid_room",
+            "a patient id is 1-64 characters of A-Z, a-z, 0-9, '_' and '-'",
+        )
+    })
+}
+
+fn notifications_for(
+    shared: &Shared,
+    endpoint: &Endpoint,
+    body: Value,
+) -> Result<Vec<Notification>, HttpError> {
+    let notification = match endpoint {
+        Endpoint::Broadcast => broadcast(body)?,
+        Endpoint::Position(raw) => {
+            let patient = patient(raw)?;
+            let report = PositionReport::parse(body)?;
+            let crossing = shared.get_ready.record(&patient, report.position);
+            return Ok(realtime::position_update(&patient, report, crossing));
+        }
+        Endpoint::Called(raw) => {
+            let patient = patient(raw)?;
+            let notification = realtime::patient_called(&patient, body)?;
+            shared.get_ready.forget(&patient);
+            notification
+        }
+        Endpoint::QueueUpdate => realtime::queue_update(body)?,
+        Endpoint::QueueRefresh => realtime::queue_refresh(body)?,
+        Endpoint::NewPatient => realtime::new_patient(body)?,
+    };
+    Ok(vec![notification])
+}
+
+fn broadcast(body: Value) -> Result<Notification, HttpError> {
+    let Value::Object(mut map) = body else {
+        return Err(HttpError::bad_request(
+            "invalid_body",
+            "broadcast takes {\"room\", \"event\", \"data\"}",
+        ));
+    };
+    let room = map
+        .get("room")
+        .and_then(Value::as_str)
+        .and_then(Room::parse)
+        .ok_or_else(|| {
+            HttpError::bad_request(
+                "invalid_room",
+                "\"room\" must be patient_{id}, staff or patients",
+            )
+        })?;
+    let event = map
+        .get("event")
+        .and_then(Value::as_str)
+        .and_then(EventName::parse)
+        .ok_or_else(|| {
+            HttpError::bad_request(
+                "invalid_event",
+                "\"event\" must be 1-64 characters of A-Z, a-z, 0-9, '_', '.', ':' and '-'",
+            )
+        })?;
+    Ok(Notification {
+        rooms: vec![room],
+        event,
+        data: map.remove("data").unwrap_or(Value::Null),
+    })
+}
+
+fn send(
+    shared: &Shared,
+    notification: &Notification,
+) -> Result<crate::rooms::Published, HttpError> {
+    let data = RawValue::from_string(notification.data.to_string()).map_err(|err| {
+        tracing::error!(error = %err, "cannot encode an event payload");
+        HttpError::Internal
+    })?;
+    shared
+        .rooms
+        .publish(&notification.rooms, &notification.event, Arc::from(data))
+        .map_err(|err| {
+            tracing::error!(error = format!("{err:#}"), "publish failed");
+            HttpError::unavailable(
+                "store_unavailable",
+                "the event could not be stored; retry later",
+            )
+        })
+}

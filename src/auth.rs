@@ -1,0 +1,412 @@
+//! Tokens and access rules: HS256 JWTs signed with the clinic's shared
+//! secret, and the one place that decides who may join which room and who
+//! may publish.
+//!
+//! The secret is the text of `auth.secret_file` with surrounding whitespace
+//! trimmed, so the same string works in the clinic's other systems (Node's
+//! `jsonwebtoken`, PyJWT). Transports turn the typed refusals below into
+//! their own codes; nothing here knows about HTTP or WebSocket.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::config::{AuthConfig, AuthMode};
+use crate::room::Room;
+
+/// Clock skew tolerated on `exp`, for boxes whose clock drifts.
+const CLOCK_SKEW_SECS: u64 = 30;
+
+/// Bytes of randomness in a generated secret (written as hex).
+const GENERATED_SECRET_BYTES: usize = 32;
+
+/// Below this many bytes a secret is guessable; we warn but still start.
+const WEAK_SECRET_BYTES: usize = 16;
+
+/// What a token holder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Staff,
+    Patient,
+    Display,
+    Service,
+}
+
+/// The claims of a gateway token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub role: Role,
+    /// The patient this token belongs to (role patient). Other systems may
+    /// write it as a JSON number; it means its decimal string.
+    #[serde(
+        default,
+        deserialize_with = "string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub patient_id: Option<String>,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+}
+
+fn string_or_number<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    match Option::<serde_json::Value>::deserialize(deserializer)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(text)) => Ok(Some(text)),
+        Some(serde_json::Value::Number(number)) => Ok(Some(number.to_string())),
+        Some(_) => Err(serde::de::Error::custom("patient_id must be a string")),
+    }
+}
+
+/// Why a presented token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the token is malformed, wrongly signed or uses another algorithm")]
+    Invalid,
+    #[error("the token has expired")]
+    Expired,
+}
+
+impl TokenError {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Invalid => "invalid_token",
+            Self::Expired => "expired_token",
+        }
+    }
+}
+
+/// Why an authenticated action was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error("this needs a token")]
+    Unauthorized,
+    #[error("this token may not do that")]
+    Forbidden,
+}
+
+impl Denied {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+        }
+    }
+}
+
+/// Who is on the other end of a connection or request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// No token was presented.
+    Anonymous,
+    /// A valid token.
+    Token(Claims),
+    /// `auth.mode = "off"`: everything is allowed.
+    Unchecked,
+}
+
+/// Verifies and mints tokens, and applies the access rules.
+#[derive(Clone)]
+pub struct Authenticator {
+    mode: AuthMode,
+    patients_room_public: bool,
+    decoding: DecodingKey,
+    encoding: EncodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("mode", &self.mode)
+            .field("patients_room_public", &self.patients_room_public)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    pub fn new(config: &AuthConfig, secret: &[u8]) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = CLOCK_SKEW_SECS;
+        validation.set_required_spec_claims(&["exp"]);
+        Self {
+            mode: config.mode,
+            patients_room_public: config.patients_room_public,
+            decoding: DecodingKey::from_secret(secret),
+            encoding: EncodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    /// Reads the secret file (creating it on first start) and builds the authenticator.
+    pub fn from_config(config: &AuthConfig) -> anyhow::Result<Self> {
+        let secret = load_or_create_secret(&config.secret_file)?;
+        Ok(Self::new(config, secret.as_bytes()))
+    }
+
+    pub fn mode(&self) -> AuthMode {
+        self.mode
+    }
+
+    /// Turns an optional presented token into an identity.
+    pub fn identify(&self, token: Option<&str>) -> Result<Identity, TokenError> {
+        if self.mode == AuthMode::Off {
+            return Ok(Identity::Unchecked);
+        }
+        match token {
+            None => Ok(Identity::Anonymous),
+            Some(token) => self.verify(token).map(Identity::Token),
+        }
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        // The algorithm list is HS256 alone, so `alg: none` and RS/ES tokens fail here.
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|err| match err.kind() {
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid,
+            })
+    }
+
+    /// Signs a token for `role` that expires after `ttl`.
+    pub fn mint(
+        &self,
+        role: Role,
+        sub: &str,
+        patient_id: Option<&str>,
+        ttl: Duration,
+    ) -> anyhow::Result<String> {
+        let now = unix_now();
+        let claims = Claims {
+            sub: sub.to_owned(),
+            role,
+            patient_id: patient_id.map(str::to_owned),
+            exp: now + ttl.as_secs(),
+            iat: Some(now),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .context("cannot sign the token")
+    }
+
+    /// Whether `identity` may enter `room`.
+    pub fn may_join(&self, identity: &Identity, room: &Room) -> Result<(), Denied> {
+        let claims = match identity {
+            Identity::Unchecked => return Ok(()),
+            Identity::Anonymous if *room == Room::Patients && self.patients_room_public => {
+                return Ok(())
+            }
+            Identity::Anonymous => return Err(Denied::Unauthorized),
+            Identity::Token(claims) => claims,
+        };
+        let allowed = match room {
+            Room::Patient(id) => {
+                claims.role == Role::Patient && claims.patient_id.as_deref() == Some(id.as_str())
+            }
+            Room::Staff => claims.role == Role::Staff,
+            Room::Patients => true,
+            Room::Canary => false,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(Denied::Forbidden)
+        }
+    }
+
+    /// Whether `identity` may use the publish API.
+    pub fn may_publish(&self, identity: &Identity) -> Result<(), Denied> {
+        match identity {
+            Identity::Unchecked => Ok(()),
+            Identity::Anonymous => Err(Denied::Unauthorized),
+            Identity::Token(claims) if claims.role == Role::Service => Ok(()),
+            Identity::Token(_) => Err(Denied::Forbidden),
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0)
+}
+
+/// Reads the shared secret, or creates it (mode 0600, 64 hex characters)
+/// when the file does not exist yet.
+pub fn load_or_create_secret(path: &Path) -> anyhow::Result<String> {
+    match fs::read_to_string(path) {
+        Ok(text) => {
+            let secret = text.trim().to_owned();
+            if secret.is_empty() {
+                bail!("the JWT secret file {} is empty", path.display());
+            }
+            if secret.len() < WEAK_SECRET_BYTES {
+                tracing::warn!(path = %path.display(), "the JWT secret is shorter than {WEAK_SECRET_BYTES} characters and easy to guess");
+            }
+            Ok(secret)
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => create_secret(path),
+        Err(err) => {
+            Err(err).with_context(|| format!("cannot read the JWT secret file {}", path.display()))
+        }
+    }
+}
+
+fn create_secret(path: &Path) -> anyhow::Result<String> {
+    let mut random = [0u8; GENERATED_SECRET_BYTES];
+    getrandom::fill(&mut random)
+        .map_err(|err| anyhow::anyhow!("no randomness for the JWT secret: {err}"))?;
+    let secret: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create the JWT secret file {}", path.display()))?;
+    writeln!(file, "{secret}")
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write the JWT secret file {}", path.display()))?;
+    tracing::info!(path = %path.display(), "created a new JWT secret; give this file's text to the systems that mint tokens");
+    Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::room::PatientId;
+
+    fn authenticator(public: bool) -> Authenticator {
+        let config = AuthConfig {
+            patients_room_public: public,
+            ..AuthConfig::default()
+        };
+        Authenticator::new(&config, b"test-secret-of-sufficient-length")
+    }
+
+    fn identity(auth: &Authenticator, role: Role, patient: Option<&str>) -> Identity {
+        let token = auth
+            .mint(role, "someone", patient, Duration::from_secs(60))
+            .unwrap();
+        auth.identify(Some(&token)).unwrap()
+    }
+
+    #[test]
+    fn minted_tokens_verify() {
+        let auth = authenticator(true);
+        let token = auth
+            .mint(Role::Patient, "p", Some("123"), Duration::from_secs(60))
+            .unwrap();
+        let claims = auth.verify(&token).unwrap();
+        assert_eq!(claims.role, Role::Patient);
+        assert_eq!(claims.patient_id.as_deref(), Some("123"));
+    }
+
+    #[test]
+    fn room_rules() {
+        let auth = authenticator(true);
+        let room_123 = Room::Patient(PatientId::parse("123").unwrap());
+        let patient = identity(&auth, Role::Patient, Some("123"));
+        let other_patient = identity(&auth, Role::Patient, Some("124"));
+        let staff = identity(&auth, Role::Staff, None);
+        assert_eq!(auth.may_join(&patient, &room_123), Ok(()));
+        assert_eq!(
+            auth.may_join(&other_patient, &room_123),
+            Err(Denied::Forbidden)
+        );
+        assert_eq!(auth.may_join(&staff, &room_123), Err(Denied::Forbidden));
+        assert_eq!(
+            auth.may_join(&Identity::Anonymous, &room_123),
+            Err(Denied::Unauthorized)
+        );
+        assert_eq!(auth.may_join(&staff, &Room::Staff), Ok(()));
+        assert_eq!(
+            auth.may_join(&patient, &Room::Staff),
+            Err(Denied::Forbidden)
+        );
+        assert_eq!(auth.may_join(&Identity::Anonymous, &Room::Patients), Ok(()));
+        assert_eq!(
+            authenticator(false).may_join(&Identity::Anonymous, &Room::Patients),
+            Err(Denied::Unauthorized)
+        );
+        assert_eq!(auth.may_join(&Identity::Unchecked, &Room::Staff), Ok(()));
+    }
+
+    #[test]
+    fn publish_needs_the_service_role() {
+        let auth = authenticator(true);
+        assert_eq!(
+            auth.may_publish(&identity(&auth, Role::Service, None)),
+            Ok(())
+        );
+        assert_eq!(
+            auth.may_publish(&identity(&auth, Role::Staff, None)),
+            Err(Denied::Forbidden)
+        );
+        assert_eq!(
+            auth.may_publish(&Identity::Anonymous),
+            Err(Denied::Unauthorized)
+        );
+    }
+
+    #[test]
+    fn numeric_patient_id_claim_means_its_decimal_string() {
+        let auth = authenticator(true);
+        let claims = serde_json::json!({"sub": "p", "role": "patient", "patient_id": 42, "exp": unix_now() + 60});
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"test-secret-of-sufficient-length"),
+        )
+        .unwrap();
+        assert_eq!(
+            auth.verify(&token).unwrap().patient_id.as_deref(),
+            Some("42")
+        );
+    }
+
+    #[test]
+    fn refused_tokens_have_codes() {
+        let auth = authenticator(true);
+        let other = Authenticator::new(&AuthConfig::default(), b"another-secret-entirely-123456");
+        let foreign = other
+            .mint(Role::Staff, "x", None, Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(auth.verify(&foreign), Err(TokenError::Invalid));
+        assert_eq!(auth.verify("not.a.token"), Err(TokenError::Invalid));
+        let expired = Claims {
+            sub: "x".into(),
+            role: Role::Staff,
+            patient_id: None,
+            exp: unix_now() - 120,
+            iat: None,
+        };
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &expired,
+            &EncodingKey::from_secret(b"test-secret-of-sufficient-length"),
+        )
+        .unwrap();
+        assert_eq!(auth.verify(&token), Err(TokenError::Expired));
+        // `alg: none` with no signature.
+        let none = format!(
+            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.",
+            "eyJzdWIiOiJ4Iiwicm9sZSI6InN0YWZmIiwiZXhwIjo0MTAyNDQ0ODAwfQ"
+        );
+        assert_eq!(auth.verify(&none), Err(TokenError::Invalid));
+    }
+}

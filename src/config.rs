@@ -1,0 +1,376 @@
+//! The gateway's configuration: typed sections with their defaults, loaded
+//! from a TOML file and overridden by `SMARTWAIT_<SECTION>_<KEY>` variables.
+//!
+//! Every limit the gateway enforces is a field here, with its default beside
+//! it; `config/gateway.toml` documents the same keys for technicians. This
+//! module only reads and validates; it never opens sockets or files other
+//! than the config file itself.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the environment variables that override config keys.
+const ENV_PREFIX: &str = "SMARTWAIT_";
+
+/// Where the gateway looks for its config file when `--config` is not given.
+pub const DEFAULT_CONFIG_PATHS: [&str; 2] = [
+    "./config/gateway.toml",
+    "/etc/smartwait-gateway/gateway.toml",
+];
+
+/// The whole configuration, one field per TOML section.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub ws: WsConfig,
+    pub queue: QueueConfig,
+}
+
+/// `[server]`: where the gateway listens and keeps its state.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address and port of the HTTP/WebSocket listener.
+    pub listen: SocketAddr,
+    /// Directory for the gateway's own files (sequence lease, JWT secret).
+    /// Empty means `$STATE_DIRECTORY` under systemd, else `./data`.
+    pub state_dir: PathBuf,
+    /// How long shutdown waits for clients and requests before exiting.
+    #[serde(with = "duration_text")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            state_dir: PathBuf::new(),
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Whether tokens are checked at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Every room and the publish API require the token rules of docs/protocol.md.
+    On,
+    /// The seed's open behaviour: anyone may join anything and publish.
+    Off,
+}
+
+/// `[auth]`: tokens and who may enter which room.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// File holding the HS256 secret; empty means `<state_dir>/jwt-secret`.
+    pub secret_file: PathBuf,
+    /// Whether anonymous connections may join the public `patients` room.
+    pub patients_room_public: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::On,
+            secret_file: PathBuf::new(),
+            patients_room_public: true,
+        }
+    }
+}
+
+/// `[limits]`: every bound on what one client or request may cost.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_connections: usize,
+    pub rooms_per_connection: usize,
+    /// Frames waiting for one client; overflow closes that client with 1013.
+    pub client_queue: usize,
+    pub max_client_frame_bytes: usize,
+    pub client_errors_before_close: u32,
+    pub client_msgs_per_sec: u32,
+    pub client_msgs_burst: u32,
+    pub max_body_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            rooms_per_connection: 8,
+            client_queue: 1024,
+            max_client_frame_bytes: 4 * 1024,
+            client_errors_before_close: 20,
+            client_msgs_per_sec: 20,
+            client_msgs_burst: 40,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// `[ws]`: WebSocket heartbeat.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WsConfig {
+    #[serde(with = "duration_text")]
+    pub ping_interval: Duration,
+    /// A connection that sent nothing, not even a pong, for this long is closed.
+    #[serde(with = "duration_text")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `[queue]`: the seed's queue notifications.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// A patient whose position falls to this or below gets `get_ready`.
+    pub get_ready_position: u32,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            get_ready_position: 2,
+        }
+    }
+}
+
+impl Config {
+    /// Loads the config: the explicit file, else the first default path that
+    /// exists, else built-in defaults; then applies environment overrides.
+    pub fn load(explicit: Option<&Path>) -> anyhow::Result<(Self, Option<PathBuf>)> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let path = match explicit {
+            Some(path) => Some(path.to_path_buf()),
+            None => DEFAULT_CONFIG_PATHS
+                .iter()
+                .map(PathBuf::from)
+                .find(|path| path.is_file()),
+        };
+        let text = match &path {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?,
+            None => String::new(),
+        };
+        let config = Self::from_sources(&text, &env).with_context(|| match &path {
+            Some(path) => format!("invalid configuration (file {})", path.display()),
+            None => "invalid configuration (built-in defaults)".to_owned(),
+        })?;
+        Ok((config, path))
+    }
+
+    /// Builds a config from TOML text and `(name, value)` environment pairs.
+    pub fn from_sources(toml_text: &str, env: &[(String, String)]) -> anyhow::Result<Self> {
+        let mut table: toml::Table =
+            toml::from_str(toml_text).context("config file is not valid TOML")?;
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            apply_env_override(&mut table, name, rest, value)?;
+        }
+        let mut config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|err: toml::de::Error| anyhow::anyhow!("{}", err.message()))?;
+        config.resolve_paths(env);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Fills in the paths that default to somewhere inside the state directory.
+    fn resolve_paths(&mut self, env: &[(String, String)]) {
+        if self.server.state_dir.as_os_str().is_empty() {
+            let systemd_dir = env
+                .iter()
+                .find(|(name, _)| name == "STATE_DIRECTORY")
+                // systemd may pass several colon-separated directories; the first is ours.
+                .and_then(|(_, value)| value.split(':').next().map(PathBuf::from));
+            self.server.state_dir = systemd_dir.unwrap_or_else(|| PathBuf::from("./data"));
+        }
+        if self.auth.secret_file.as_os_str().is_empty() {
+            self.auth.secret_file = self.server.state_dir.join("jwt-secret");
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let limits = &self.limits;
+        let positive = [
+            ("limits.max_connections", limits.max_connections),
+            ("limits.rooms_per_connection", limits.rooms_per_connection),
+            ("limits.client_queue", limits.client_queue),
+            (
+                "limits.max_client_frame_bytes",
+                limits.max_client_frame_bytes,
+            ),
+            (
+                "limits.client_msgs_per_sec",
+                limits.client_msgs_per_sec as usize,
+            ),
+            (
+                "limits.client_msgs_burst",
+                limits.client_msgs_burst as usize,
+            ),
+            ("limits.max_body_bytes", limits.max_body_bytes),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                bail!("{key} must be greater than 0");
+            }
+        }
+        if self.ws.ping_interval.is_zero() || self.ws.ping_interval >= self.ws.idle_timeout {
+            bail!("ws.ping_interval must be greater than 0 and less than ws.idle_timeout");
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, for `check-config`.
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        toml::to_string_pretty(self).context("cannot render the configuration")
+    }
+}
+
+/// Sections that environment overrides may address. Section names have no
+/// underscore, so `SMARTWAIT_LIMITS_CLIENT_QUEUE` splits unambiguously.
+const SECTIONS: [&str; 5] = ["server", "auth", "limits", "ws", "queue"];
+
+fn apply_env_override(
+    table: &mut toml::Table,
+    name: &str,
+    rest: &str,
+    value: &str,
+) -> anyhow::Result<()> {
+    let lower = rest.to_ascii_lowercase();
+    let Some((section, key)) = lower.split_once('_') else {
+        bail!("environment variable {name} does not name a config key (expected SMARTWAIT_<SECTION>_<KEY>)");
+    };
+    if !SECTIONS.contains(&section) || key.is_empty() {
+        bail!(
+            "environment variable {name}: unknown config section '{section}' (known: {})",
+            SECTIONS.join(", ")
+        );
+    }
+    let entry = table
+        .entry(section)
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let Some(section_table) = entry.as_table_mut() else {
+        bail!("config section [{section}] is not a table");
+    };
+    section_table.insert(key.to_owned(), env_value(value));
+    Ok(())
+}
+
+/// Reads an environment value as a TOML scalar when it is one (`8080`,
+/// `true`), else as a plain string (`0.0.0.0:8080`, `5s`).
+fn env_value(value: &str) -> toml::Value {
+    format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut table| table.remove("v"))
+        .filter(|parsed| !parsed.is_table())
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()))
+}
+
+/// Durations written as text: `"500ms"`, `"5s"`, `"10m"`, `"12h"`.
+pub mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text).map_err(|err| {
+            serde::de::Error::custom(format!(
+                "invalid duration '{text}' ({err}); write it like \"5s\", \"10m\" or \"12h\""
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_apply_without_any_source() {
+        let config = Config::from_sources("", &[]).unwrap();
+        assert_eq!(config.server.listen.port(), 8080);
+        assert_eq!(config.server.state_dir, PathBuf::from("./data"));
+        assert_eq!(config.auth.secret_file, PathBuf::from("./data/jwt-secret"));
+        assert_eq!(config.limits.client_queue, 1024);
+        assert_eq!(config.ws.idle_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn env_overrides_file_and_parses_scalars() {
+        let text = "[limits]\nclient_queue = 10\n[ws]\nping_interval = \"5s\"\n";
+        let config = Config::from_sources(
+            text,
+            &env(&[
+                ("SMARTWAIT_LIMITS_CLIENT_QUEUE", "99"),
+                ("SMARTWAIT_SERVER_LISTEN", "127.0.0.1:9000"),
+                ("SMARTWAIT_AUTH_PATIENTS_ROOM_PUBLIC", "false"),
+                ("STATE_DIRECTORY", "/var/lib/smartwait-gateway"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.limits.client_queue, 99);
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:9000");
+        assert!(!config.auth.patients_room_public);
+        assert_eq!(config.ws.ping_interval, Duration::from_secs(5));
+        assert_eq!(
+            config.server.state_dir,
+            PathBuf::from("/var/lib/smartwait-gateway")
+        );
+    }
+
+    #[test]
+    fn mistakes_are_clear_errors() {
+        let unknown_key = Config::from_sources("[limits]\nclient_qeue = 1\n", &[]).unwrap_err();
+        assert!(format!("{unknown_key:#}").contains("client_qeue"));
+        let bad_duration =
+            Config::from_sources("[ws]\nidle_timeout = \"soon\"\n", &[]).unwrap_err();
+        assert!(format!("{bad_duration:#}").contains("invalid duration"));
+        let unknown_section =
+            Config::from_sources("", &env(&[("SMARTWAIT_LIMIT_CLIENT_QUEUE", "1")])).unwrap_err();
+        assert!(format!("{unknown_section:#}").contains("unknown config section"));
+        let zero = Config::from_sources("[limits]\nclient_queue = 0\n", &[]).unwrap_err();
+        assert!(format!("{zero:#}").contains("client_queue"));
+    }
+
+    #[test]
+    fn rendered_config_loads_back() {
+        let config = Config::from_sources("", &[]).unwrap();
+        let again = Config::from_sources(&config.to_toml().unwrap(), &[]).unwrap();
+        assert_eq!(again.to_toml().unwrap(), config.to_toml().unwrap());
+    }
+}

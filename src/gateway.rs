@@ -1,0 +1,192 @@
+//! The assembled gateway: shared state built from the config, the accept
+//! loop, and shutdown.
+//!
+//! Shutdown happens in three phases, in this order:
+//! 1. decide — the root `CancellationToken` is cancelled (signal or test);
+//! 2. tell — the listener is dropped, `/health` answers 503, every
+//!    WebSocket session sends Close 1001, hyper finishes in-flight requests
+//!    and closes idle keep-alive connections;
+//! 3. wait — for HTTP connections and sessions together, at most
+//!    `server.shutdown_timeout`; whatever is left is dropped.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Authenticator;
+use crate::config::{AuthMode, Config};
+use crate::metrics::Metrics;
+use crate::realtime::GetReadyTracker;
+use crate::rooms::Rooms;
+use crate::sequence::Sequence;
+
+/// Longest a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// State shared by every connection and request.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub rooms: Rooms,
+    pub auth: Authenticator,
+    pub metrics: Metrics,
+    pub get_ready: GetReadyTracker,
+    pub started: Instant,
+    pub shutdown: CancellationToken,
+    /// WebSocket sessions, which leave hyper's graceful watcher once upgraded.
+    pub sessions: TaskTracker,
+    /// One permit per open client connection of any protocol.
+    connection_slots: Arc<Semaphore>,
+}
+
+impl Shared {
+    /// Takes a client connection slot, or `None` at `limits.max_connections`.
+    pub fn admit_client(&self) -> Option<ClientSlot> {
+        match self.connection_slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                self.metrics.connections.inc();
+                Some(ClientSlot {
+                    _permit: permit,
+                    metrics: self.metrics.clone(),
+                })
+            }
+            Err(_) => {
+                self.metrics.connections_rejected.inc();
+                None
+            }
+        }
+    }
+
+    /// Open client connections of every protocol.
+    pub fn connected_clients(&self) -> usize {
+        self.config.limits.max_connections - self.connection_slots.available_permits()
+    }
+}
+
+/// An open client connection's place under the connection limit; freed on drop.
+#[derive(Debug)]
+pub struct ClientSlot {
+    _permit: OwnedSemaphorePermit,
+    metrics: Metrics,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.metrics.connections.dec();
+    }
+}
+
+/// A configured gateway, ready to serve on a listener.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl Gateway {
+    /// Opens the state directory and the JWT secret; fails with a clear
+    /// message when either is unusable.
+    pub fn new(config: Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let sequence = Sequence::open(&config.server.state_dir)?;
+        let auth = Authenticator::from_config(&config.auth)?;
+        if auth.mode() == AuthMode::Off {
+            tracing::warn!("AUTHENTICATION IS OFF (auth.mode = \"off\"): anyone on this network can join any room, read every patient's updates and publish; use only for a trial on a closed LAN");
+        }
+        let metrics = Metrics::new();
+        let shared = Shared {
+            rooms: Rooms::new(sequence, config.limits.client_queue, metrics.clone()),
+            get_ready: GetReadyTracker::new(config.queue.get_ready_position),
+            connection_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+            config,
+            auth,
+            metrics,
+            started: Instant::now(),
+            shutdown,
+            sessions: TaskTracker::new(),
+        };
+        Ok(Self {
+            shared: Arc::new(shared),
+        })
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Serves HTTP and WebSocket clients on `listener` until the shutdown
+    /// token is cancelled, then drains (see the module docs).
+    pub async fn run(self, listener: TcpListener) -> anyhow::Result<()> {
+        let shared = self.shared;
+        // hyper-util's GracefulShutdown cannot watch upgradeable http1
+        // connections, so each connection task watches the token itself.
+        let http_connections = TaskTracker::new();
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+
+        loop {
+            let accepted = tokio::select! {
+                () = shared.shutdown.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Running out of file descriptors must not end the server; back off briefly.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let service_shared = shared.clone();
+            let service = hyper::service::service_fn(move |request| {
+                crate::http::handle(service_shared.clone(), peer, request)
+            });
+            let connection = http
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            let shutdown = shared.shutdown.clone();
+            http_connections.spawn(async move {
+                let mut connection = pin!(connection);
+                let served = tokio::select! {
+                    served = connection.as_mut() => served,
+                    () = shutdown.cancelled() => {
+                        // Finish the request in flight, then close; idle keep-alives close now.
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                };
+                if let Err(err) = served {
+                    tracing::debug!(%peer, error = %err, "http connection ended with an error");
+                }
+            });
+        }
+
+        drop(listener);
+        tracing::info!("shutting down: closing client connections");
+        shared.sessions.close();
+        http_connections.close();
+        let drained = tokio::time::timeout(shared.config.server.shutdown_timeout, async {
+            tokio::join!(http_connections.wait(), shared.sessions.wait());
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("shutdown timeout reached; dropping the remaining connections");
+        }
+        Ok(())
+    }
+}
+
+/// Binds the configured listen address.
+pub async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.server.listen))
+}

@@ -1,0 +1,75 @@
+//! Health and metrics endpoints: `/health` (the seed's fields first),
+//! `/health/live`, `/health/ready` (a canary really travels through the rooms
+//! core) and `/metrics`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+use serde_json::json;
+
+use crate::gateway::Shared;
+use crate::http::{json_response, HttpResponse};
+use crate::realtime::timestamp_now;
+
+/// How long the readiness canary may take through the rooms core.
+const CANARY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `GET /health`: 200 while serving, 503 while shutting down.
+pub fn status(shared: &Shared) -> HttpResponse {
+    let stopping = shared.shutdown.is_cancelled();
+    let body = json!({
+        "status": if stopping { "shutting_down" } else { "healthy" },
+        "connectedClients": shared.connected_clients(),
+        "redisAdapter": false,
+        "rooms": shared.rooms.counts(),
+        "lastSeq": shared.rooms.last_seq(),
+        "slowConsumerDisconnects": shared.metrics.slow_consumer_disconnects.get(),
+        "uptimeSeconds": shared.started.elapsed().as_secs(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "timestamp": timestamp_now(),
+    });
+    let status = if stopping {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    json_response(status, &body)
+}
+
+/// `GET /health/live`: the process and its runtime answer.
+pub fn live() -> HttpResponse {
+    json_response(StatusCode::OK, &json!({"status": "alive"}))
+}
+
+/// `GET /health/ready`: listening, not stopping, and a canary event reaches
+/// a subscriber through the rooms core within a second.
+pub async fn ready(shared: &Shared) -> HttpResponse {
+    if shared.shutdown.is_cancelled() {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "shutting_down"}),
+        );
+    }
+    if shared.rooms.probe(CANARY_TIMEOUT).await {
+        json_response(StatusCode::OK, &json!({"status": "ready"}))
+    } else {
+        tracing::error!("readiness canary did not travel through the rooms core in time");
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "not_ready", "reason": "canary event was not delivered within 1 s"}),
+        )
+    }
+}
+
+/// `GET /metrics` in the Prometheus text format.
+pub fn metrics(shared: &Shared) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(shared.metrics.render())));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}

@@ -1,0 +1,157 @@
+//! The `smartwait-gateway` command: parses arguments, loads the config,
+//! starts logging, runs the gateway until SIGTERM/SIGINT, or runs one of the
+//! helper commands (`token`, `check-config`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use smartwait_gateway::auth::{Authenticator, Role};
+use smartwait_gateway::{gateway, Config, Gateway};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "WebSocket rooms gateway for clinic waiting-room screens"
+)]
+struct Cli {
+    /// Config file; default: ./config/gateway.toml, then /etc/smartwait-gateway/gateway.toml.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Log format; the level comes from RUST_LOG (default: info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve clients (the default).
+    Run,
+    /// Print a token signed with the configured secret.
+    Token {
+        #[arg(long, value_enum)]
+        role: Role,
+        /// Who the token is for (a staff login, a display name, a system).
+        #[arg(long, default_value = "smartwait")]
+        sub: String,
+        /// The patient's id (role patient).
+        #[arg(long)]
+        patient_id: Option<String>,
+        /// Lifetime, e.g. 30m, 12h, 30d.
+        #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+    /// Validate the config and print the effective values.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let (config, path) = Config::load(cli.config.as_deref())?;
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => serve(config, path),
+        Command::Token {
+            role,
+            sub,
+            patient_id,
+            ttl,
+        } => {
+            if role == Role::Patient && patient_id.is_none() {
+                anyhow::bail!("a patient token needs --patient-id");
+            }
+            let auth = Authenticator::from_config(&config.auth)?;
+            println!("{}", auth.mint(role, &sub, patient_id.as_deref(), ttl)?);
+            Ok(())
+        }
+        Command::CheckConfig => {
+            let source = path.map_or("built-in defaults".to_owned(), |path| {
+                path.display().to_string()
+            });
+            println!(
+                "# configuration is valid (from {source}, plus SMARTWAIT_* environment overrides)"
+            );
+            print!("{}", config.to_toml()?);
+            Ok(())
+        }
+    }
+}
+
+fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        match &path {
+            Some(path) => tracing::info!(config = %path.display(), "configuration loaded"),
+            None => tracing::info!("no config file found; running on built-in defaults"),
+        }
+        let shutdown = CancellationToken::new();
+        let gateway = Gateway::new(config.clone(), shutdown.clone())?;
+        let listener = gateway::bind(&config).await?;
+        let address = listener.local_addr().context("cannot read the listen address")?;
+        let health_host = if address.ip().is_unspecified() {
+            format!("127.0.0.1:{}", address.port())
+        } else {
+            address.to_string()
+        };
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            "listening on http://{address} (WebSocket at /ws); health: http://{health_host}/health; \
+             mint a token: smartwait-gateway token --role staff --sub nurse-1"
+        );
+        tokio::spawn(stop_on_signal(shutdown));
+        gateway.run(listener).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,138 @@
+//! Prometheus metrics: one registry with every counter the gateway keeps,
+//! rendered in the text exposition format for `GET /metrics`.
+//!
+//! Labels carry kinds and codes, never ids: a patient id must not end up in a
+//! monitoring system.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::{text, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RoomKindLabel {
+    pub room_kind: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: &'static str,
+    pub status: u16,
+}
+
+/// Every metric, registered once; clones share the same values.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub connections: Gauge,
+    pub connections_rejected: Counter,
+    pub joins: Family<RoomKindLabel, Counter>,
+    pub joins_denied: Family<CodeLabel, Counter>,
+    pub client_errors: Family<CodeLabel, Counter>,
+    pub events_published: Counter,
+    pub frames_delivered: Counter,
+    pub slow_consumer_disconnects: Counter,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub publish_to_send_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let connections = Gauge::default();
+        let connections_rejected = Counter::default();
+        let joins = Family::default();
+        let joins_denied = Family::default();
+        let client_errors = Family::default();
+        let events_published = Counter::default();
+        let frames_delivered = Counter::default();
+        let slow_consumer_disconnects = Counter::default();
+        let http_requests = Family::default();
+        // 50 µs to ~1.6 s: local delivery is expected in the sub-millisecond range.
+        let publish_to_send_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+
+        let mut registry = Registry::with_prefix("smartwait");
+        registry.register(
+            "connections",
+            "Open client connections of every protocol",
+            connections.clone(),
+        );
+        registry.register(
+            "connections_rejected",
+            "Upgrades refused because limits.max_connections was reached",
+            connections_rejected.clone(),
+        );
+        registry.register("joins", "Room joins by room kind", joins.clone());
+        registry.register(
+            "joins_denied",
+            "Refused room joins by code",
+            joins_denied.clone(),
+        );
+        registry.register(
+            "client_errors",
+            "Client messages answered with an error event, by code",
+            client_errors.clone(),
+        );
+        registry.register(
+            "events_published",
+            "Events published to rooms",
+            events_published.clone(),
+        );
+        registry.register(
+            "frames_delivered",
+            "Room frames queued to local clients",
+            frames_delivered.clone(),
+        );
+        registry.register(
+            "slow_consumer_disconnects",
+            "Clients closed with 1013 because their send queue overflowed",
+            slow_consumer_disconnects.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            http_requests.clone(),
+        );
+        registry.register(
+            "publish_to_send_seconds",
+            "Time from publish to the frame being written to a client socket",
+            publish_to_send_seconds.clone(),
+        );
+
+        Self {
+            registry: Arc::new(registry),
+            connections,
+            connections_rejected,
+            joins,
+            joins_denied,
+            client_errors,
+            events_published,
+            frames_delivered,
+            slow_consumer_disconnects,
+            http_requests,
+            publish_to_send_seconds,
+        }
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,259 @@
+//! The WebSocket transport: the HTTP upgrade handshake on raw hyper, the
+//! small-buffer tungstenite configuration, and the one mapping from why a
+//! connection ends to its close code.
+//!
+//! What is said over the socket is the session's business
+//! ([`crate::session`]); this module only turns an HTTP request into a
+//! socket and a socket's end into a Close frame.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{
+    HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION,
+    UPGRADE,
+};
+use hyper::upgrade::Upgraded;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+use tracing::Instrument;
+
+use crate::auth::TokenError;
+use crate::client_budget::Exhausted;
+use crate::config::LimitsConfig;
+use crate::gateway::Shared;
+use crate::http::{HttpError, HttpResponse};
+use crate::session::Session;
+
+pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
+/// Bytes tungstenite reads per call; it is allocated per connection up front,
+/// so it is kept small (the default is 128 KiB) — client messages are tiny.
+const READ_BUFFER_BYTES: usize = 2 * 1024;
+
+/// Outgoing frames are gathered up to this size before a socket write, so a
+/// burst goes out in few writes while an idle connection holds nothing.
+const WRITE_BUFFER_BYTES: usize = 8 * 1024;
+
+/// Frames up to this multiple of `limits.max_client_frame_bytes` are read
+/// and answered with an error event; larger ones end the connection (1009)
+/// before they are buffered whole.
+const OVERSIZE_FACTOR: usize = 16;
+
+/// How long a Close frame may take to go out before the socket is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the gateway ends a connection; each maps to one close code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The token in the query string was refused: 4401.
+    Token(TokenError),
+    /// The gateway is stopping: 1001.
+    Shutdown,
+    /// The client's send queue overflowed: 1013.
+    SlowConsumer,
+    /// Rate limit or error budget exhausted: 1008.
+    Budget(Exhausted),
+    /// Nothing, not even a pong, arrived within `ws.idle_timeout`: 1001.
+    Idle,
+    /// A frame far over `limits.max_client_frame_bytes`: 1009.
+    TooBig,
+}
+
+impl CloseReason {
+    pub fn frame(self) -> CloseFrame {
+        let (code, reason) = match self {
+            Self::Token(err) => (CloseCode::Library(4401), err.code()),
+            Self::Shutdown => (CloseCode::Away, "server_shutdown"),
+            Self::SlowConsumer => (CloseCode::Again, "slow_consumer"),
+            Self::Budget(exhausted) => (CloseCode::Policy, exhausted.reason()),
+            Self::Idle => (CloseCode::Away, "idle_timeout"),
+            Self::TooBig => (CloseCode::Size, "frame_too_large"),
+        };
+        CloseFrame {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Sends the Close frame for `reason`, waiting at most [`CLOSE_GRACE`].
+pub async fn close(socket: &mut Socket, reason: CloseReason) {
+    let sent = tokio::time::timeout(CLOSE_GRACE, socket.close(Some(reason.frame()))).await;
+    if !matches!(sent, Ok(Ok(()))) {
+        tracing::debug!(?reason, "close frame could not be delivered");
+    }
+}
+
+/// The tungstenite settings for client sockets.
+pub fn socket_config(limits: &LimitsConfig) -> WebSocketConfig {
+    let hard_limit = limits
+        .max_client_frame_bytes
+        .saturating_mul(OVERSIZE_FACTOR);
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_message_size(Some(hard_limit))
+        .max_frame_size(Some(hard_limit))
+}
+
+/// The value of `name` in a query string, percent-decoded.
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then(|| percent_decode(value))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(high), Some(low)) => {
+                    out.push((high * 16 + low) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Checks a WebSocket upgrade request and returns the accept key.
+fn accept_key(request: &Request<Incoming>) -> Result<String, HttpError> {
+    let headers = request.headers();
+    let has_token = |name, token: &str| {
+        headers.get_all(name).iter().any(|value| {
+            value.to_str().is_ok_and(|text| {
+                text.split(',')
+                    .any(|part| part.trim().eq_ignore_ascii_case(token))
+            })
+        })
+    };
+    if !has_token(UPGRADE, "websocket") || !has_token(CONNECTION, "upgrade") {
+        return Err(HttpError::UpgradeRequired(
+            "this endpoint speaks WebSocket; connect with a WebSocket client",
+        ));
+    }
+    if headers
+        .get(SEC_WEBSOCKET_VERSION)
+        .and_then(|v| v.to_str().ok())
+        != Some("13")
+    {
+        return Err(HttpError::bad_request(
+            "bad_handshake",
+            "Sec-WebSocket-Version must be 13",
+        ));
+    }
+    let key = headers
+        .get(SEC_WEBSOCKET_KEY)
+        .ok_or_else(|| HttpError::bad_request("bad_handshake", "Sec-WebSocket-Key is missing"))?;
+    Ok(derive_accept_key(key.as_bytes()))
+}
+
+/// `GET /ws`: completes the upgrade and starts a native session.
+///
+/// An invalid token still completes the upgrade, so that a browser can read
+/// the 4401 close code; a full gateway answers 503 before upgrading.
+pub fn upgrade(
+    shared: &Arc<Shared>,
+    peer: SocketAddr,
+    mut request: Request<Incoming>,
+) -> Result<HttpResponse, HttpError> {
+    let accept = accept_key(&request)?;
+    if shared.shutdown.is_cancelled() {
+        return Err(HttpError::unavailable(
+            "shutting_down",
+            "the gateway is shutting down",
+        ));
+    }
+    let slot = shared.admit_client().ok_or_else(|| {
+        HttpError::unavailable(
+            "too_many_connections",
+            "the gateway has reached limits.max_connections; retry later",
+        )
+    })?;
+    let token = query_param(request.uri().query(), "token");
+    let identity = shared
+        .auth
+        .identify(token.as_deref().filter(|token| !token.is_empty()));
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let session_shared = shared.clone();
+    let span = tracing::info_span!("ws", conn = tracing::field::Empty, %peer);
+    shared.sessions.spawn(
+        async move {
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(err) => {
+                    tracing::debug!(error = %err, "upgrade failed");
+                    return;
+                }
+            };
+            let config = socket_config(&session_shared.config.limits);
+            let mut socket = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(config),
+            )
+            .await;
+            match identity {
+                Ok(identity) => {
+                    Session::new(session_shared, socket, identity, slot)
+                        .run()
+                        .await
+                }
+                Err(refused) => close(&mut socket, CloseReason::Token(refused)).await,
+            }
+        }
+        .instrument(span),
+    );
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(value) = HeaderValue::from_str(&accept) {
+        headers.insert(SEC_WEBSOCKET_ACCEPT, value);
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_is_read_from_the_query() {
+        assert_eq!(
+            query_param(Some("a=1&token=abc.def"), "token").as_deref(),
+            Some("abc.def")
+        );
+        assert_eq!(
+            query_param(Some("token=a%2Eb"), "token").as_deref(),
+            Some("a.b")
+        );
+        assert_eq!(
+            query_param(Some("token=%zz%"), "token").as_deref(),
+            Some("%zz%")
+        );
+        assert_eq!(query_param(Some("other=1"), "token"), None);
+        assert_eq!(query_param(None, "token"), None);
+    }
+}
