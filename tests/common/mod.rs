@@ -1,0 +1,368 @@
+//! The tests' vocabulary: a [`TestGateway`] served in-process on port 0, a
+//! [`GatewayProcess`] running the real binary, a [`TestWsClient`] speaking the
+//! native protocol, and a tiny HTTP client. Everything uses real sockets.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use smartwait_gateway::auth::{Authenticator, Role};
+use smartwait_gateway::{Config, Gateway};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+/// How long a test waits for something that should happen promptly. Generous
+/// on purpose: this is a liveness bound, not a speed assertion.
+pub const PROMPTLY: Duration = Duration::from_secs(10);
+
+/// How long a test listens to be sure something does *not* arrive.
+pub const QUIET_PERIOD: Duration = Duration::from_millis(300);
+
+/// A gateway served in-process on 127.0.0.1:0 with its own state directory;
+/// shut down when dropped.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub auth: Authenticator,
+    pub config: Config,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+    _state: tempfile::TempDir,
+}
+
+impl TestGateway {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a gateway after `adjust` changed the default config.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let state = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::from_sources("", &[]).expect("default config");
+        config.server.listen = "127.0.0.1:0".parse().expect("address");
+        config.server.state_dir = state.path().to_path_buf();
+        config.auth.secret_file = state.path().join("jwt-secret");
+        adjust(&mut config);
+        let listener = TcpListener::bind(config.server.listen).await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let shutdown = CancellationToken::new();
+        let gateway = Gateway::new(config.clone(), shutdown.clone()).expect("gateway");
+        let auth = Authenticator::from_config(&config.auth).expect("auth");
+        let task = tokio::spawn(gateway.run(listener));
+        Self {
+            addr,
+            auth,
+            config,
+            shutdown,
+            task: Some(task),
+            _state: state,
+        }
+    }
+
+    pub fn token(&self, role: Role, patient_id: Option<&str>) -> String {
+        self.auth
+            .mint(role, "test", patient_id, Duration::from_secs(600))
+            .expect("mint")
+    }
+
+    pub fn service_token(&self) -> String {
+        self.token(Role::Service, None)
+    }
+
+    pub async fn connect(&self, token: Option<&str>) -> TestWsClient {
+        TestWsClient::connect(self.addr, token).await
+    }
+
+    /// A client that joined `patient_{id}` with a matching token.
+    pub async fn patient(&self, id: &str) -> TestWsClient {
+        let mut client = self
+            .connect(Some(&self.token(Role::Patient, Some(id))))
+            .await;
+        client.join("join-patient-room", json!(id)).await;
+        client
+    }
+
+    pub async fn staff(&self) -> TestWsClient {
+        let mut client = self.connect(Some(&self.token(Role::Staff, None))).await;
+        client.join("join-staff-room", json!("nurse-1")).await;
+        client
+    }
+
+    pub async fn display(&self) -> TestWsClient {
+        let mut client = self.connect(None).await;
+        client.join("join-patients-room", Value::Null).await;
+        client
+    }
+
+    /// POSTs `body` as the service role; returns status and JSON answer.
+    pub async fn publish(&self, path: &str, body: Value) -> (u16, Value) {
+        let token = self.service_token();
+        http_request(
+            self.addr,
+            "POST",
+            path,
+            Some(&token),
+            body.to_string().into_bytes(),
+        )
+        .await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let (status, body) = raw_http(self.addr, "GET", path, None, Vec::new()).await;
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    pub async fn health(&self) -> Value {
+        let (status, body) = self.get("/health").await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("health JSON")
+    }
+
+    /// Cancels the shutdown token and waits for the gateway to finish.
+    pub async fn shutdown(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("gateway task").expect("gateway run");
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Sends one HTTP/1.1 request on a fresh connection; returns status and body.
+pub async fn raw_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, Vec<u8>) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(connection);
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .header("content-type", "application/json");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request.body(Full::new(Bytes::from(body))).expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, body.to_vec())
+}
+
+/// Like [`raw_http`], with the answer parsed as JSON.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let (status, body) = raw_http(addr, method, path, token, body).await;
+    let value = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&body)));
+    (status, value)
+}
+
+/// A native-protocol client over a real WebSocket.
+pub struct TestWsClient {
+    pub socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_ack: u64,
+}
+
+impl TestWsClient {
+    pub async fn connect(addr: SocketAddr, token: Option<&str>) -> Self {
+        let url = match token {
+            Some(token) => format!("ws://{addr}/ws?token={token}"),
+            None => format!("ws://{addr}/ws"),
+        };
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connect");
+        Self {
+            socket,
+            next_ack: 1,
+        }
+    }
+
+    pub async fn send_json(&mut self, value: Value) {
+        self.socket
+            .send(Message::Text(value.to_string().into()))
+            .await
+            .expect("send");
+    }
+
+    /// Sends `event` with an ack id and returns the ack's `data`.
+    pub async fn request(&mut self, event: &str, data: Value) -> Value {
+        let id = self.next_ack;
+        self.next_ack += 1;
+        self.send_json(json!({"event": event, "data": data, "id": id}))
+            .await;
+        let reply = self.next_json().await;
+        assert_eq!(reply["ack"], id, "expected the ack of {id}, got {reply}");
+        reply["data"].clone()
+    }
+
+    /// Joins and asserts the join was accepted.
+    pub async fn join(&mut self, event: &str, data: Value) -> String {
+        let reply = self.request(event, data).await;
+        assert_eq!(reply["ok"], true, "join refused: {reply}");
+        reply["room"].as_str().expect("room").to_owned()
+    }
+
+    /// The next text frame as JSON, skipping pings.
+    pub async fn next_json(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(PROMPTLY, self.socket.next())
+                .await
+                .expect("a frame in time")
+                .expect("socket open")
+                .expect("frame");
+            match message {
+                Message::Text(text) => return serde_json::from_str(&text).expect("JSON frame"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next room event with name `event`, checking it is the next frame.
+    pub async fn expect_event(&mut self, event: &str) -> Value {
+        let frame = self.next_json().await;
+        assert_eq!(frame["event"], event, "unexpected frame {frame}");
+        frame
+    }
+
+    /// Asserts nothing but pings arrives for [`QUIET_PERIOD`].
+    pub async fn expect_silence(&mut self) {
+        let deadline = tokio::time::Instant::now() + QUIET_PERIOD;
+        loop {
+            match tokio::time::timeout_at(deadline, self.socket.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                Ok(other) => panic!("expected silence, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until the server's Close frame and returns its code and reason.
+    pub async fn expect_close(&mut self) -> (u16, String) {
+        loop {
+            let next = tokio::time::timeout(PROMPTLY, self.socket.next())
+                .await
+                .expect("close in time");
+            match next {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (u16::from(frame.code), frame.reason.to_string())
+                }
+                Some(Ok(Message::Close(None))) => {
+                    return (u16::from(CloseCode::Status), String::new())
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// The real `smartwait-gateway` binary, started on port 0 in its own state
+/// directory; killed when dropped.
+pub struct GatewayProcess {
+    pub addr: SocketAddr,
+    pub child: tokio::process::Child,
+    pub log: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_smartwait-gateway"))
+}
+
+/// A command for the binary that runs in `dir` with a clean SMARTWAIT_* environment.
+pub fn gateway_command(dir: &Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(binary());
+    command
+        .current_dir(dir)
+        .env_remove("STATE_DIRECTORY")
+        .env("RUST_LOG", "info");
+    for (name, _) in std::env::vars() {
+        if name.starts_with("SMARTWAIT_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+impl GatewayProcess {
+    /// Starts the binary in `dir` (defaults otherwise) and waits for its
+    /// "listening on" line.
+    pub async fn start(dir: &Path, extra_env: &[(&str, &str)]) -> Self {
+        let mut command = gateway_command(dir);
+        command
+            .env("SMARTWAIT_SERVER_LISTEN", "127.0.0.1:0")
+            .envs(extra_env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("spawn gateway");
+        let stderr = child.stderr.take().expect("stderr");
+        let (lines_tx, mut log) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let addr = tokio::time::timeout(PROMPTLY, async {
+            while let Some(line) = log.recv().await {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().expect("address");
+                    return addr.parse::<SocketAddr>().expect("socket address");
+                }
+            }
+            panic!("gateway exited before listening");
+        })
+        .await
+        .expect("gateway started in time");
+        Self { addr, child, log }
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("pid").to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
