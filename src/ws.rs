@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
@@ -23,6 +24,7 @@ use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
@@ -85,11 +87,20 @@ impl CloseReason {
     }
 }
 
-/// Sends the Close frame for `reason`, waiting at most [`CLOSE_GRACE`].
+/// Closes the socket for `reason`: sends the Close frame, then reads until the
+/// peer's Close reply so it is not reset mid-handshake, for at most [`CLOSE_GRACE`].
 pub async fn close(socket: &mut Socket, reason: CloseReason) {
-    let sent = tokio::time::timeout(CLOSE_GRACE, socket.close(Some(reason.frame()))).await;
-    if !matches!(sent, Ok(Ok(()))) {
-        tracing::debug!(?reason, "close frame could not be delivered");
+    let handshake = async {
+        socket.close(Some(reason.frame())).await?;
+        while let Some(message) = socket.next().await {
+            message?;
+        }
+        Ok::<(), tokio_tungstenite::tungstenite::Error>(())
+    };
+    match tokio::time::timeout(CLOSE_GRACE, handshake).await {
+        Ok(Ok(())) | Ok(Err(WsError::ConnectionClosed)) => {}
+        Ok(Err(err)) => tracing::debug!(?reason, error = %err, "close handshake failed"),
+        Err(_) => tracing::debug!(?reason, "peer did not complete the close handshake in time"),
     }
 }
 

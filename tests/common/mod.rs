@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 /// How long a test waits for something that should happen promptly. Generous
@@ -194,19 +194,25 @@ pub async fn http_request(
 
 /// A native-protocol client over a real WebSocket.
 pub struct TestWsClient {
-    pub socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub socket: WebSocketStream<TcpStream>,
     next_ack: u64,
 }
 
 impl TestWsClient {
     pub async fn connect(addr: SocketAddr, token: Option<&str>) -> Self {
+        let stream = TcpStream::connect(addr).await.expect("tcp connect");
+        Self::over(stream, addr, token).await
+    }
+
+    /// Opens `/ws` over an already connected TCP stream (to tune its socket).
+    pub async fn over(stream: TcpStream, addr: SocketAddr, token: Option<&str>) -> Self {
         let url = match token {
             Some(token) => format!("ws://{addr}/ws?token={token}"),
             None => format!("ws://{addr}/ws"),
         };
-        let (socket, _) = tokio_tungstenite::connect_async(url)
+        let (socket, _) = tokio_tungstenite::client_async(url, stream)
             .await
-            .expect("websocket connect");
+            .expect("websocket handshake");
         Self {
             socket,
             next_ack: 1,
