@@ -22,13 +22,16 @@ async fn assert_still_serves(gateway: &TestGateway) {
     );
 }
 
+/// Method, path, token, body, expected status, expected error code.
+type ErrorCase<'a> = (&'a str, &'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
+
 #[tokio::test]
 async fn every_error_status_changes_nothing() {
     let gateway = TestGateway::start_with(|config| config.limits.max_body_bytes = 1024).await;
     let service = gateway.service_token();
     let staff = gateway.token(Role::Staff, None);
     let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(2000)).into_bytes();
-    let cases: Vec<(&str, &str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<ErrorCase> = vec![
         (
             "POST",
             "/api/nowhere",
