@@ -62,7 +62,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!("{err:#}");
+            // Plain stderr, not the log: these are read by a person at a terminal or in the journal.
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }

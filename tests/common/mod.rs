@@ -305,6 +305,8 @@ pub struct GatewayProcess {
     pub addr: SocketAddr,
     pub child: tokio::process::Child,
     pub log: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// The log lines up to and including the "listening on" line.
+    pub startup_log: Vec<String>,
 }
 
 pub fn binary() -> PathBuf {
@@ -348,18 +350,25 @@ impl GatewayProcess {
                 }
             }
         });
+        let mut startup_log = Vec::new();
         let addr = tokio::time::timeout(PROMPTLY, async {
             while let Some(line) = log.recv().await {
+                startup_log.push(line.clone());
                 if let Some(rest) = line.split("listening on http://").nth(1) {
                     let addr = rest.split_whitespace().next().expect("address");
                     return addr.parse::<SocketAddr>().expect("socket address");
                 }
             }
-            panic!("gateway exited before listening");
+            panic!("gateway exited before listening: {startup_log:?}");
         })
         .await
         .expect("gateway started in time");
-        Self { addr, child, log }
+        Self {
+            addr,
+            child,
+            log,
+            startup_log,
+        }
     }
 
     /// Sends `signal` to the process.
