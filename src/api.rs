@@ -2,7 +2,9 @@
 //! bounded JSON body, turn it into notifications and publish them.
 //!
 //! Checks run in a fixed order — token (401/403), body size (413), body
-//! (400) — and a request that fails any of them publishes nothing.
+//! (400) — and a request that fails any of them publishes nothing. A `202`
+//! means the events are committed to the store; a repeated
+//! `Idempotency-Key` gets the first answer again and publishes nothing.
 
 use std::sync::Arc;
 
@@ -17,6 +19,7 @@ use serde_json::Value;
 use crate::auth::{Denied, Identity};
 use crate::gateway::Shared;
 use crate::http::{json_response, HttpError, HttpResponse};
+use crate::publisher::{Origin, Publication};
 use crate::realtime::{self, Notification, PositionReport, ShapeError};
 use crate::room::{EventName, PatientId, Room};
 
@@ -69,21 +72,55 @@ pub async fn publish(
         ));
     }
     authorize(shared, &request)?;
+    let key = idempotency_key(&request)?;
     let body = read_json_body(request, shared.config.limits.max_body_bytes).await?;
-    let mut notifications = notifications_for(shared, &endpoint, body)?;
-    let first = notifications.remove(0);
-    let published = send(shared, &first)?;
+    let notifications = notifications_for(shared, &endpoint, body)?;
+    let publications = notifications
+        .iter()
+        .map(publication)
+        .collect::<Result<Vec<_>, _>>()?;
+    let receipt = shared
+        .publisher
+        .publish(publications, key, Origin::Local)
+        .await
+        .map_err(|err| {
+            HttpError::unavailable("store_unavailable", format!("{err}; retry later"))
+        })?;
+    let Some(first) = receipt.published.first() else {
+        return Err(HttpError::Internal);
+    };
     let mut answer = serde_json::json!({
-        "seq": published.seq,
-        "rooms": first.rooms,
-        "delivered": published.delivered,
+        "seq": first.seq,
+        "rooms": notifications[0].rooms,
+        "delivered": first.delivered,
     });
     // Only `position` yields a second notification: the `get_ready` of a crossing.
-    if let Some(get_ready) = notifications.first() {
-        let extra = send(shared, get_ready)?;
-        answer["getReady"] = serde_json::json!({"seq": extra.seq, "delivered": extra.delivered});
+    if let Some(get_ready) = receipt.published.get(1) {
+        answer["getReady"] =
+            serde_json::json!({"seq": get_ready.seq, "delivered": get_ready.delivered});
+    }
+    if receipt.replayed {
+        answer["replayed"] = serde_json::Value::Bool(true);
     }
     Ok(json_response(StatusCode::ACCEPTED, &answer))
+}
+
+/// Longest `Idempotency-Key` accepted.
+const MAX_IDEMPOTENCY_KEY_CHARS: usize = 200;
+
+fn idempotency_key(request: &Request<Incoming>) -> Result<Option<String>, HttpError> {
+    let Some(value) = request.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if (1..=MAX_IDEMPOTENCY_KEY_CHARS).contains(&key.len()) => Ok(Some(key.to_owned())),
+        _ => Err(HttpError::bad_request(
+            "invalid_idempotency_key",
+            format!(
+                "Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_CHARS} visible ASCII characters"
+            ),
+        )),
+    }
 }
 
 fn authorize(shared: &Shared, request: &Request<Incoming>) -> Result<(), HttpError> {
@@ -220,22 +257,14 @@ fn broadcast(body: Value) -> Result<Notification, HttpError> {
     })
 }
 
-fn send(
-    shared: &Shared,
-    notification: &Notification,
-) -> Result<crate::rooms::Published, HttpError> {
+fn publication(notification: &Notification) -> Result<Publication, HttpError> {
     let data = RawValue::from_string(notification.data.to_string()).map_err(|err| {
         tracing::error!(error = %err, "cannot encode an event payload");
         HttpError::Internal
     })?;
-    shared
-        .rooms
-        .publish(&notification.rooms, &notification.event, Arc::from(data))
-        .map_err(|err| {
-            tracing::error!(error = format!("{err:#}"), "publish failed");
-            HttpError::unavailable(
-                "store_unavailable",
-                "the event could not be stored; retry later",
-            )
-        })
+    Ok(Publication {
+        rooms: notification.rooms.clone(),
+        event: notification.event.clone(),
+        data: Arc::from(data),
+    })
 }

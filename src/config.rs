@@ -31,6 +31,10 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub ws: WsConfig,
     pub queue: QueueConfig,
+    pub api: ApiConfig,
+    pub history: HistoryConfig,
+    pub clinic: ClinicConfig,
+    pub redis: RedisConfig,
 }
 
 /// `[server]`: where the gateway listens and keeps its state.
@@ -154,6 +158,95 @@ impl Default for QueueConfig {
     }
 }
 
+/// `[api]`: the publish API.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// A repeated `Idempotency-Key` within this window gets the first answer.
+    #[serde(with = "duration_text")]
+    pub idempotency_window: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            idempotency_window: Duration::from_secs(600),
+        }
+    }
+}
+
+/// `[history]`: what rooms remember for reconnecting screens.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Events kept in memory per room for `since` recovery.
+    pub per_room: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self { per_room: 100 }
+    }
+}
+
+/// `[clinic]`: who this gateway is in the central Redis.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClinicConfig {
+    /// The clinic's id, shared by all its boxes (Redis keys `smartwait:{<id>}:...`).
+    pub id: String,
+    /// This box's name among the clinic's boxes; empty means the host name.
+    pub node: String,
+}
+
+/// `[redis]`: replication to a central Redis; off without a URL.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://...`; empty = off.
+    pub url: String,
+    pub stream_maxlen: u64,
+    /// Events older than this when replicated go to the stream only, not live.
+    #[serde(with = "duration_text")]
+    pub live_window: Duration,
+    pub outbox_max_events: u64,
+    /// Longest a Redis command may take before the connection is dropped.
+    #[serde(with = "duration_text")]
+    pub command_timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            stream_maxlen: 1_000_000,
+            live_window: Duration::from_secs(5),
+            outbox_max_events: 1_000_000,
+            command_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RedisConfig {
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
+}
+
+/// `url` with any password replaced by `***`, for logs and `check-config`.
+pub fn mask_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((credentials, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => format!("{scheme}://***@{host}"),
+    }
+}
+
 impl Config {
     /// Loads the config: the explicit file, else the first default path that
     /// exists, else built-in defaults; then applies environment overrides.
@@ -198,6 +291,16 @@ impl Config {
 
     /// Fills in the paths that default to somewhere inside the state directory.
     fn resolve_paths(&mut self, env: &[(String, String)]) {
+        if self.clinic.id.is_empty() {
+            self.clinic.id = "clinic".to_owned();
+        }
+        if self.clinic.node.is_empty() {
+            self.clinic.node = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|name| name.trim().to_owned())
+                .filter(|name| !name.is_empty())
+                .unwrap_or_else(|| "node".to_owned());
+        }
         if self.server.state_dir.as_os_str().is_empty() {
             let systemd_dir = env
                 .iter()
@@ -236,6 +339,23 @@ impl Config {
                 bail!("{key} must be greater than 0");
             }
         }
+        let name_ok = |name: &str| {
+            (1..=64).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        };
+        if !name_ok(&self.clinic.id) || !name_ok(&self.clinic.node) {
+            bail!("clinic.id and clinic.node must be 1-64 characters of A-Z, a-z, 0-9, '_', '-' and '.'");
+        }
+        if self.redis.enabled()
+            && !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("rediss://"))
+        {
+            bail!("redis.url must start with redis:// or rediss://");
+        }
+        if self.redis.outbox_max_events == 0 || self.redis.stream_maxlen == 0 {
+            bail!("redis.outbox_max_events and redis.stream_maxlen must be greater than 0");
+        }
         if self.ws.ping_interval.is_zero() || self.ws.ping_interval >= self.ws.idle_timeout {
             bail!("ws.ping_interval must be greater than 0 and less than ws.idle_timeout");
         }
@@ -244,13 +364,17 @@ impl Config {
 
     /// The effective configuration as TOML, for `check-config`.
     pub fn to_toml(&self) -> anyhow::Result<String> {
-        toml::to_string_pretty(self).context("cannot render the configuration")
+        let mut shown = self.clone();
+        shown.redis.url = mask_url_password(&shown.redis.url);
+        toml::to_string_pretty(&shown).context("cannot render the configuration")
     }
 }
 
 /// Sections that environment overrides may address. Section names have no
 /// underscore, so `SMARTWAIT_LIMITS_CLIENT_QUEUE` splits unambiguously.
-const SECTIONS: [&str; 5] = ["server", "auth", "limits", "ws", "queue"];
+const SECTIONS: [&str; 9] = [
+    "server", "auth", "limits", "ws", "queue", "api", "history", "clinic", "redis",
+];
 
 fn apply_env_override(
     table: &mut toml::Table,
@@ -365,6 +489,21 @@ mod tests {
         assert!(format!("{unknown_section:#}").contains("unknown config section"));
         let zero = Config::from_sources("[limits]\nclient_queue = 0\n", &[]).unwrap_err();
         assert!(format!("{zero:#}").contains("client_queue"));
+    }
+
+    #[test]
+    fn redis_passwords_are_masked() {
+        assert_eq!(
+            mask_url_password("redis://:s3cret@host:6379/0"),
+            "redis://:***@host:6379/0"
+        );
+        assert_eq!(
+            mask_url_password("rediss://app:s3cret@host"),
+            "rediss://app:***@host"
+        );
+        assert_eq!(mask_url_password("redis://host:6379"), "redis://host:6379");
+        let config = Config::from_sources("[redis]\nurl = \"redis://u:pw@h:1\"\n", &[]).unwrap();
+        assert!(!config.to_toml().unwrap().contains("pw"));
     }
 
     #[test]

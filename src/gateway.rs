@@ -21,11 +21,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
-use crate::config::{AuthMode, Config};
+use crate::config::{mask_url_password, AuthMode, Config};
 use crate::metrics::Metrics;
+use crate::publisher::{Publisher, WriterSetup};
 use crate::realtime::GetReadyTracker;
-use crate::rooms::Rooms;
-use crate::sequence::Sequence;
+use crate::replication::Replication;
+use crate::rooms::{Rooms, RoomsSetup};
+use crate::store;
+
+/// How often old idempotency keys and stale retained state are expired.
+const HOUSEKEEPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Longest a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -35,6 +40,10 @@ const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 pub struct Shared {
     pub config: Config,
     pub rooms: Rooms,
+    pub publisher: Publisher,
+    pub replication: Replication,
+    /// The replication drain's read connection to `state.db`.
+    pub store_reader: Arc<std::sync::Mutex<rusqlite::Connection>>,
     pub auth: Authenticator,
     pub metrics: Metrics,
     pub get_ready: GetReadyTracker,
@@ -93,14 +102,46 @@ impl Gateway {
     /// Opens the state directory and the JWT secret; fails with a clear
     /// message when either is unusable.
     pub fn new(config: Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        let sequence = Sequence::open(&config.server.state_dir)?;
+        let opened = store::open(&config.server.state_dir)?;
+        let store_reader = store::open_reader(&config.server.state_dir)?;
         let auth = Authenticator::from_config(&config.auth)?;
         if auth.mode() == AuthMode::Off {
             tracing::warn!("AUTHENTICATION IS OFF (auth.mode = \"off\"): anyone on this network can join any room, read every patient's updates and publish; use only for a trial on a closed LAN");
         }
         let metrics = Metrics::new();
+        let rooms = Rooms::new(
+            RoomsSetup {
+                epoch: opened.epoch,
+                last_seq: opened.last_seq,
+                retained: opened.retained,
+                history_per_room: config.history.per_room,
+                client_queue: config.limits.client_queue,
+            },
+            metrics.clone(),
+        );
+        let (publisher, _writer_thread) = Publisher::start(WriterSetup {
+            connection: opened.connection,
+            last_seq: opened.last_seq,
+            outbox_len: opened.outbox_len,
+            outbox_enabled: config.redis.enabled(),
+            outbox_max_events: config.redis.outbox_max_events,
+            idempotency_window: config.api.idempotency_window,
+            rooms: rooms.clone(),
+            metrics: metrics.clone(),
+        })?;
+        if config.redis.enabled() {
+            tracing::info!(
+                url = %mask_url_password(&config.redis.url),
+                clinic = %config.clinic.id,
+                node = %config.clinic.node,
+                "replicating to redis"
+            );
+        }
         let shared = Shared {
-            rooms: Rooms::new(sequence, config.limits.client_queue, metrics.clone()),
+            rooms,
+            publisher,
+            replication: Replication::new(config.redis.enabled()),
+            store_reader: Arc::new(std::sync::Mutex::new(store_reader)),
             get_ready: GetReadyTracker::new(config.queue.get_ready_position),
             connection_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
             config,
@@ -123,6 +164,12 @@ impl Gateway {
     /// token is cancelled, then drains (see the module docs).
     pub async fn run(self, listener: TcpListener) -> anyhow::Result<()> {
         let shared = self.shared;
+        let workers = TaskTracker::new();
+        workers.spawn(housekeeping(shared.clone()));
+        if shared.config.redis.enabled() {
+            workers.spawn(crate::replication::run(shared.clone()));
+            workers.spawn(crate::subscription::run(shared.clone()));
+        }
         // hyper-util's GracefulShutdown cannot watch upgradeable http1
         // connections, so each connection task watches the token itself.
         let http_connections = TaskTracker::new();
@@ -173,14 +220,29 @@ impl Gateway {
         tracing::info!("shutting down: closing client connections");
         shared.sessions.close();
         http_connections.close();
+        workers.close();
         let drained = tokio::time::timeout(shared.config.server.shutdown_timeout, async {
-            tokio::join!(http_connections.wait(), shared.sessions.wait());
+            tokio::join!(
+                http_connections.wait(),
+                shared.sessions.wait(),
+                workers.wait()
+            );
         })
         .await;
         if drained.is_err() {
             tracing::warn!("shutdown timeout reached; dropping the remaining connections");
         }
         Ok(())
+    }
+}
+
+async fn housekeeping(shared: Arc<Shared>) {
+    let mut interval = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+    loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            _ = interval.tick() => shared.publisher.housekeep().await,
+        }
     }
 }
 

@@ -43,6 +43,13 @@ pub struct Metrics {
     pub slow_consumer_disconnects: Counter,
     pub http_requests: Family<HttpLabels, Counter>,
     pub publish_to_send_seconds: Histogram,
+    pub store_errors: Counter,
+    pub outbox_backlog: Gauge,
+    pub outbox_dropped: Counter,
+    pub replicated_events: Counter,
+    pub replication_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub redis_reconnects: Counter,
+    pub remote_events: Counter,
 }
 
 impl Default for Metrics {
@@ -65,7 +72,50 @@ impl Metrics {
         // 50 µs to ~1.6 s: local delivery is expected in the sub-millisecond range.
         let publish_to_send_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
 
+        let store_errors = Counter::default();
+        let outbox_backlog = Gauge::default();
+        let outbox_dropped = Counter::default();
+        let replicated_events = Counter::default();
+        let replication_lag_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let redis_reconnects = Counter::default();
+        let remote_events = Counter::default();
+
         let mut registry = Registry::with_prefix("smartwait");
+        registry.register(
+            "store_errors",
+            "Publish batches that could not be committed",
+            store_errors.clone(),
+        );
+        registry.register(
+            "outbox_backlog",
+            "Events waiting to be replicated to Redis",
+            outbox_backlog.clone(),
+        );
+        registry.register(
+            "outbox_dropped",
+            "Events dropped from a full outbox, never replicated",
+            outbox_dropped.clone(),
+        );
+        registry.register(
+            "replicated_events",
+            "Events written to the Redis stream",
+            replicated_events.clone(),
+        );
+        registry.register(
+            "replication_lag_seconds",
+            "Age of the oldest event not yet replicated (0 when caught up)",
+            replication_lag_seconds.clone(),
+        );
+        registry.register(
+            "redis_reconnects",
+            "Redis connection attempts after a failure",
+            redis_reconnects.clone(),
+        );
+        registry.register(
+            "remote_events",
+            "Events received from other nodes through Redis",
+            remote_events.clone(),
+        );
         registry.register(
             "connections",
             "Open client connections of every protocol",
@@ -125,6 +175,13 @@ impl Metrics {
             slow_consumer_disconnects,
             http_requests,
             publish_to_send_seconds,
+            store_errors,
+            outbox_backlog,
+            outbox_dropped,
+            replicated_events,
+            replication_lag_seconds,
+            redis_reconnects,
+            remote_events,
         }
     }
 

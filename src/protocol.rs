@@ -198,11 +198,22 @@ fn truncate(text: &str, max_chars: usize) -> &str {
         .map_or(text, |(end, _)| &text[..end])
 }
 
+/// Where a joined room stands: the store's epoch, the seq of the room's
+/// latest event, and whether the missed events follow (else the retained one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JoinState<'a> {
+    pub epoch: &'a str,
+    pub seq: u64,
+    pub recovered: bool,
+}
+
 /// The answer to a join or leave.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome<'a> {
     Ok {
         room: &'a str,
+        /// Present for joins.
+        joined: Option<JoinState<'a>>,
     },
     Refused {
         room: &'a str,
@@ -242,8 +253,11 @@ struct AckFrame<T: Serialize> {
 
 #[derive(Serialize)]
 struct OkData<'a> {
-    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ok: Option<bool>,
     room: &'a str,
+    #[serde(flatten)]
+    joined: Option<JoinState<'a>>,
 }
 
 #[derive(Serialize)]
@@ -254,11 +268,6 @@ struct RefusalData<'a> {
     room: Option<&'a str>,
     code: &'a str,
     message: &'a str,
-}
-
-#[derive(Serialize)]
-struct RoomOnly<'a> {
-    room: &'a str,
 }
 
 impl ServerMessage<'_> {
@@ -295,13 +304,21 @@ fn encode_reply(
     refused_event: &str,
 ) -> serde_json::Result<String> {
     match (ack, outcome) {
-        (Some(ack), Outcome::Ok { room }) => serde_json::to_string(&AckFrame {
+        (Some(ack), Outcome::Ok { room, joined }) => serde_json::to_string(&AckFrame {
             ack,
-            data: OkData { ok: true, room },
+            data: OkData {
+                ok: Some(true),
+                room,
+                joined: joined.clone(),
+            },
         }),
-        (None, Outcome::Ok { room }) => serde_json::to_string(&EventFrame {
+        (None, Outcome::Ok { room, joined }) => serde_json::to_string(&EventFrame {
             event: ok_event,
-            data: RoomOnly { room },
+            data: OkData {
+                ok: None,
+                room,
+                joined: joined.clone(),
+            },
         }),
         (
             ack,
@@ -421,7 +438,10 @@ mod tests {
 
     #[test]
     fn replies_have_the_documented_shapes() {
-        let ok = Outcome::Ok { room: "staff" };
+        let ok = Outcome::Ok {
+            room: "staff",
+            joined: None,
+        };
         let refused = Outcome::Refused {
             room: "staff",
             code: "forbidden",
@@ -467,6 +487,30 @@ mod tests {
         for (message, expected) in cases {
             assert_eq!(message.encode(), expected);
         }
+        let joined = Outcome::Ok {
+            room: "patients",
+            joined: Some(JoinState {
+                epoch: "e1",
+                seq: 7,
+                recovered: true,
+            }),
+        };
+        assert_eq!(
+            ServerMessage::JoinReply {
+                ack: None,
+                outcome: joined.clone()
+            }
+            .encode(),
+            r#"{"event":"joined","data":{"room":"patients","epoch":"e1","seq":7,"recovered":true}}"#
+        );
+        assert_eq!(
+            ServerMessage::JoinReply {
+                ack: Some(3),
+                outcome: joined
+            }
+            .encode(),
+            r#"{"ack":3,"data":{"ok":true,"room":"patients","epoch":"e1","seq":7,"recovered":true}}"#
+        );
         let error = ProtocolError::new(ErrorCode::InvalidJson, "bad");
         assert_eq!(
             ServerMessage::Error(&error).encode(),

@@ -34,6 +34,18 @@ pub struct Notification {
 #[error("{0}")]
 pub struct ShapeError(pub String);
 
+/// Whether `event` becomes `room`'s retained state, shown to every screen
+/// that joins: the last queue picture for displays and staff, the last
+/// position for a patient.
+pub fn is_retained(room: &Room, event: &EventName) -> bool {
+    matches!(
+        (room, event.as_str()),
+        (Room::Patients, "queue_update")
+            | (Room::Staff, "queue_refresh")
+            | (Room::Patient(_), "position_update")
+    )
+}
+
 /// ISO-8601 UTC with milliseconds, as JavaScript's `toISOString()` writes it.
 pub fn timestamp_now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()

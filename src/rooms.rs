@@ -1,10 +1,12 @@
-//! The rooms core: who is in which room, and fan-out of published events to
-//! them. It knows no transport: the WebSocket session, the HTTP API and the
-//! readiness probe all call the same `connect` / `join` / `publish`.
+//! The rooms core: who is in which room, what each room remembers, and
+//! fan-out of committed events to members. It knows no transport: the
+//! sessions, the publisher and the readiness probe all call the same
+//! `connect` / `join` / `deliver`.
 //!
-//! One mutex guards the membership maps and the sequence counter together,
-//! so sequence numbers are handed out in the order events are fanned out and
-//! a client in two rooms never sees seq 7 before seq 6. Fan-out under the
+//! Events arrive already numbered and committed, in seq order, from the
+//! single writer ([`crate::publisher`]). One mutex guards membership,
+//! history and retained state together, so a join sees exactly the events
+//! before it (replayed) and its queue exactly those after. Fan-out under the
 //! lock only does `try_send` into bounded per-client queues, so it never
 //! waits on a client; a client whose queue is full is told to close (1013)
 //! through its overflow token instead of slowing the others.
@@ -19,9 +21,11 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::history::{History, Recovery, Retained};
 use crate::metrics::Metrics;
+use crate::realtime::is_retained;
 use crate::room::{EventName, Room, RoomKind};
-use crate::sequence::Sequence;
+use crate::store::StoredEvent;
 
 /// How an event is encoded on the wire; each framing is encoded at most once
 /// per room event and the bytes are shared by every recipient.
@@ -47,6 +51,23 @@ pub struct RoomEvent {
 }
 
 impl RoomEvent {
+    pub fn new(
+        seq: u64,
+        room: Room,
+        event: EventName,
+        data: Arc<RawValue>,
+        published_at: Instant,
+    ) -> Self {
+        Self {
+            seq,
+            room,
+            event,
+            data,
+            published_at,
+            frames: Default::default(),
+        }
+    }
+
     /// The encoded frame for `framing`, made by `encode` on first use only.
     pub fn frame(&self, framing: Framing, encode: impl FnOnce(&RoomEvent) -> Bytes) -> Bytes {
         self.frames[framing as usize]
@@ -55,11 +76,16 @@ impl RoomEvent {
     }
 }
 
-/// What a publish did: its sequence number and how many local clients got it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Published {
-    pub seq: u64,
-    pub delivered: usize,
+/// What a join found: where the room stands, and what to send before live events.
+#[derive(Debug)]
+pub struct Joined {
+    pub membership: Membership,
+    /// The seq of the room's latest event (0 when none is known).
+    pub latest_seq: u64,
+    /// Whether `backlog` holds the events missed since the client's `since`.
+    pub recovered: bool,
+    /// Missed events (recovered), else the room's retained event if any.
+    pub backlog: Vec<Arc<RoomEvent>>,
 }
 
 /// Members of each room kind, for health output (no ids).
@@ -84,17 +110,31 @@ struct ClientLink {
 
 #[derive(Debug)]
 struct State {
-    sequence: Sequence,
-    rooms: HashMap<Room, HashMap<ClientId, ClientLink>>,
+    members: HashMap<Room, HashMap<ClientId, ClientLink>>,
+    history: History,
+    retained: Retained,
+    last_seq: u64,
 }
 
 #[derive(Debug)]
 struct Inner {
     /// Held only for map updates and non-blocking fan-out, never across `.await`.
     state: Mutex<State>,
+    /// The store's epoch: a `since` from another epoch is another history.
+    epoch: String,
     next_client: AtomicU64,
     client_queue: usize,
     metrics: Metrics,
+}
+
+/// How the rooms core starts: from what the store holds.
+#[derive(Debug)]
+pub struct RoomsSetup {
+    pub epoch: String,
+    pub last_seq: u64,
+    pub retained: Vec<(Room, StoredEvent)>,
+    pub history_per_room: usize,
+    pub client_queue: usize,
 }
 
 /// Cheap-to-clone handle to the rooms core.
@@ -102,16 +142,34 @@ struct Inner {
 pub struct Rooms(Arc<Inner>);
 
 impl Rooms {
-    pub fn new(sequence: Sequence, client_queue: usize, metrics: Metrics) -> Self {
+    pub fn new(setup: RoomsSetup, metrics: Metrics) -> Self {
+        let mut retained = Retained::default();
+        let loaded_at = Instant::now();
+        for (room, event) in setup.retained {
+            retained.set(Arc::new(RoomEvent::new(
+                event.seq,
+                room,
+                event.event,
+                event.data,
+                loaded_at,
+            )));
+        }
         Self(Arc::new(Inner {
             state: Mutex::new(State {
-                sequence,
-                rooms: HashMap::new(),
+                members: HashMap::new(),
+                history: History::new(setup.history_per_room, setup.last_seq),
+                retained,
+                last_seq: setup.last_seq,
             }),
+            epoch: setup.epoch,
             next_client: AtomicU64::new(1),
-            client_queue,
+            client_queue: setup.client_queue,
             metrics,
         }))
+    }
+
+    pub fn epoch(&self) -> &str {
+        &self.0.epoch
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -133,41 +191,48 @@ impl Rooms {
         }
     }
 
-    /// Publishes one event to `targets` under one new sequence number.
-    pub fn publish(
-        &self,
-        targets: &[Room],
-        event: &EventName,
-        data: Arc<RawValue>,
-    ) -> anyhow::Result<Published> {
+    /// Delivers one committed event to the members of its rooms, and records
+    /// it in their history and retained state. Returns the frames queued.
+    pub fn deliver(&self, event: &StoredEvent, accepted_at: Instant) -> usize {
         let mut state = self.state();
-        let seq = state.sequence.advance()?;
-        let delivered = targets
-            .iter()
-            .map(|room| self.fan_out(&state, room, seq, event, &data))
-            .sum();
+        state.last_seq = state.last_seq.max(event.seq);
+        let mut delivered = 0;
+        for room in &event.rooms {
+            let room_event = Arc::new(RoomEvent::new(
+                event.seq,
+                room.clone(),
+                event.event.clone(),
+                event.data.clone(),
+                accepted_at,
+            ));
+            state.history.record(&room_event);
+            if is_retained(room, &event.event) {
+                state.retained.set(room_event.clone());
+            }
+            delivered += self.fan_out(&state, &room_event);
+        }
         drop(state);
         self.0.metrics.events_published.inc();
         self.0.metrics.frames_delivered.inc_by(delivered as u64);
-        Ok(Published { seq, delivered })
+        delivered
     }
 
     /// Sends a probe event through the same fan-out path as client events,
     /// to one fresh subscriber, and reports whether it arrived in time.
     pub async fn probe(&self, timeout: Duration) -> bool {
         let mut subscriber = self.connect();
-        let _membership = subscriber.join(Room::Canary);
-        let data: Arc<RawValue> = Arc::from(RawValue::NULL.to_owned());
+        let _joined = subscriber.join(Room::Canary, None);
         {
             let state = self.state();
-            let seq = state.sequence.last();
-            self.fan_out(
-                &state,
-                &Room::Canary,
-                seq,
-                &EventName::known("canary"),
-                &data,
+            let data = Arc::from(RawValue::NULL.to_owned());
+            let canary = RoomEvent::new(
+                state.last_seq,
+                Room::Canary,
+                EventName::known("canary"),
+                data,
+                Instant::now(),
             );
+            self.fan_out(&state, &Arc::new(canary));
         }
         matches!(
             tokio::time::timeout(timeout, subscriber.receiver.recv()).await,
@@ -175,25 +240,10 @@ impl Rooms {
         )
     }
 
-    fn fan_out(
-        &self,
-        state: &State,
-        room: &Room,
-        seq: u64,
-        event: &EventName,
-        data: &Arc<RawValue>,
-    ) -> usize {
-        let Some(members) = state.rooms.get(room) else {
+    fn fan_out(&self, state: &State, room_event: &Arc<RoomEvent>) -> usize {
+        let Some(members) = state.members.get(&room_event.room) else {
             return 0;
         };
-        let room_event = Arc::new(RoomEvent {
-            seq,
-            room: room.clone(),
-            event: event.clone(),
-            data: data.clone(),
-            published_at: Instant::now(),
-            frames: Default::default(),
-        });
         let mut delivered = 0;
         for link in members.values() {
             match link.queue.try_send(room_event.clone()) {
@@ -216,7 +266,7 @@ impl Rooms {
     pub fn counts(&self) -> RoomCounts {
         let state = self.state();
         let mut counts = RoomCounts::default();
-        for (room, members) in &state.rooms {
+        for (room, members) in &state.members {
             match room.kind() {
                 RoomKind::Patient => {
                     counts.patient_rooms += 1;
@@ -230,25 +280,49 @@ impl Rooms {
         counts
     }
 
-    /// The last sequence number handed out.
+    /// The last seq delivered.
     pub fn last_seq(&self) -> u64 {
-        self.state().sequence.last()
+        self.state().last_seq
     }
 
-    fn add_member(&self, room: &Room, id: ClientId, link: &ClientLink) {
-        self.state()
-            .rooms
+    /// Adds a member and, under the same lock, collects what it must be sent
+    /// before live events: missed events after `since`, or the retained one.
+    fn add_member(
+        &self,
+        room: &Room,
+        id: ClientId,
+        link: &ClientLink,
+        since: Option<u64>,
+    ) -> (u64, bool, Vec<Arc<RoomEvent>>) {
+        let mut state = self.state();
+        let recovery = match since {
+            Some(since) => state.history.since(room, since, state.last_seq),
+            None => Recovery::Unavailable,
+        };
+        let retained = state.retained.get(room).cloned();
+        let latest_seq = state
+            .history
+            .latest_seq(room)
+            .or_else(|| retained.as_ref().map(|event| event.seq))
+            .unwrap_or(0);
+        let (recovered, backlog) = match recovery {
+            Recovery::Recovered(events) => (true, events),
+            Recovery::Unavailable => (false, retained.into_iter().collect()),
+        };
+        state
+            .members
             .entry(room.clone())
             .or_default()
             .insert(id, link.clone());
+        (latest_seq, recovered, backlog)
     }
 
     fn remove_member(&self, room: &Room, id: ClientId) {
         let mut state = self.state();
-        if let Some(members) = state.rooms.get_mut(room) {
+        if let Some(members) = state.members.get_mut(room) {
             members.remove(&id);
             if members.is_empty() {
-                state.rooms.remove(room);
+                state.members.remove(room);
             }
         }
     }
@@ -269,13 +343,21 @@ impl Subscriber {
         self.id
     }
 
-    /// Enters `room`; the client stays a member until the guard is dropped.
-    pub fn join(&self, room: Room) -> Membership {
-        self.rooms.add_member(&room, self.id, &self.link);
-        Membership {
-            rooms: self.rooms.clone(),
-            room,
-            client: self.id,
+    /// Enters `room`; the client stays a member until the membership is
+    /// dropped. `since` asks for the events missed after that seq (the
+    /// caller has checked the client's epoch).
+    pub fn join(&self, room: Room, since: Option<u64>) -> Joined {
+        let (latest_seq, recovered, backlog) =
+            self.rooms.add_member(&room, self.id, &self.link, since);
+        Joined {
+            membership: Membership {
+                rooms: self.rooms.clone(),
+                room,
+                client: self.id,
+            },
+            latest_seq,
+            recovered,
+            backlog,
         }
     }
 

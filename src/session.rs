@@ -16,7 +16,9 @@ use crate::auth::{Denied, Identity};
 use crate::client_budget::ClientBudget;
 use crate::gateway::{ClientSlot, Shared};
 use crate::metrics::{CodeLabel, RoomKindLabel};
-use crate::protocol::{self, ErrorCode, Outcome, ProtocolError, Request, ServerMessage};
+use crate::protocol::{
+    self, ErrorCode, JoinState, Outcome, ProtocolError, Request, Resume, ServerMessage,
+};
 use crate::room::Room;
 use crate::rooms::{Framing, Membership, RoomEvent, Subscriber};
 use crate::ws::{close, CloseReason, Socket};
@@ -24,6 +26,24 @@ use crate::ws::{close, CloseReason, Socket};
 /// Room events written per socket flush; bounds the time one busy client
 /// spends before the session looks at its other inputs again.
 const MAX_FRAMES_PER_FLUSH: usize = 64;
+
+/// An accepted join: where the room stands and what to send first.
+struct JoinGrant {
+    latest_seq: u64,
+    recovered: bool,
+    backlog: Vec<Arc<RoomEvent>>,
+}
+
+fn outcome<'a>(room: &'a str, result: Result<Option<JoinState<'a>>, Refusal>) -> Outcome<'a> {
+    match result {
+        Ok(joined) => Outcome::Ok { room, joined },
+        Err(refusal) => Outcome::Refused {
+            room,
+            code: refusal.code(),
+            message: refusal.message(),
+        },
+    }
+}
 
 /// What a join or leave was refused for, as the protocol's codes.
 #[derive(Debug, Clone, Copy)]
@@ -142,6 +162,11 @@ impl Session {
                 None => break,
             }
         }
+        self.write_events(batch).await
+    }
+
+    /// Writes room events in order and flushes once.
+    async fn write_events(&mut self, batch: Vec<Arc<RoomEvent>>) -> Result<(), CloseReason> {
         let socket = &mut self.socket;
         let write = async {
             for event in &batch {
@@ -218,45 +243,55 @@ impl Session {
     }
 
     async fn on_request(&mut self, ack: Option<u64>, request: Request) -> Result<(), CloseReason> {
-        let (name, result, is_join) = match request {
-            Request::JoinPatientRoom { room_name, .. } => {
-                let result = self.join(Room::parse(&room_name));
-                (room_name, result, true)
+        let (name, room, resume) = match request {
+            Request::JoinPatientRoom { room_name, resume } => {
+                let room = Room::parse(&room_name);
+                (room_name, room, resume)
             }
-            Request::JoinStaffRoom { staff_id, .. } => {
+            Request::JoinStaffRoom { staff_id, resume } => {
                 tracing::debug!(staff_id = staff_id.as_deref().unwrap_or(""), "staff join");
-                (Room::Staff.to_string(), self.join(Some(Room::Staff)), true)
+                (Room::Staff.to_string(), Some(Room::Staff), resume)
             }
-            Request::JoinPatientsRoom { .. } => (
-                Room::Patients.to_string(),
-                self.join(Some(Room::Patients)),
-                true,
-            ),
+            Request::JoinPatientsRoom { resume } => {
+                (Room::Patients.to_string(), Some(Room::Patients), resume)
+            }
             Request::LeaveRoom { room_name } => {
                 let result = self.leave(Room::parse(&room_name));
-                (room_name, result, false)
+                let shown: String = room_name.chars().take(80).collect();
+                let outcome = outcome(&shown, result.map(|()| None));
+                return self
+                    .reply(&ServerMessage::LeaveReply { ack, outcome })
+                    .await;
             }
         };
         let shown: String = name.chars().take(80).collect();
-        let outcome = match result {
-            Ok(()) => Outcome::Ok { room: &shown },
-            Err(refusal) => Outcome::Refused {
-                room: &shown,
-                code: refusal.code(),
-                message: refusal.message(),
-            },
+        let grant = self.join(room, &resume);
+        let epoch = self.shared.rooms.epoch().to_owned();
+        let (state, backlog) = match grant {
+            Ok(grant) => {
+                let state = JoinState {
+                    epoch: &epoch,
+                    seq: grant.latest_seq,
+                    recovered: grant.recovered,
+                };
+                (Ok(Some(state)), grant.backlog)
+            }
+            Err(refusal) => (Err(refusal), Vec::new()),
         };
-        let reply = if is_join {
-            ServerMessage::JoinReply { ack, outcome }
+        let outcome = outcome(&shown, state);
+        self.reply(&ServerMessage::JoinReply { ack, outcome })
+            .await?;
+        // Missed events (or the retained state) go out after the reply, before live ones.
+        if backlog.is_empty() {
+            Ok(())
         } else {
-            ServerMessage::LeaveReply { ack, outcome }
-        };
-        self.reply(&reply).await
+            self.write_events(backlog).await
+        }
     }
 
-    fn join(&mut self, room: Option<Room>) -> Result<(), Refusal> {
-        let result = self.try_join(room);
-        if let Err(refusal) = result {
+    fn join(&mut self, room: Option<Room>, resume: &Resume) -> Result<JoinGrant, Refusal> {
+        let result = self.try_join(room, resume);
+        if let Err(refusal) = &result {
             self.shared
                 .metrics
                 .joins_denied
@@ -268,7 +303,7 @@ impl Session {
         result
     }
 
-    fn try_join(&mut self, room: Option<Room>) -> Result<(), Refusal> {
+    fn try_join(&mut self, room: Option<Room>, resume: &Resume) -> Result<JoinGrant, Refusal> {
         // The room name is checked first, whatever the token.
         let room = room.ok_or(Refusal::InvalidRoom)?;
         self.shared
@@ -276,12 +311,21 @@ impl Session {
             .may_join(&self.identity, &room)
             .map_err(Refusal::Denied)?;
         if self.memberships.iter().any(|member| *member.room() == room) {
-            return Ok(());
+            let latest_seq = self.shared.rooms.last_seq();
+            return Ok(JoinGrant {
+                latest_seq,
+                recovered: false,
+                backlog: Vec::new(),
+            });
         }
         if self.memberships.len() >= self.shared.config.limits.rooms_per_connection {
             return Err(Refusal::TooManyRooms);
         }
-        tracing::debug!(%room, "joined");
+        // A `since` from another epoch counts from another history: ignore it.
+        let since = resume
+            .since
+            .filter(|_| resume.epoch.as_deref() == Some(self.shared.rooms.epoch()));
+        tracing::debug!(%room, since, "joined");
         self.shared
             .metrics
             .joins
@@ -289,8 +333,13 @@ impl Session {
                 room_kind: room.kind().as_str(),
             })
             .inc();
-        self.memberships.push(self.subscriber.join(room));
-        Ok(())
+        let joined = self.subscriber.join(room, since);
+        self.memberships.push(joined.membership);
+        Ok(JoinGrant {
+            latest_seq: joined.latest_seq,
+            recovered: joined.recovered,
+            backlog: joined.backlog,
+        })
     }
 
     fn leave(&mut self, room: Option<Room>) -> Result<(), Refusal> {

@@ -338,5 +338,5 @@ async fn runs_on_defaults_with_no_config_and_logs_how_to_start() {
         dir.path().join("data/jwt-secret").is_file(),
         "secret created in ./data"
     );
-    assert!(dir.path().join("data/seq.lease").is_file());
+    assert!(dir.path().join("data/state.db").is_file());
 }

@@ -127,10 +127,14 @@ async fn replies_without_an_id_are_events() {
     client
         .send_json(json!({"event": "join-patient-room", "data": 42}))
         .await;
-    assert_eq!(
-        client.next_json().await,
-        json!({"event": "joined", "data": {"room": "patient_42"}})
-    );
+    let joined = client.next_json().await;
+    assert_eq!(joined["event"], "joined");
+    assert_eq!(joined["data"]["room"], "patient_42");
+    assert_eq!(joined["data"]["seq"], 0, "no event yet");
+    assert_eq!(joined["data"]["recovered"], false);
+    assert!(joined["data"]["epoch"]
+        .as_str()
+        .is_some_and(|e| !e.is_empty()));
     client
         .send_json(json!({"event": "join-staff-room", "data": "x"}))
         .await;
@@ -161,7 +165,12 @@ async fn join_with_resume_object_and_leave_with_ack() {
             json!({"id": "nurse-1", "since": 3, "epoch": "abc"}),
         )
         .await;
-    assert_eq!(reply, json!({"ok": true, "room": "staff"}));
+    // A `since` from another epoch is not honoured.
+    assert_eq!(
+        (reply["ok"].clone(), reply["room"].clone()),
+        (json!(true), json!("staff"))
+    );
+    assert_eq!(reply["recovered"], false);
     let reply = client.request("leave-room", json!("staff")).await;
     assert_eq!(reply, json!({"ok": true, "room": "staff"}));
     let reply = client.request("leave-room", json!("staff")).await;
