@@ -13,17 +13,35 @@ use serde_json::json;
 use crate::gateway::Shared;
 use crate::http::{json_response, HttpResponse};
 use crate::realtime::timestamp_now;
+use crate::replication::LinkState;
+use std::sync::atomic::Ordering;
 
 /// How long the readiness canary may take through the rooms core.
 const CANARY_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// `GET /health`: 200 while serving, 503 while shutting down.
+/// `GET /health`: 200 while serving (`degraded` while a configured Redis
+/// is not connected: the clinic is still served), 503 while shutting down.
 pub fn status(shared: &Shared) -> HttpResponse {
     let stopping = shared.shutdown.is_cancelled();
+    let link = shared.replication.status();
+    let redis_connected = link.state == LinkState::Connected;
+    let status = match (stopping, link.state) {
+        (true, _) => "shutting_down",
+        (false, LinkState::Connecting | LinkState::Unreachable) => "degraded",
+        (false, LinkState::Connected | LinkState::Disabled) => "healthy",
+    };
+    let outbox = shared.publisher.outbox();
     let body = json!({
-        "status": if stopping { "shutting_down" } else { "healthy" },
+        "status": status,
         "connectedClients": shared.connected_clients(),
-        "redisAdapter": false,
+        "redisAdapter": redis_connected,
+        "redis": {
+            "state": link.state,
+            "backlog": outbox.backlog.load(Ordering::Relaxed),
+            "lastReplicatedSeq": link.last_replicated_seq,
+            "droppedEvents": outbox.dropped.load(Ordering::Relaxed),
+            "lastError": link.last_error,
+        },
         "rooms": shared.rooms.counts(),
         "lastSeq": shared.rooms.last_seq(),
         "slowConsumerDisconnects": shared.metrics.slow_consumer_disconnects.get(),

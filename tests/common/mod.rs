@@ -39,7 +39,7 @@ pub struct TestGateway {
     pub config: Config,
     shutdown: CancellationToken,
     task: Option<JoinHandle<anyhow::Result<()>>>,
-    _state: tempfile::TempDir,
+    _state: Option<tempfile::TempDir>,
 }
 
 impl TestGateway {
@@ -50,10 +50,18 @@ impl TestGateway {
     /// Starts a gateway after `adjust` changed the default config.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
         let state = tempfile::tempdir().expect("temp dir");
+        let mut gateway = Self::start_in(state.path(), adjust).await;
+        gateway._state = Some(state);
+        gateway
+    }
+
+    /// Starts a gateway on the state directory `state` (to restart on it).
+    pub async fn start_in(state: &Path, adjust: impl FnOnce(&mut Config)) -> Self {
         let mut config = Config::from_sources("", &[]).expect("default config");
         config.server.listen = "127.0.0.1:0".parse().expect("address");
-        config.server.state_dir = state.path().to_path_buf();
-        config.auth.secret_file = state.path().join("jwt-secret");
+        config.server.state_dir = state.to_path_buf();
+        config.auth.secret_file = state.join("jwt-secret");
+        config.clinic.id = "test-clinic".to_owned();
         adjust(&mut config);
         let listener = TcpListener::bind(config.server.listen).await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
@@ -67,7 +75,7 @@ impl TestGateway {
             config,
             shutdown,
             task: Some(task),
-            _state: state,
+            _state: None,
         }
     }
 
@@ -379,5 +387,236 @@ impl GatewayProcess {
             .status()
             .expect("kill");
         assert!(status.success());
+    }
+}
+
+/// Polls `check` every 20 ms until it is true, failing after `limit`.
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (for servers that cannot bind port 0 and report it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A real `redis-server` on a free port with AOF persistence, in its own
+/// directory; killed when dropped. `kill` stops it with SIGKILL and
+/// `launch` brings it back on the same port with the same data.
+pub struct TestRedis {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    extra_args: Vec<String>,
+    child: Option<std::process::Child>,
+}
+
+impl TestRedis {
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    pub async fn start_with(extra_args: &[&str]) -> Self {
+        let mut redis = Self::stopped(extra_args);
+        redis.launch().await;
+        redis
+    }
+
+    /// A Redis that is not running yet (its port is chosen).
+    pub fn stopped(extra_args: &[&str]) -> Self {
+        Self {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("redis dir"),
+            extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
+            child: None,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the (stopped) server on its port, with the data it had.
+    pub async fn launch(&mut self) {
+        assert!(self.child.is_none(), "redis already running");
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test installs it)");
+        self.child = Some(child);
+        let port = self.port;
+        let password = self.password();
+        wait_until(PROMPTLY, "redis-server to answer PING", || {
+            let password = password.clone();
+            async move { ping(port, password.as_deref()).await }
+        })
+        .await;
+    }
+
+    fn password(&self) -> Option<String> {
+        let position = self
+            .extra_args
+            .iter()
+            .position(|arg| arg == "--requirepass")?;
+        self.extra_args.get(position + 1).cloned()
+    }
+
+    /// Kills the server with SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A client connection (authenticated when the server has a password).
+    pub async fn client(&self) -> redis::aio::MultiplexedConnection {
+        let url = match self.password() {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
+            None => self.url(),
+        };
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(PROMPTLY));
+        redis::Client::open(url)
+            .expect("redis url")
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .expect("redis connection")
+    }
+
+    /// The `seq` and `node` fields of every stream entry, in stream order.
+    pub async fn stream(&self, clinic: &str) -> Vec<StreamEntry> {
+        let mut connection = self.client().await;
+        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(format!("smartwait:{{{clinic}}}:events"))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut connection)
+            .await
+            .expect("XRANGE");
+        entries
+            .into_iter()
+            .map(|(_, fields)| {
+                let map: std::collections::HashMap<String, String> = fields
+                    .chunks(2)
+                    .map(|pair| (pair[0].clone(), pair[1].clone()))
+                    .collect();
+                StreamEntry {
+                    seq: map["seq"].parse().expect("seq"),
+                    node: map["node"].clone(),
+                    rooms: map["rooms"].clone(),
+                    event: map["event"].clone(),
+                    data: serde_json::from_str(&map["data"]).expect("data JSON"),
+                    ts: map["ts"].clone(),
+                }
+            })
+            .collect()
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamEntry {
+    pub seq: u64,
+    pub node: String,
+    pub rooms: String,
+    pub event: String,
+    pub data: Value,
+    pub ts: String,
+}
+
+async fn ping(port: u16, password: Option<&str>) -> bool {
+    let url = match password {
+        Some(password) => format!("redis://:{password}@127.0.0.1:{port}"),
+        None => format!("redis://127.0.0.1:{port}"),
+    };
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    match client.get_multiplexed_async_connection().await {
+        Ok(mut connection) => redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// An HTTP/1.1 connection kept alive for many requests (for publish loads).
+pub struct HttpConnection {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    addr: SocketAddr,
+}
+
+impl HttpConnection {
+    pub async fn open(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        Self { sender, addr }
+    }
+
+    /// POSTs JSON with a bearer token and optional extra headers.
+    pub async fn post(
+        &mut self,
+        path: &str,
+        token: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut request = hyper::Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("host", self.addr.to_string())
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.to_string())))
+            .expect("request");
+        self.sender.ready().await.expect("connection ready");
+        let response = self.sender.send_request(request).await.expect("response");
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, serde_json::from_slice(&body).expect("JSON answer"))
     }
 }
