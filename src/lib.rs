@@ -24,6 +24,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod client;
 pub mod client_budget;
 pub mod config;
 pub mod gateway;
