@@ -35,6 +35,7 @@ pub struct Config {
     pub history: HistoryConfig,
     pub clinic: ClinicConfig,
     pub redis: RedisConfig,
+    pub socketio: SocketIoConfig,
 }
 
 /// `[server]`: where the gateway listens and keeps its state.
@@ -154,6 +155,26 @@ impl Default for QueueConfig {
     fn default() -> Self {
         Self {
             get_ready_position: 2,
+        }
+    }
+}
+
+/// `[socketio]`: the Socket.IO endpoint's Engine.IO heartbeat (Node's defaults).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SocketIoConfig {
+    #[serde(with = "duration_text")]
+    pub ping_interval: Duration,
+    /// A client that has not answered a ping within this is disconnected.
+    #[serde(with = "duration_text")]
+    pub ping_timeout: Duration,
+}
+
+impl Default for SocketIoConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(25),
+            ping_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -356,6 +377,9 @@ impl Config {
         if self.redis.outbox_max_events == 0 || self.redis.stream_maxlen == 0 {
             bail!("redis.outbox_max_events and redis.stream_maxlen must be greater than 0");
         }
+        if self.socketio.ping_interval.is_zero() || self.socketio.ping_timeout.is_zero() {
+            bail!("socketio.ping_interval and socketio.ping_timeout must be greater than 0");
+        }
         if self.ws.ping_interval.is_zero() || self.ws.ping_interval >= self.ws.idle_timeout {
             bail!("ws.ping_interval must be greater than 0 and less than ws.idle_timeout");
         }
@@ -372,8 +396,8 @@ impl Config {
 
 /// Sections that environment overrides may address. Section names have no
 /// underscore, so `SMARTWAIT_LIMITS_CLIENT_QUEUE` splits unambiguously.
-const SECTIONS: [&str; 9] = [
-    "server", "auth", "limits", "ws", "queue", "api", "history", "clinic", "redis",
+const SECTIONS: [&str; 10] = [
+    "server", "auth", "limits", "ws", "queue", "api", "history", "clinic", "redis", "socketio",
 ];
 
 fn apply_env_override(

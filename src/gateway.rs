@@ -49,6 +49,8 @@ pub struct Shared {
     pub get_ready: GetReadyTracker,
     pub started: Instant,
     pub shutdown: CancellationToken,
+    /// Live Socket.IO (Engine.IO) sessions by sid.
+    pub engine_sessions: crate::eio_server::EngineSessions,
     /// WebSocket sessions, which leave hyper's graceful watcher once upgraded.
     pub sessions: TaskTracker,
     /// One permit per open client connection of any protocol.
@@ -148,6 +150,7 @@ impl Gateway {
             auth,
             metrics,
             started: Instant::now(),
+            engine_sessions: Default::default(),
             shutdown,
             sessions: TaskTracker::new(),
         };

@@ -23,6 +23,7 @@ pub type HttpResponse = Response<Full<Bytes>>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     WebSocket,
+    SocketIo,
     Health,
     HealthLive,
     HealthReady,
@@ -36,6 +37,7 @@ impl Route {
         let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
         let route = match segments.as_slice() {
             ["ws"] => Self::WebSocket,
+            ["socket.io"] => Self::SocketIo,
             ["health"] => Self::Health,
             ["health", "live"] => Self::HealthLive,
             ["health", "ready"] => Self::HealthReady,
@@ -51,10 +53,12 @@ impl Route {
         Some(route)
     }
 
-    fn method(&self) -> Method {
+    /// The methods the route answers; the first is named in 405 answers.
+    fn methods(&self) -> &'static [Method] {
         match self {
-            Self::Api(_) => Method::POST,
-            _ => Method::GET,
+            Self::Api(_) => &[Method::POST],
+            Self::SocketIo => &[Method::GET, Method::POST],
+            _ => &[Method::GET],
         }
     }
 
@@ -62,6 +66,7 @@ impl Route {
     fn label(&self) -> &'static str {
         match self {
             Self::WebSocket => "/ws",
+            Self::SocketIo => "/socket.io/",
             Self::Health => "/health",
             Self::HealthLive => "/health/live",
             Self::HealthReady => "/health/ready",
@@ -92,6 +97,10 @@ pub enum HttpError {
     Unavailable { code: &'static str, message: String },
     #[error("internal error; see the gateway's log")]
     Internal,
+    /// An Engine.IO error, answered 400 in Engine.IO's own shape
+    /// `{"code", "message"}` that Socket.IO clients understand.
+    #[error("{message}")]
+    EngineIo { code: u8, message: String },
 }
 
 impl HttpError {
@@ -120,10 +129,17 @@ impl HttpError {
             Self::UpgradeRequired(_) => (StatusCode::UPGRADE_REQUIRED, "upgrade_required"),
             Self::Unavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            Self::EngineIo { .. } => (StatusCode::BAD_REQUEST, "engine_io"),
         }
     }
 
     pub fn into_response(self) -> HttpResponse {
+        if let Self::EngineIo { code, message } = &self {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({"code": code, "message": message}),
+            );
+        }
         let (status, code) = self.status_and_code();
         let body = serde_json::json!({"error": {"code": code, "message": self.to_string()}});
         let mut response = json_response(status, &body);
@@ -162,8 +178,8 @@ pub async fn handle(
     let label = route.as_ref().map_or("unknown", Route::label);
     let response = match route {
         None => HttpError::NotFound.into_response(),
-        Some(route) if request.method() != route.method() => {
-            HttpError::MethodNotAllowed(route.method()).into_response()
+        Some(route) if !route.methods().contains(request.method()) => {
+            HttpError::MethodNotAllowed(route.methods()[0].clone()).into_response()
         }
         Some(route) => dispatch(&shared, peer, route, request)
             .await
@@ -188,6 +204,7 @@ async fn dispatch(
 ) -> Result<HttpResponse, HttpError> {
     match route {
         Route::WebSocket => crate::ws::upgrade(shared, peer, request),
+        Route::SocketIo => crate::eio_server::handle(shared, peer, request).await,
         Route::Health => Ok(crate::health::status(shared)),
         Route::HealthLive => Ok(crate::health::live()),
         Route::HealthReady => Ok(crate::health::ready(shared).await),

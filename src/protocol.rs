@@ -122,7 +122,7 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ProtocolError> 
     Ok(ClientMessage { ack, request })
 }
 
-fn parse_request(event: &str, data: Value) -> Result<Request, ProtocolError> {
+pub fn parse_request(event: &str, data: Value) -> Result<Request, ProtocolError> {
     match event {
         "join-patient-room" => {
             let (id, resume) = id_and_resume(data)?;
@@ -240,18 +240,6 @@ pub enum ServerMessage<'a> {
 }
 
 #[derive(Serialize)]
-struct EventFrame<'a, T: Serialize> {
-    event: &'a str,
-    data: T,
-}
-
-#[derive(Serialize)]
-struct AckFrame<T: Serialize> {
-    ack: u64,
-    data: T,
-}
-
-#[derive(Serialize)]
 struct OkData<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     ok: Option<bool>,
@@ -270,78 +258,71 @@ struct RefusalData<'a> {
     message: &'a str,
 }
 
-impl ServerMessage<'_> {
-    /// The message as one JSON text frame.
-    pub fn encode(&self) -> String {
-        let encoded = match self {
-            Self::JoinReply { ack, outcome } => encode_reply(*ack, outcome, "joined", "join_error"),
-            Self::LeaveReply { ack, outcome } => encode_reply(*ack, outcome, "left", "error"),
-            Self::Error(error) => {
-                let data = RefusalData {
-                    ok: error.ack.map(|_| false),
-                    room: None,
-                    code: error.code.as_str(),
-                    message: &error.message,
-                };
-                match error.ack {
-                    Some(ack) => serde_json::to_string(&AckFrame { ack, data }),
-                    None => serde_json::to_string(&EventFrame {
-                        event: "error",
-                        data,
-                    }),
-                }
-            }
-        };
-        // Serializing these plain structs cannot fail.
-        encoded.unwrap_or_default()
+/// The `data` of a join or leave reply, for framings that carry the event
+/// name or ack separately (Socket.IO): what the native protocol puts under
+/// `"data"`, with `ok` when it answers an ack.
+pub fn reply_data(outcome: &Outcome<'_>, as_ack: bool) -> serde_json::Value {
+    let encoded = match outcome {
+        Outcome::Ok { room, joined } => serde_json::to_value(OkData {
+            ok: as_ack.then_some(true),
+            room,
+            joined: joined.clone(),
+        }),
+        Outcome::Refused {
+            room,
+            code,
+            message,
+        } => serde_json::to_value(RefusalData {
+            ok: as_ack.then_some(false),
+            room: Some(room),
+            code,
+            message,
+        }),
+    };
+    encoded.unwrap_or_default()
+}
+
+/// The event that answers a join or leave sent without an ack id.
+pub fn reply_event(is_join: bool, accepted: bool) -> &'static str {
+    match (is_join, accepted) {
+        (true, true) => "joined",
+        (true, false) => "join_error",
+        (false, true) => "left",
+        (false, false) => "error",
     }
 }
 
-fn encode_reply(
-    ack: Option<u64>,
-    outcome: &Outcome<'_>,
-    ok_event: &str,
-    refused_event: &str,
-) -> serde_json::Result<String> {
-    match (ack, outcome) {
-        (Some(ack), Outcome::Ok { room, joined }) => serde_json::to_string(&AckFrame {
-            ack,
-            data: OkData {
-                ok: Some(true),
-                room,
-                joined: joined.clone(),
-            },
-        }),
-        (None, Outcome::Ok { room, joined }) => serde_json::to_string(&EventFrame {
-            event: ok_event,
-            data: OkData {
-                ok: None,
-                room,
-                joined: joined.clone(),
-            },
-        }),
-        (
-            ack,
-            Outcome::Refused {
-                room,
-                code,
-                message,
-            },
-        ) => {
-            let data = RefusalData {
-                ok: ack.map(|_| false),
-                room: Some(room),
-                code,
-                message,
-            };
-            match ack {
-                Some(ack) => serde_json::to_string(&AckFrame { ack, data }),
-                None => serde_json::to_string(&EventFrame {
-                    event: refused_event,
-                    data,
-                }),
+/// The `data` of an `error` event (or failed ack) for a message that changed nothing.
+pub fn error_data(error: &ProtocolError, as_ack: bool) -> serde_json::Value {
+    serde_json::to_value(RefusalData {
+        ok: as_ack.then_some(false),
+        room: None,
+        code: error.code.as_str(),
+        message: &error.message,
+    })
+    .unwrap_or_default()
+}
+
+impl ServerMessage<'_> {
+    /// The message as one JSON text frame.
+    pub fn encode(&self) -> String {
+        let (ack, event, data) = match self {
+            Self::JoinReply { ack, outcome } | Self::LeaveReply { ack, outcome } => {
+                let is_join = matches!(self, Self::JoinReply { .. });
+                let accepted = matches!(outcome, Outcome::Ok { .. });
+                (
+                    *ack,
+                    reply_event(is_join, accepted),
+                    reply_data(outcome, ack.is_some()),
+                )
             }
-        }
+            Self::Error(error) => (error.ack, "error", error_data(error, error.ack.is_some())),
+        };
+        let frame = match ack {
+            Some(ack) => serde_json::json!({"ack": ack, "data": data}),
+            None => serde_json::json!({"event": event, "data": data}),
+        };
+        frame.to_string()
     }
 }
 

@@ -33,10 +33,12 @@ use crate::store::StoredEvent;
 pub enum Framing {
     /// The native JSON protocol of `/ws` (docs/protocol.md).
     Native,
+    /// Socket.IO over Engine.IO: `42["event", data]`.
+    SocketIo,
 }
 
 impl Framing {
-    const COUNT: usize = 1;
+    const COUNT: usize = 2;
 }
 
 /// One event as it goes to the members of one room.

@@ -186,15 +186,9 @@ fn accept_key(request: &Request<Incoming>) -> Result<String, HttpError> {
 pub fn upgrade(
     shared: &Arc<Shared>,
     peer: SocketAddr,
-    mut request: Request<Incoming>,
+    request: Request<Incoming>,
 ) -> Result<HttpResponse, HttpError> {
-    let accept = accept_key(&request)?;
-    if shared.shutdown.is_cancelled() {
-        return Err(HttpError::unavailable(
-            "shutting_down",
-            "the gateway is shutting down",
-        ));
-    }
+    accept_key(&request)?;
     let slot = shared.admit_client().ok_or_else(|| {
         HttpError::unavailable(
             "too_many_connections",
@@ -205,6 +199,38 @@ pub fn upgrade(
     let identity = shared
         .auth
         .identify(token.as_deref().filter(|token| !token.is_empty()));
+    upgrade_with(
+        shared,
+        peer,
+        request,
+        move |shared, mut socket| async move {
+            match identity {
+                Ok(identity) => Session::new(shared, socket, identity, slot).run().await,
+                Err(refused) => close(&mut socket, CloseReason::Token(refused)).await,
+            }
+        },
+    )
+}
+
+/// Completes a WebSocket upgrade and runs `serve` on the socket in a
+/// tracked task (an upgraded socket leaves hyper's connection handling).
+pub fn upgrade_with<F, Fut>(
+    shared: &Arc<Shared>,
+    peer: SocketAddr,
+    mut request: Request<Incoming>,
+    serve: F,
+) -> Result<HttpResponse, HttpError>
+where
+    F: FnOnce(Arc<Shared>, Socket) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let accept = accept_key(&request)?;
+    if shared.shutdown.is_cancelled() {
+        return Err(HttpError::unavailable(
+            "shutting_down",
+            "the gateway is shutting down",
+        ));
+    }
     let on_upgrade = hyper::upgrade::on(&mut request);
     let session_shared = shared.clone();
     let span = tracing::info_span!("ws", conn = tracing::field::Empty, %peer);
@@ -218,20 +244,13 @@ pub fn upgrade(
                 }
             };
             let config = socket_config(&session_shared.config.limits);
-            let mut socket = WebSocketStream::from_raw_socket(
+            let socket = WebSocketStream::from_raw_socket(
                 TokioIo::new(upgraded),
                 Role::Server,
                 Some(config),
             )
             .await;
-            match identity {
-                Ok(identity) => {
-                    Session::new(session_shared, socket, identity, slot)
-                        .run()
-                        .await
-                }
-                Err(refused) => close(&mut socket, CloseReason::Token(refused)).await,
-            }
+            serve(session_shared, socket).await;
         }
         .instrument(span),
     );
