@@ -98,7 +98,9 @@ impl EngineSession {
             shared,
             sid,
             inbound,
-            transport: websocket.map_or(Transport::Polling, |socket| Transport::WebSocket(Box::new(socket))),
+            transport: websocket.map_or(Transport::Polling, |socket| {
+                Transport::WebSocket(Box::new(socket))
+            }),
             probe: None,
             outbox: VecDeque::new(),
             waiting_poll: None,

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Side-by-side benchmarks (BENCHMARKS.md): the gateway, the peer it replaces
+# (Node Socket.IO 4.8 + Redis adapter) and the floor program, same scenarios,
+# same client counts, server pinned to core 0 and generator to core 1.
+#   bench/run.sh tiny    every scenario at a tiny size (CI runs this: it keeps the suite working)
+#   bench/run.sh full    the sizes quoted in BENCHMARKS.md (long; not for CI)
+# Results: one JSON line per run in bench/results/<mode>-<date>.jsonl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-tiny}
+case "$mode" in
+  tiny) fanout_sizes="20"; idle_sizes="50"; seconds=2; rate=20; targeted=20; publish_rate=100 ;;
+  full) fanout_sizes="1000 10000"; idle_sizes="10000 19000"; seconds=10; rate=20; targeted=1000; publish_rate=200 ;;
+  *) echo "usage: bench/run.sh tiny|full" >&2; exit 2 ;;
+esac
+
+command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+command -v node >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+[ -d bench/peer/node_modules/socket.io ] || (cd bench/peer && npm ci --no-audit --no-fund)
+cargo build --release -q -p smartwait-gateway -p smartwait-bench
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+cores=$(nproc)
+pin_server() { if [ "$cores" -ge 2 ]; then taskset -c 0 "$@"; else "$@"; fi; }
+pin_client() { if [ "$cores" -ge 2 ]; then taskset -c 1 "$@"; else "$@"; fi; }
+
+work=$(mktemp -d)
+mkdir -p bench/results
+out="bench/results/$mode-$(date -u +%Y%m%dT%H%M%SZ).jsonl"
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
+bench() { pin_client target/release/smartwait-bench "$@" | tee -a "$out"; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+start_gateway() {  # $1: extra env assignments (e.g. SMARTWAIT_REDIS_URL=...)
+  gw_port=$(free_port)
+  env SMARTWAIT_SERVER_LISTEN="127.0.0.1:$gw_port" SMARTWAIT_SERVER_STATE_DIR="$work/gw-$gw_port" \
+      SMARTWAIT_AUTH_MODE=off SMARTWAIT_LIMITS_MAX_CONNECTIONS=30000 \
+      SMARTWAIT_LIMITS_CLIENT_MSGS_PER_SEC=1000 SMARTWAIT_LIMITS_CLIENT_MSGS_BURST=1000 RUST_LOG=warn $1 \
+      bash -c "$(declare -f pin_server); cores=$cores; pin_server target/release/smartwait-gateway" &
+  gw_pid=$!; pids+=("$gw_pid"); wait_port "$gw_port"
+  gw_pid=$(pgrep -f -n "target/release/smartwait-gateway" || echo "$gw_pid")
+}
+stop() { kill "$1" 2>/dev/null || true; sleep 0.5; }
+
+# --- the gateway, both protocols ---------------------------------------------------------
+for protocol in native socketio; do
+  for n in $fanout_sizes; do
+    start_gateway ""
+    bench fanout --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --protocol $protocol --clients "$n" --rate $rate --seconds $seconds --label gateway
+    stop "$gw_pid"
+  done
+  for n in $idle_sizes; do
+    start_gateway ""
+    bench idle --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --protocol $protocol --clients "$n" --seconds 3 --label gateway
+    stop "$gw_pid"
+  done
+done
+start_gateway ""
+bench targeted --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --clients "$targeted" --rate $rate --seconds $seconds --label gateway
+bench burst --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --clients "${fanout_sizes%% *}" --rate $rate --seconds 1 --label gateway
+bench publish --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --rate $publish_rate --seconds $seconds --label gateway-durable
+stop "$gw_pid"
+
+# --- the gateway replicating to a local Redis ----------------------------------------------
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >/dev/null &
+pids+=($!); wait_port "$redis_port"
+start_gateway "SMARTWAIT_REDIS_URL=redis://127.0.0.1:$redis_port"
+bench publish --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --rate $publish_rate --seconds $seconds --label gateway-durable-replicated
+stop "$gw_pid"
+
+# --- the peer: Node Socket.IO + Redis adapter ----------------------------------------------
+for n in $fanout_sizes; do
+  peer_port=$(free_port)
+  REDIS_URL="redis://127.0.0.1:$redis_port" PORT=$peer_port pin_server node bench/peer/server.js >/dev/null &
+  peer_pid=$!; pids+=("$peer_pid"); wait_port "$peer_port"
+  bench fanout --addr "127.0.0.1:$peer_port" --pid "$peer_pid" --protocol socketio --clients "$n" --rate $rate --seconds $seconds --label peer
+  stop "$peer_pid"
+done
+for n in $idle_sizes; do
+  peer_port=$(free_port)
+  REDIS_URL="redis://127.0.0.1:$redis_port" PORT=$peer_port pin_server node bench/peer/server.js >/dev/null &
+  peer_pid=$!; pids+=("$peer_pid"); wait_port "$peer_port"
+  bench idle --addr "127.0.0.1:$peer_port" --pid "$peer_pid" --protocol socketio --clients "$n" --seconds 3 --label peer
+  stop "$peer_pid"
+done
+
+# --- the floor ---------------------------------------------------------------------------------
+for n in $fanout_sizes; do
+  floor_port=$(free_port)
+  pin_server target/release/smartwait-floor "127.0.0.1:$floor_port" >/dev/null &
+  floor_pid=$!; pids+=("$floor_pid"); wait_port "$floor_port"
+  bench fanout --addr "127.0.0.1:$floor_port" --pid "$floor_pid" --protocol native --clients "$n" --rate $rate --seconds $seconds --label floor
+  stop "$floor_pid"
+done
+
+echo "results: $out"
+# A run that lost or duplicated deliveries is a failure of the suite, whatever the speed.
+python3 - "$out" <<'PY'
+import json, sys
+bad = [r for r in map(json.loads, open(sys.argv[1])) if r.get("lost") or r.get("duplicates") or r.get("foreign")]
+for r in bad: print("LOST/DUPLICATED/FOREIGN:", r["label"], r["scenario"], r.get("protocol"), r.get("lost"), r.get("duplicates"), r.get("foreign"))
+sys.exit(1 if bad else 0)
+PY

@@ -1,0 +1,312 @@
+//! `smartwait-bench`: the load generator of BENCHMARKS.md. It opens N
+//! WebSocket clients speaking the native protocol or Socket.IO, joins rooms,
+//! publishes over the HTTP API with a timestamp in each payload, and reports
+//! per-delivery and per-event last-client latency, lost and duplicated
+//! deliveries, the server's CPU seconds and peak RSS (from /proc/<pid>) and
+//! its own CPU, as one JSON line per run.
+
+mod proc_stats;
+mod publish;
+mod wire;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::proc_stats::ProcSample;
+use crate::wire::Protocol;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// N clients in `patients`, a fixed publish rate.
+    Fanout,
+    /// N clients each in its own patient room, round-robin publishes.
+    Targeted,
+    /// N joined, idle connections: server memory per connection.
+    Idle,
+    /// Publish as fast as the server takes it to N clients in `patients`.
+    Burst,
+    /// HTTP publish round trips, one at a time, to no client.
+    Publish,
+}
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// The server's address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// The server's pid, for CPU and memory figures.
+    #[arg(long)]
+    pid: Option<u32>,
+    #[arg(long, value_enum, default_value_t = Protocol::Native)]
+    protocol: Protocol,
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// Events per second (fanout, targeted).
+    #[arg(long, default_value_t = 20)]
+    rate: u64,
+    /// Seconds of publishing (or of holding idle connections).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Bearer token for the publish API (omit with auth off or the peer).
+    #[arg(long)]
+    token: Option<String>,
+    /// A label for the report (e.g. gateway, peer, floor).
+    #[arg(long, default_value = "server")]
+    label: String,
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// What one client saw.
+struct ClientLog {
+    latencies_us: Vec<u64>,
+    received: Vec<u64>,
+}
+
+/// Connects `clients` sockets with bounded concurrency; client `i` joins `room(i)`.
+async fn connect_all(
+    args: &Args,
+    room: impl Fn(usize) -> String,
+) -> anyhow::Result<Vec<wire::Socket>> {
+    let gate = Arc::new(Semaphore::new(100));
+    let mut tasks = Vec::with_capacity(args.clients);
+    for index in 0..args.clients {
+        let gate = gate.clone();
+        let (addr, protocol, room) = (args.addr, args.protocol, room(index));
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire().await;
+            wire::connect(addr, protocol, &room).await
+        }));
+    }
+    let mut sockets = Vec::with_capacity(args.clients);
+    for task in tasks {
+        sockets.push(task.await??);
+    }
+    Ok(sockets)
+}
+
+/// Spawns one reader per socket, each reading until it has `expected` events.
+fn spawn_readers(
+    sockets: Vec<wire::Socket>,
+    protocol: Protocol,
+    expected: usize,
+    last_client_us: Arc<Vec<AtomicU64>>,
+) -> Vec<tokio::task::JoinHandle<ClientLog>> {
+    sockets
+        .into_iter()
+        .map(|mut socket| {
+            let last_client_us = last_client_us.clone();
+            tokio::spawn(async move {
+                let mut log = ClientLog {
+                    latencies_us: Vec::new(),
+                    received: Vec::new(),
+                };
+                while log.received.len() < expected {
+                    let Some((n, sent_us)) = wire::next_bench_event(&mut socket, protocol).await
+                    else {
+                        break;
+                    };
+                    let latency = unix_micros().saturating_sub(sent_us);
+                    if let Some(slot) = last_client_us.get(n as usize) {
+                        slot.fetch_max(latency, Ordering::Relaxed);
+                    }
+                    log.latencies_us.push(latency);
+                    log.received.push(n);
+                }
+                log
+            })
+        })
+        .collect()
+}
+
+fn percentiles(histogram: &Histogram<u64>) -> serde_json::Value {
+    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    json!({
+        "p50_ms": ms(0.5), "p99_ms": ms(0.99), "p999_ms": ms(0.999),
+        "max_ms": histogram.max() as f64 / 1000.0, "count": histogram.len(),
+    })
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 µs to 60 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 60_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).expect("histogram"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let report = match args.scenario {
+        Scenario::Fanout | Scenario::Burst | Scenario::Targeted => deliveries(&args).await?,
+        Scenario::Idle => idle(&args).await?,
+        Scenario::Publish => publish_round_trips(&args).await?,
+    };
+    println!("{report}");
+    Ok(())
+}
+
+async fn deliveries(args: &Args) -> anyhow::Result<serde_json::Value> {
+    let targeted = args.scenario == Scenario::Targeted;
+    let sockets = connect_all(args, |i| {
+        if targeted {
+            format!("patient_{i}")
+        } else {
+            "patients".into()
+        }
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let events = match args.scenario {
+        Scenario::Burst => (args.rate * args.seconds * 50) as usize,
+        _ => (args.rate * args.seconds) as usize,
+    };
+    // Targeted: event n goes to client n % clients, so each client expects its share.
+    let per_client = if targeted {
+        events.div_ceil(args.clients.max(1))
+    } else {
+        events
+    };
+    let last_client_us: Arc<Vec<AtomicU64>> =
+        Arc::new((0..events).map(|_| AtomicU64::new(0)).collect());
+    let readers = spawn_readers(sockets, args.protocol, per_client, last_client_us.clone());
+    let server_before = args.pid.map(ProcSample::of);
+    let own_before = ProcSample::own();
+    let started = Instant::now();
+    let rate = if args.scenario == Scenario::Burst {
+        None
+    } else {
+        Some(args.rate)
+    };
+    let room_of = |n: usize| {
+        if targeted {
+            format!("patient_{}", n % args.clients)
+        } else {
+            "patients".into()
+        }
+    };
+    let publish_stats = publish::run(
+        args.addr,
+        args.token.as_deref(),
+        events,
+        rate,
+        room_of,
+        unix_micros,
+    )
+    .await?;
+    // Wait for the readers to finish, at most 10 s after the last publish.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut histogram = new_histogram();
+    let (mut delivered, mut duplicates, mut lost, mut foreign) = (0u64, 0u64, 0u64, 0u64);
+    for (index, reader) in readers.into_iter().enumerate() {
+        let log = match tokio::time::timeout_at(deadline, reader).await {
+            Ok(Ok(log)) => log,
+            _ => ClientLog {
+                latencies_us: Vec::new(),
+                received: Vec::new(),
+            },
+        };
+        for latency in &log.latencies_us {
+            let _ = histogram.record((*latency).max(1));
+        }
+        let mut seen = log.received.clone();
+        seen.sort_unstable();
+        let before = seen.len();
+        seen.dedup();
+        duplicates += (before - seen.len()) as u64;
+        if targeted {
+            foreign += seen
+                .iter()
+                .filter(|n| (**n as usize) % args.clients != index)
+                .count() as u64;
+            let mine = (0..events).filter(|n| n % args.clients == index).count() as u64;
+            lost += mine.saturating_sub(seen.len() as u64);
+        } else {
+            lost += (events as u64).saturating_sub(seen.len() as u64);
+        }
+        delivered += before as u64;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut last_client = new_histogram();
+    for slot in last_client_us.iter() {
+        let value = slot.load(Ordering::Relaxed);
+        if value > 0 {
+            let _ = last_client.record(value);
+        }
+    }
+    let server = server_before
+        .zip(args.pid)
+        .map(|(before, pid)| ProcSample::of(pid).since(&before));
+    let own = ProcSample::own().since(&own_before);
+    let cpu_per_100k = server
+        .as_ref()
+        .map(|s| s["cpu_s"].as_f64().unwrap_or(0.0) * 100_000.0 / delivered.max(1) as f64);
+    Ok(json!({
+        "label": args.label, "scenario": format!("{:?}", args.scenario).to_lowercase(),
+        "protocol": format!("{:?}", args.protocol).to_lowercase(),
+        "clients": args.clients, "events": events, "rate": rate,
+        "delivered": delivered, "lost": lost, "duplicates": duplicates, "foreign": foreign,
+        "deliveries_per_s": delivered as f64 / elapsed,
+        "per_delivery": percentiles(&histogram), "last_client": percentiles(&last_client),
+        "publish": publish_stats, "server": server, "server_cpu_s_per_100k_deliveries": cpu_per_100k,
+        "generator": own,
+    }))
+}
+
+async fn idle(args: &Args) -> anyhow::Result<serde_json::Value> {
+    let before = args.pid.map(ProcSample::of);
+    let sockets = connect_all(args, |_| "patients".into()).await?;
+    let mut readers = Vec::with_capacity(sockets.len());
+    for mut socket in sockets {
+        let protocol = args.protocol;
+        readers.push(tokio::spawn(async move {
+            while wire::next_bench_event(&mut socket, protocol)
+                .await
+                .is_some()
+            {}
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    let after = args.pid.map(ProcSample::of);
+    let per_connection = before
+        .as_ref()
+        .zip(after.as_ref())
+        .map(|(b, a)| (a.rss_kib as f64 - b.rss_kib as f64) / args.clients as f64);
+    for reader in readers {
+        reader.abort();
+    }
+    Ok(json!({
+        "label": args.label, "scenario": "idle", "protocol": format!("{:?}", args.protocol).to_lowercase(),
+        "clients": args.clients,
+        "rss_before_kib": before.map(|b| b.rss_kib), "rss_after_kib": after.as_ref().map(|a| a.rss_kib),
+        "peak_rss_kib": after.map(|a| a.peak_rss_kib),
+        "kib_per_connection": per_connection,
+    }))
+}
+
+async fn publish_round_trips(args: &Args) -> anyhow::Result<serde_json::Value> {
+    let events = (args.rate * args.seconds) as usize;
+    let stats = publish::run(
+        args.addr,
+        args.token.as_deref(),
+        events,
+        None,
+        |_| "patients".to_owned(),
+        unix_micros,
+    )
+    .await?;
+    Ok(json!({"label": args.label, "scenario": "publish", "events": events, "publish": stats}))
+}
