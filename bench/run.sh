@@ -20,9 +20,8 @@ command -v node >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninterac
 cargo build --release -q -p smartwait-gateway -p smartwait-bench
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-cores=$(nproc)
-pin_server() { if [ "$cores" -ge 2 ]; then taskset -c 0 "$@"; else "$@"; fi; }
-pin_client() { if [ "$cores" -ge 2 ]; then taskset -c 1 "$@"; else "$@"; fi; }
+# taskset execs its command, so "$!" of a pinned server is the server's own pid.
+if [ "$(nproc)" -ge 2 ]; then server_pin=(taskset -c 0); client_pin=(taskset -c 1); else server_pin=(); client_pin=(); fi
 
 work=$(mktemp -d)
 mkdir -p bench/results
@@ -32,7 +31,7 @@ cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; w
 trap cleanup EXIT
 
 wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
-bench() { pin_client target/release/smartwait-bench "$@" | tee -a "$out"; }
+bench() { "${client_pin[@]}" target/release/smartwait-bench "$@" | tee -a "$out"; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -41,9 +40,8 @@ start_gateway() {  # $1: extra env assignments (e.g. SMARTWAIT_REDIS_URL=...)
   env SMARTWAIT_SERVER_LISTEN="127.0.0.1:$gw_port" SMARTWAIT_SERVER_STATE_DIR="$work/gw-$gw_port" \
       SMARTWAIT_AUTH_MODE=off SMARTWAIT_LIMITS_MAX_CONNECTIONS=30000 \
       SMARTWAIT_LIMITS_CLIENT_MSGS_PER_SEC=1000 SMARTWAIT_LIMITS_CLIENT_MSGS_BURST=1000 RUST_LOG=warn $1 \
-      bash -c "$(declare -f pin_server); cores=$cores; pin_server target/release/smartwait-gateway" &
+      "${server_pin[@]}" target/release/smartwait-gateway &
   gw_pid=$!; pids+=("$gw_pid"); wait_port "$gw_port"
-  gw_pid=$(pgrep -f -n "target/release/smartwait-gateway" || echo "$gw_pid")
 }
 stop() { kill "$1" 2>/dev/null || true; sleep 0.5; }
 
@@ -77,14 +75,14 @@ stop "$gw_pid"
 # --- the peer: Node Socket.IO + Redis adapter ----------------------------------------------
 for n in $fanout_sizes; do
   peer_port=$(free_port)
-  REDIS_URL="redis://127.0.0.1:$redis_port" PORT=$peer_port pin_server node bench/peer/server.js >/dev/null &
+  REDIS_URL="redis://127.0.0.1:$redis_port" PORT=$peer_port "${server_pin[@]}" node bench/peer/server.js >/dev/null &
   peer_pid=$!; pids+=("$peer_pid"); wait_port "$peer_port"
   bench fanout --addr "127.0.0.1:$peer_port" --pid "$peer_pid" --protocol socketio --clients "$n" --rate $rate --seconds $seconds --label peer
   stop "$peer_pid"
 done
 for n in $idle_sizes; do
   peer_port=$(free_port)
-  REDIS_URL="redis://127.0.0.1:$redis_port" PORT=$peer_port pin_server node bench/peer/server.js >/dev/null &
+  REDIS_URL="redis://127.0.0.1:$redis_port" PORT=$peer_port "${server_pin[@]}" node bench/peer/server.js >/dev/null &
   peer_pid=$!; pids+=("$peer_pid"); wait_port "$peer_port"
   bench idle --addr "127.0.0.1:$peer_port" --pid "$peer_pid" --protocol socketio --clients "$n" --seconds 3 --label peer
   stop "$peer_pid"
@@ -93,7 +91,7 @@ done
 # --- the floor ---------------------------------------------------------------------------------
 for n in $fanout_sizes; do
   floor_port=$(free_port)
-  pin_server target/release/smartwait-floor "127.0.0.1:$floor_port" >/dev/null &
+  "${server_pin[@]}" target/release/smartwait-floor "127.0.0.1:$floor_port" >/dev/null &
   floor_pid=$!; pids+=("$floor_pid"); wait_port "$floor_port"
   bench fanout --addr "127.0.0.1:$floor_port" --pid "$floor_pid" --protocol native --clients "$n" --rate $rate --seconds $seconds --label floor
   stop "$floor_pid"

@@ -169,6 +169,7 @@ impl Gateway {
         let shared = self.shared;
         let workers = TaskTracker::new();
         workers.spawn(housekeeping(shared.clone()));
+        workers.spawn(crate::systemd::watchdog(shared.clone()));
         if shared.config.redis.enabled() {
             workers.spawn(crate::replication::run(shared.clone()));
             workers.spawn(crate::subscription::run(shared.clone()));
@@ -220,6 +221,7 @@ impl Gateway {
         }
 
         drop(listener);
+        crate::systemd::stopping();
         tracing::info!("shutting down: closing client connections");
         shared.sessions.close();
         http_connections.close();

@@ -46,6 +46,7 @@ pub mod sio_session;
 pub mod socketio;
 pub mod store;
 pub mod subscription;
+pub mod systemd;
 pub mod ws;
 
 pub use config::Config;

@@ -133,6 +133,7 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
              mint a token: smartwait-gateway token --role staff --sub nurse-1"
         );
         tokio::spawn(stop_on_signal(shutdown));
+        smartwait_gateway::systemd::ready();
         gateway.run(listener).await?;
         tracing::info!("stopped");
         Ok(())

@@ -340,3 +340,83 @@ async fn runs_on_defaults_with_no_config_and_logs_how_to_start() {
     );
     assert!(dir.path().join("data/state.db").is_file());
 }
+
+async fn next_notification(socket: &tokio::net::UnixDatagram) -> String {
+    let mut buffer = vec![0u8; 512];
+    let read = tokio::time::timeout(PROMPTLY, socket.recv(&mut buffer))
+        .await
+        .expect("a notification in time")
+        .unwrap();
+    String::from_utf8_lossy(&buffer[..read]).trim().to_owned()
+}
+
+#[tokio::test]
+async fn systemd_notify_ready_watchdog_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let notify = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
+    let socket_env = socket_path.to_str().unwrap().to_owned();
+    let env = [
+        ("NOTIFY_SOCKET", socket_env.as_str()),
+        ("WATCHDOG_USEC", "400000"),
+    ];
+    let mut gateway = GatewayProcess::start(dir.path(), &env).await;
+    assert_eq!(next_notification(&notify).await, "READY=1");
+    // The watchdog is petted at half of WatchdogSec while the rooms canary gets through.
+    assert_eq!(next_notification(&notify).await, "WATCHDOG=1");
+    assert_eq!(next_notification(&notify).await, "WATCHDOG=1");
+    gateway.signal("TERM");
+    let mut stopping = false;
+    for _ in 0..5 {
+        if next_notification(&notify).await == "STOPPING=1" {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "STOPPING=1 on shutdown");
+    assert!(gateway.child.wait().await.unwrap().success());
+}
+
+#[tokio::test]
+async fn the_systemd_unit_verifies() {
+    let unit =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/smartwait-gateway.service");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    for directive in [
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=always",
+        "DynamicUser=yes",
+        "StateDirectory=smartwait-gateway",
+        "ConfigurationDirectory=smartwait-gateway",
+        "LimitNOFILE=65536",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+        "CapabilityBoundingSet=\n",
+        "SystemCallFilter=@system-service",
+        "MemoryMax=",
+    ] {
+        assert!(text.contains(directive), "the unit lacks {directive:?}");
+    }
+    // `systemd-analyze verify` on the unit as installed, with ExecStart pointing
+    // at the binary just built (it checks the executable exists).
+    let dir = tempfile::tempdir().unwrap();
+    let installed = dir.path().join("smartwait-gateway.service");
+    let exec = format!("ExecStart={}", common::binary().display());
+    std::fs::write(
+        &installed,
+        text.replace("ExecStart=/usr/bin/smartwait-gateway", &exec),
+    )
+    .unwrap();
+    let output = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&installed)
+        .output()
+        .expect("systemd-analyze (scripts/test installs systemd)");
+    assert!(
+        output.status.success(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
