@@ -123,6 +123,8 @@ impl Publisher {
         setup.metrics.outbox_backlog.set(setup.outbox_len as i64);
         let writer = Writer {
             last_seq: setup.last_seq,
+            replicated_through: 0,
+            trimmed_through: 0,
             pending_answers: Vec::new(),
             outbox: outbox.clone(),
             setup,
@@ -197,6 +199,10 @@ struct Request {
 struct Writer {
     setup: WriterSetup,
     last_seq: u64,
+    /// Redis has the outbox up to here...
+    replicated_through: u64,
+    /// ...and the rows up to here are deleted.
+    trimmed_through: u64,
     /// Answers with their delivered counts, written in the next transaction.
     pending_answers: Vec<(String, String)>,
     outbox: Arc<Outbox>,
@@ -245,10 +251,19 @@ impl Writer {
         }
     }
 
+    /// Records that Redis has the outbox up to `seq`. The rows are deleted
+    /// in the next transaction, so replication costs no disk flush of its own.
     fn forget_replicated(&mut self, seq: u64) {
-        match store::delete_outbox_through(&self.setup.connection, seq) {
-            Ok(deleted) => self.adjust_backlog(-(deleted as i64)),
-            Err(err) => tracing::error!(error = %err, "cannot trim the outbox"),
+        if seq <= self.replicated_through {
+            return;
+        }
+        self.replicated_through = seq;
+        match store::count_outbox_after(&self.setup.connection, seq) {
+            Ok(backlog) => {
+                self.outbox.backlog.store(backlog, Ordering::Relaxed);
+                self.setup.metrics.outbox_backlog.set(backlog as i64);
+            }
+            Err(err) => tracing::error!(error = %err, "cannot count the outbox"),
         }
     }
 
@@ -260,6 +275,12 @@ impl Writer {
     }
 
     fn housekeep(&mut self) {
+        if self.replicated_through > self.trimmed_through {
+            match store::delete_outbox_through(&self.setup.connection, self.replicated_through) {
+                Ok(_) => self.trimmed_through = self.replicated_through,
+                Err(err) => tracing::error!(error = %err, "cannot trim the outbox"),
+            }
+        }
         let now = unix_ms();
         let window = self.setup.idempotency_window.as_millis() as u64;
         let connection = &self.setup.connection;
@@ -326,6 +347,10 @@ impl Writer {
         let now = unix_ms();
         let since = now.saturating_sub(self.setup.idempotency_window.as_millis() as u64);
         let transaction = self.setup.connection.transaction()?;
+        let trim_through = self.replicated_through;
+        if trim_through > self.trimmed_through {
+            store::delete_outbox_through(&transaction, trim_through)?;
+        }
         for (key, answer) in self.pending_answers.drain(..) {
             store::remember_answer(&transaction, &key, &answer, now)?;
         }
@@ -396,6 +421,7 @@ impl Writer {
         };
         transaction.commit()?;
         self.last_seq = next_seq;
+        self.trimmed_through = trim_through;
         self.adjust_backlog(added as i64 - dropped as i64);
         if dropped > 0 {
             self.outbox.dropped.fetch_add(dropped, Ordering::Relaxed);

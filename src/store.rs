@@ -201,6 +201,16 @@ pub fn delete_outbox_through(connection: &Connection, seq: u64) -> rusqlite::Res
     Ok(connection.execute("DELETE FROM outbox WHERE seq <= ?1", [to_sql(seq)])? as u64)
 }
 
+/// How many outbox entries come after `seq` (the replication backlog).
+pub fn count_outbox_after(connection: &Connection, seq: u64) -> rusqlite::Result<u64> {
+    let count: i64 = connection.query_row(
+        "SELECT COUNT(*) FROM outbox WHERE seq > ?1",
+        [to_sql(seq)],
+        |row| row.get(0),
+    )?;
+    Ok(from_sql(count))
+}
+
 /// Up to `limit` outbox entries after `after`, in seq order.
 pub fn read_outbox(
     connection: &Connection,
