@@ -9,15 +9,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-tiny}
 case "$mode" in
-  tiny) fanout_sizes="20"; idle_sizes="50"; seconds=2; rate=20; targeted=20; publish_rate=100 ;;
-  full) fanout_sizes="1000 10000"; idle_sizes="10000 19000"; seconds=10; rate=20; targeted=1000; publish_rate=200 ;;
+  tiny) fanout_sizes="20"; idle_sizes="50"; seconds=2; rate=20; targeted=20; publish_rate=100; profile=ci-bench ;;
+  full) fanout_sizes="1000 10000"; idle_sizes="10000 19000"; seconds=10; rate=20; targeted=1000; publish_rate=200; profile=release ;;
   *) echo "usage: bench/run.sh tiny|full" >&2; exit 2 ;;
 esac
 
 command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 command -v node >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
 [ -d bench/peer/node_modules/socket.io ] || (cd bench/peer && npm ci --no-audit --no-fund)
-cargo build --release -q -p smartwait-gateway -p smartwait-bench
+cargo build --profile "$profile" -q -p smartwait-gateway -p smartwait-bench
+bin="target/$profile"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 # taskset execs its command, so "$!" of a pinned server is the server's own pid.
@@ -31,7 +32,7 @@ cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; w
 trap cleanup EXIT
 
 wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
-bench() { "${client_pin[@]}" target/release/smartwait-bench "$@" | tee -a "$out"; }
+bench() { "${client_pin[@]}" $bin/smartwait-bench "$@" | tee -a "$out"; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -40,7 +41,7 @@ start_gateway() {  # $1: extra env assignments (e.g. SMARTWAIT_REDIS_URL=...)
   env SMARTWAIT_SERVER_LISTEN="127.0.0.1:$gw_port" SMARTWAIT_SERVER_STATE_DIR="$work/gw-$gw_port" \
       SMARTWAIT_AUTH_MODE=off SMARTWAIT_LIMITS_MAX_CONNECTIONS=30000 \
       SMARTWAIT_LIMITS_CLIENT_MSGS_PER_SEC=1000 SMARTWAIT_LIMITS_CLIENT_MSGS_BURST=1000 RUST_LOG=warn $1 \
-      "${server_pin[@]}" target/release/smartwait-gateway &
+      "${server_pin[@]}" $bin/smartwait-gateway &
   gw_pid=$!; pids+=("$gw_pid"); wait_port "$gw_port"
 }
 stop() { kill "$1" 2>/dev/null || true; sleep 0.5; }
@@ -91,7 +92,7 @@ done
 # --- the floor ---------------------------------------------------------------------------------
 for n in $fanout_sizes; do
   floor_port=$(free_port)
-  "${server_pin[@]}" target/release/smartwait-floor "127.0.0.1:$floor_port" >/dev/null &
+  "${server_pin[@]}" $bin/smartwait-floor "127.0.0.1:$floor_port" >/dev/null &
   floor_pid=$!; pids+=("$floor_pid"); wait_port "$floor_port"
   bench fanout --addr "127.0.0.1:$floor_port" --pid "$floor_pid" --protocol native --clients "$n" --rate $rate --seconds $seconds --label floor
   stop "$floor_pid"
