@@ -50,6 +50,9 @@ pub struct ServerConfig {
     /// How long shutdown waits for clients and requests before exiting.
     #[serde(with = "duration_text")]
     pub shutdown_timeout: Duration,
+    /// Browser origins allowed to open WebSockets; empty means only pages
+    /// served by the box itself (the Origin's host:port equals the Host).
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +61,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             state_dir: PathBuf::new(),
             shutdown_timeout: Duration::from_secs(5),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -106,6 +110,12 @@ pub struct LimitsConfig {
     pub client_msgs_per_sec: u32,
     pub client_msgs_burst: u32,
     pub max_body_bytes: usize,
+    /// Open TCP connections from one IP address (a TV wall behind NAT fits).
+    pub connections_per_ip: usize,
+    /// Longest a client may take to send a request's headers; also how long
+    /// a connection that sends nothing, or an idle keep-alive, is kept.
+    #[serde(with = "duration_text")]
+    pub header_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -119,6 +129,8 @@ impl Default for LimitsConfig {
             client_msgs_per_sec: 20,
             client_msgs_burst: 40,
             max_body_bytes: 64 * 1024,
+            connections_per_ip: 200,
+            header_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -354,6 +366,7 @@ impl Config {
                 limits.client_msgs_burst as usize,
             ),
             ("limits.max_body_bytes", limits.max_body_bytes),
+            ("limits.connections_per_ip", limits.connections_per_ip),
         ];
         for (key, value) in positive {
             if value == 0 {

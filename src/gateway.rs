@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Authenticator;
 use crate::config::{mask_url_password, AuthMode, Config};
 use crate::metrics::Metrics;
+use crate::peer_limit::{CountedStream, PeerCounts};
 use crate::publisher::{Publisher, WriterSetup};
 use crate::realtime::GetReadyTracker;
 use crate::replication::Replication;
@@ -31,9 +32,6 @@ use crate::store;
 
 /// How often old idempotency keys and stale retained state are expired.
 const HOUSEKEEPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Longest a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// State shared by every connection and request.
 #[derive(Debug)]
@@ -179,7 +177,8 @@ impl Gateway {
         let http_connections = TaskTracker::new();
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
+            .header_read_timeout(shared.config.limits.header_timeout);
+        let peers = PeerCounts::new(shared.config.limits.connections_per_ip);
 
         loop {
             let accepted = tokio::select! {
@@ -195,7 +194,12 @@ impl Gateway {
                     continue;
                 }
             };
+            let Some(place) = peers.admit(peer.ip()) else {
+                tracing::debug!(%peer, "refused: limits.connections_per_ip reached");
+                continue;
+            };
             let _ = stream.set_nodelay(true);
+            let stream = CountedStream::new(stream, place);
             let service_shared = shared.clone();
             let service = hyper::service::service_fn(move |request| {
                 crate::http::handle(service_shared.clone(), peer, request)
@@ -204,7 +208,7 @@ impl Gateway {
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             let shutdown = shared.shutdown.clone();
-            http_connections.spawn(async move {
+            http_connections.spawn(crate::ws::run_isolated(async move {
                 let mut connection = pin!(connection);
                 let served = tokio::select! {
                     served = connection.as_mut() => served,
@@ -217,7 +221,7 @@ impl Gateway {
                 if let Err(err) = served {
                     tracing::debug!(%peer, error = %err, "http connection ended with an error");
                 }
-            });
+            }));
         }
 
         drop(listener);

@@ -87,6 +87,8 @@ pub enum HttpError {
     Unauthorized { code: &'static str, message: String },
     #[error("this token's role may not do that")]
     Forbidden,
+    #[error("this page's origin may not open a WebSocket here (server.allowed_origins)")]
+    OriginNotAllowed,
     #[error("the body is larger than {0} bytes")]
     PayloadTooLarge(usize),
     #[error("{message}")]
@@ -124,6 +126,7 @@ impl HttpError {
             Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Unauthorized { code, .. } => (StatusCode::UNAUTHORIZED, code),
             Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::OriginNotAllowed => (StatusCode::FORBIDDEN, "origin_not_allowed"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             Self::UpgradeRequired(_) => (StatusCode::UPGRADE_REQUIRED, "upgrade_required"),

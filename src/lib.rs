@@ -34,6 +34,7 @@ pub mod health;
 pub mod history;
 pub mod http;
 pub mod metrics;
+pub mod peer_limit;
 pub mod protocol;
 pub mod publisher;
 pub mod realtime;

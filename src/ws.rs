@@ -147,6 +147,50 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Runs one connection's task so that a panic in it is logged and ends that
+/// connection only (its guards still drop on unwind).
+pub async fn run_isolated(task: impl std::future::Future<Output = ()>) {
+    use futures_util::FutureExt;
+    if let Err(panic) = std::panic::AssertUnwindSafe(task).catch_unwind().await {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|text| text.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(panic = %message, "a connection task panicked; only that connection was closed");
+    }
+}
+
+/// Refuses cross-site WebSocket hijacking: a browser page may open a socket
+/// only from an allowed origin — by default, a page served by the box itself
+/// (its Origin's host:port is the request's Host). Requests without an
+/// Origin (the queue system, TV apps, socket.io-client in Node) pass.
+fn check_origin(allowed: &[String], request: &Request<Incoming>) -> Result<(), HttpError> {
+    let Some(origin) = request.headers().get(hyper::header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("");
+    let permitted = if allowed.is_empty() {
+        let authority = origin
+            .split_once("://")
+            .map(|(_, rest)| rest.trim_end_matches('/'));
+        let host = request
+            .headers()
+            .get(hyper::header::HOST)
+            .and_then(|host| host.to_str().ok());
+        matches!((authority, host), (Some(authority), Some(host)) if authority.eq_ignore_ascii_case(host))
+    } else {
+        allowed
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(origin))
+    };
+    if permitted {
+        Ok(())
+    } else {
+        Err(HttpError::OriginNotAllowed)
+    }
+}
+
 /// Checks a WebSocket upgrade request and returns the accept key.
 fn accept_key(request: &Request<Incoming>) -> Result<String, HttpError> {
     let headers = request.headers();
@@ -225,6 +269,7 @@ where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let accept = accept_key(&request)?;
+    check_origin(&shared.config.server.allowed_origins, &request)?;
     if shared.shutdown.is_cancelled() {
         return Err(HttpError::unavailable(
             "shutting_down",
@@ -250,7 +295,7 @@ where
                 Some(config),
             )
             .await;
-            serve(session_shared, socket).await;
+            run_isolated(serve(session_shared, socket)).await;
         }
         .instrument(span),
     );

@@ -64,6 +64,8 @@ impl TestGateway {
         config.server.state_dir = state.to_path_buf();
         config.auth.secret_file = state.join("jwt-secret");
         config.clinic.id = "test-clinic".to_owned();
+        // Every test client comes from 127.0.0.1.
+        config.limits.connections_per_ip = 10_000;
         adjust(&mut config);
         let listener = TcpListener::bind(config.server.listen).await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
