@@ -63,6 +63,7 @@ start_gateway ""
 bench targeted --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --clients "$targeted" --rate $rate --seconds $seconds --label gateway
 bench burst --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --clients "${fanout_sizes%% *}" --rate $rate --seconds 1 --label gateway
 bench publish --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --rate $publish_rate --seconds $seconds --label gateway-durable
+bench publish --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --rate $publish_rate --seconds $seconds --connections 16 --label gateway-durable-16-concurrent
 stop "$gw_pid"
 
 # --- the gateway replicating to a local Redis ----------------------------------------------
@@ -71,6 +72,24 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --d
 pids+=($!); wait_port "$redis_port"
 start_gateway "SMARTWAIT_REDIS_URL=redis://127.0.0.1:$redis_port"
 bench publish --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --rate $publish_rate --seconds $seconds --label gateway-durable-replicated
+bench publish --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --rate $publish_rate --seconds $seconds --connections 16 --label gateway-durable-replicated-16-concurrent
+stop "$gw_pid"
+
+# --- drain: a backlog built while Redis is down, then Redis comes back ---------------------
+backlog=$([ "$mode" = full ] && echo 100000 || echo 2000)
+drain_port=$(free_port)
+start_gateway "SMARTWAIT_REDIS_URL=redis://127.0.0.1:$drain_port"
+"${client_pin[@]}" $bin/smartwait-bench publish --addr "127.0.0.1:$gw_port" --rate "$backlog" --seconds 1 --connections 16 --label backlog >/dev/null
+redis-server --port "$drain_port" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >/dev/null &
+pids+=($!)
+drain_start=$(date +%s.%N)
+for _ in $(seq 1 1200); do
+  left=$(python3 -c 'import json,sys,urllib.request; print(json.load(urllib.request.urlopen(sys.argv[1]))["redis"]["backlog"])' "http://127.0.0.1:$gw_port/health" 2>/dev/null || echo x)
+  [ "$left" = "0" ] && break
+  sleep 0.05
+done
+drain_end=$(date +%s.%N)
+echo "{\"label\":\"gateway\",\"scenario\":\"drain\",\"backlog\":$backlog,\"left\":\"$left\",\"seconds_from_redis_start\":$(python3 -c "print(round($drain_end-$drain_start,3))")}" | tee -a "$out"
 stop "$gw_pid"
 
 # --- the peer: Node Socket.IO + Redis adapter ----------------------------------------------

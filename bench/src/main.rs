@@ -62,6 +62,9 @@ struct Args {
     /// A label for the report (e.g. gateway, peer, floor).
     #[arg(long, default_value = "server")]
     label: String,
+    /// Concurrent publishing HTTP connections (publish scenario).
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
 }
 
 fn unix_micros() -> u64 {
@@ -298,15 +301,33 @@ async fn idle(args: &Args) -> anyhow::Result<serde_json::Value> {
 }
 
 async fn publish_round_trips(args: &Args) -> anyhow::Result<serde_json::Value> {
-    let events = (args.rate * args.seconds) as usize;
-    let stats = publish::run(
-        args.addr,
-        args.token.as_deref(),
-        events,
-        None,
-        |_| "patients".to_owned(),
-        unix_micros,
-    )
-    .await?;
-    Ok(json!({"label": args.label, "scenario": "publish", "events": events, "publish": stats}))
+    let connections = args.connections.max(1);
+    let per_connection = (args.rate * args.seconds) as usize / connections;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (addr, token) = (args.addr, args.token.clone());
+        tasks.push(tokio::spawn(async move {
+            let room = |_| "patients".to_owned();
+            publish::run(
+                addr,
+                token.as_deref(),
+                per_connection,
+                None,
+                room,
+                unix_micros,
+            )
+            .await
+        }));
+    }
+    let mut per_task = Vec::new();
+    for task in tasks {
+        per_task.push(task.await??);
+    }
+    let total = per_connection * connections;
+    Ok(json!({
+        "label": args.label, "scenario": "publish", "events": total, "connections": connections,
+        "events_per_s": total as f64 / started.elapsed().as_secs_f64(),
+        "first_connection": per_task.first(),
+    }))
 }
