@@ -33,13 +33,16 @@ use crate::client_budget::Exhausted;
 use crate::config::LimitsConfig;
 use crate::gateway::Shared;
 use crate::http::{HttpError, HttpResponse};
+use crate::peer_limit::CountedStream;
 use crate::session::Session;
 
-pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+/// A client WebSocket directly over its TCP stream: hyper's upgrade wrapper
+/// (and the read buffer it keeps alive) is taken apart, see [`into_socket`].
+pub type Socket = WebSocketStream<CountedStream>;
 
 /// Bytes tungstenite reads per call; it is allocated per connection up front,
 /// so it is kept small (the default is 128 KiB) — client messages are tiny.
-const READ_BUFFER_BYTES: usize = 2 * 1024;
+const READ_BUFFER_BYTES: usize = 256;
 
 /// Outgoing frames are gathered up to this size before a socket write, so a
 /// burst goes out in few writes while an idle connection holds nothing.
@@ -145,6 +148,34 @@ fn percent_decode(text: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Takes hyper's `Upgraded` apart into our own stream. Keeping `Upgraded`
+/// would keep hyper's 8 KiB connection read buffer alive for the socket's
+/// whole life (its leftover bytes are a slice of it): most of an idle
+/// connection's memory.
+async fn into_socket(upgraded: Upgraded, config: WebSocketConfig) -> Option<Socket> {
+    match upgraded.downcast::<TokioIo<CountedStream>>() {
+        Ok(parts) => {
+            let stream = parts.io.into_inner();
+            let socket = if parts.read_buf.is_empty() {
+                WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await
+            } else {
+                WebSocketStream::from_partially_read(
+                    stream,
+                    parts.read_buf.to_vec(),
+                    Role::Server,
+                    Some(config),
+                )
+                .await
+            };
+            Some(socket)
+        }
+        Err(_) => {
+            tracing::error!("upgraded connection of an unexpected type");
+            None
+        }
+    }
 }
 
 /// Runs one connection's task so that a panic in it is logged and ends that
@@ -289,12 +320,9 @@ where
                 }
             };
             let config = socket_config(&session_shared.config.limits);
-            let socket = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
-                Role::Server,
-                Some(config),
-            )
-            .await;
+            let Some(socket) = into_socket(upgraded, config).await else {
+                return;
+            };
             run_isolated(serve(session_shared, socket)).await;
         }
         .instrument(span),
