@@ -445,18 +445,7 @@ async fn health_key_lives_while_running_and_leaves_on_graceful_stop() {
     let mut gateway = TestGateway::start_with(replicating_to(&redis, "box-1")).await;
     let mut connection = redis.client().await;
     let key = "smartwait:{test-clinic}:nodes:box-1:health";
-    wait_until(PROMPTLY, "the health key", || {
-        let mut connection = connection.clone();
-        async move {
-            redis::cmd("EXISTS")
-                .arg(key)
-                .query_async::<u64>(&mut connection)
-                .await
-                .unwrap()
-                == 1
-        }
-    })
-    .await;
+    wait_for_key(&connection, key).await;
     let ttl: i64 = redis::cmd("TTL")
         .arg(key)
         .query_async(&mut connection)
@@ -494,6 +483,18 @@ async fn health_key_is_left_to_expire_after_a_crash() {
     let mut gateway = GatewayProcess::start(dir.path(), &env).await;
     let mut connection = redis.client().await;
     let key = "smartwait:{test-clinic}:nodes:box-2:health";
+    wait_for_key(&connection, key).await;
+    gateway.child.kill().await.unwrap();
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(key)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(ttl > 0, "still there, expiring: ttl {ttl}");
+}
+
+/// Waits until `key` exists in Redis.
+async fn wait_for_key(connection: &redis::aio::MultiplexedConnection, key: &str) {
     wait_until(PROMPTLY, "the health key", || {
         let mut connection = connection.clone();
         async move {
@@ -506,11 +507,4 @@ async fn health_key_is_left_to_expire_after_a_crash() {
         }
     })
     .await;
-    gateway.child.kill().await.unwrap();
-    let ttl: i64 = redis::cmd("TTL")
-        .arg(key)
-        .query_async(&mut connection)
-        .await
-        .unwrap();
-    assert!(ttl > 0, "still there, expiring: ttl {ttl}");
 }
