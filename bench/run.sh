@@ -4,14 +4,18 @@
 # same client counts, server pinned to core 0 and generator to core 1.
 #   bench/run.sh tiny    every scenario at a tiny size (CI runs this: it keeps the suite working)
 #   bench/run.sh full    the sizes quoted in BENCHMARKS.md (long; not for CI)
+#   bench/run.sh drain   only the backlog drain, at several redis.batch_events
 # Results: one JSON line per run in bench/results/<mode>-<date>.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-tiny}
 case "$mode" in
-  tiny) fanout_sizes="20"; idle_sizes="50"; seconds=2; rate=20; targeted=20; publish_rate=100; profile=ci-bench ;;
-  full) fanout_sizes="1000 10000"; idle_sizes="10000 19000"; seconds=10; rate=20; targeted=1000; publish_rate=200; profile=release ;;
-  *) echo "usage: bench/run.sh tiny|full" >&2; exit 2 ;;
+  tiny) fanout_sizes="20"; idle_sizes="50"; seconds=2; rate=20; targeted=20; publish_rate=100; profile=ci-bench
+        backlog=2000; drain_batches="500" ;;
+  full) fanout_sizes="1000 10000"; idle_sizes="10000 19000"; seconds=10; rate=20; targeted=1000; publish_rate=200; profile=release
+        backlog=100000; drain_batches="500 2000" ;;
+  drain) profile=release; backlog=100000; drain_batches="500 2000 5000" ;;
+  *) echo "usage: bench/run.sh tiny|full|drain" >&2; exit 2 ;;
 esac
 
 command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
@@ -46,6 +50,27 @@ start_gateway() {  # $1: extra env assignments (e.g. SMARTWAIT_REDIS_URL=...)
 }
 stop() { kill "$1" 2>/dev/null || true; sleep 0.5; }
 
+# --- drain: a backlog built while Redis is down, then Redis comes back ---------------------
+drain_run() {  # $1: redis.batch_events
+  local drain_port; drain_port=$(free_port)
+  start_gateway "SMARTWAIT_REDIS_URL=redis://127.0.0.1:$drain_port SMARTWAIT_REDIS_BATCH_EVENTS=$1"
+  "${client_pin[@]}" $bin/smartwait-bench publish --addr "127.0.0.1:$gw_port" --rate "$backlog" --seconds 1 --connections 16 --label backlog >/dev/null
+  redis-server --port "$drain_port" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >/dev/null &
+  pids+=($!)
+  local start end left=x
+  start=$(date +%s.%N)
+  for _ in $(seq 1 1200); do
+    left=$(python3 -c 'import json,sys,urllib.request; print(json.load(urllib.request.urlopen(sys.argv[1]))["redis"]["backlog"])' "http://127.0.0.1:$gw_port/health" 2>/dev/null || echo x)
+    [ "$left" = "0" ] && break
+    sleep 0.05
+  done
+  end=$(date +%s.%N)
+  echo "{\"label\":\"gateway\",\"scenario\":\"drain\",\"backlog\":$backlog,\"batch_events\":$1,\"left\":\"$left\",\"seconds_from_redis_start\":$(python3 -c "print(round($end-$start,3))")}" | tee -a "$out"
+  stop "$gw_pid"
+}
+for batch in $drain_batches; do drain_run "$batch"; done
+[ "$mode" = drain ] && exit 0
+
 # --- the gateway, both protocols ---------------------------------------------------------
 for protocol in native socketio; do
   for n in $fanout_sizes; do
@@ -75,22 +100,6 @@ bench publish --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --rate $publish_rate -
 bench publish --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --rate $publish_rate --seconds $seconds --connections 16 --label gateway-durable-replicated-16-concurrent
 stop "$gw_pid"
 
-# --- drain: a backlog built while Redis is down, then Redis comes back ---------------------
-backlog=$([ "$mode" = full ] && echo 100000 || echo 2000)
-drain_port=$(free_port)
-start_gateway "SMARTWAIT_REDIS_URL=redis://127.0.0.1:$drain_port"
-"${client_pin[@]}" $bin/smartwait-bench publish --addr "127.0.0.1:$gw_port" --rate "$backlog" --seconds 1 --connections 16 --label backlog >/dev/null
-redis-server --port "$drain_port" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >/dev/null &
-pids+=($!)
-drain_start=$(date +%s.%N)
-for _ in $(seq 1 1200); do
-  left=$(python3 -c 'import json,sys,urllib.request; print(json.load(urllib.request.urlopen(sys.argv[1]))["redis"]["backlog"])' "http://127.0.0.1:$gw_port/health" 2>/dev/null || echo x)
-  [ "$left" = "0" ] && break
-  sleep 0.05
-done
-drain_end=$(date +%s.%N)
-echo "{\"label\":\"gateway\",\"scenario\":\"drain\",\"backlog\":$backlog,\"left\":\"$left\",\"seconds_from_redis_start\":$(python3 -c "print(round($drain_end-$drain_start,3))")}" | tee -a "$out"
-stop "$gw_pid"
 
 # --- the peer: Node Socket.IO + Redis adapter ----------------------------------------------
 for n in $fanout_sizes; do

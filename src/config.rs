@@ -50,6 +50,9 @@ pub struct ServerConfig {
     /// How long shutdown waits for clients and requests before exiting.
     #[serde(with = "duration_text")]
     pub shutdown_timeout: Duration,
+    /// PEM certificate chain and private key; both set turns on HTTPS/WSS.
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
     /// Browser origins allowed to open WebSockets; empty means only pages
     /// served by the box itself (the Origin's host:port equals the Host).
     pub allowed_origins: Vec<String>,
@@ -62,6 +65,8 @@ impl Default for ServerConfig {
             state_dir: PathBuf::new(),
             shutdown_timeout: Duration::from_secs(5),
             allowed_origins: Vec::new(),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
         }
     }
 }
@@ -243,6 +248,8 @@ pub struct RedisConfig {
     #[serde(with = "duration_text")]
     pub live_window: Duration,
     pub outbox_max_events: u64,
+    /// Outbox events per MULTI/EXEC round trip.
+    pub batch_events: usize,
     /// Longest a Redis command may take before the connection is dropped.
     #[serde(with = "duration_text")]
     pub command_timeout: Duration,
@@ -255,6 +262,7 @@ impl Default for RedisConfig {
             stream_maxlen: 1_000_000,
             live_window: Duration::from_secs(5),
             outbox_max_events: 1_000_000,
+            batch_events: 500,
             command_timeout: Duration::from_secs(5),
         }
     }
@@ -387,8 +395,11 @@ impl Config {
         {
             bail!("redis.url must start with redis:// or rediss://");
         }
-        if self.redis.outbox_max_events == 0 || self.redis.stream_maxlen == 0 {
-            bail!("redis.outbox_max_events and redis.stream_maxlen must be greater than 0");
+        if self.redis.outbox_max_events == 0
+            || self.redis.stream_maxlen == 0
+            || self.redis.batch_events == 0
+        {
+            bail!("redis.outbox_max_events, redis.stream_maxlen and redis.batch_events must be greater than 0");
         }
         if self.socketio.ping_interval.is_zero() || self.socketio.ping_timeout.is_zero() {
             bail!("socketio.ping_interval and socketio.ping_timeout must be greater than 0");

@@ -29,6 +29,7 @@ use crate::realtime::GetReadyTracker;
 use crate::replication::Replication;
 use crate::rooms::{Rooms, RoomsSetup};
 use crate::store;
+use crate::tls::{ClientStream, Tls};
 
 /// How often old idempotency keys and stale retained state are expired.
 const HOUSEKEEPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
@@ -47,6 +48,8 @@ pub struct Shared {
     pub get_ready: GetReadyTracker,
     pub started: Instant,
     pub shutdown: CancellationToken,
+    /// TLS certificate when `server.tls_cert`/`tls_key` are set.
+    pub tls: Option<Tls>,
     /// Live Socket.IO (Engine.IO) sessions by sid.
     pub engine_sessions: crate::eio_server::EngineSessions,
     /// WebSocket sessions, which leave hyper's graceful watcher once upgraded.
@@ -102,6 +105,7 @@ impl Gateway {
     /// Opens the state directory and the JWT secret; fails with a clear
     /// message when either is unusable.
     pub fn new(config: Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let tls = Tls::from_config(&config.server)?;
         let opened = store::open(&config.server.state_dir)?;
         let store_reader = store::open_reader(&config.server.state_dir)?;
         let auth = Authenticator::from_config(&config.auth)?;
@@ -149,6 +153,7 @@ impl Gateway {
             metrics,
             started: Instant::now(),
             engine_sessions: Default::default(),
+            tls,
             shutdown,
             sessions: TaskTracker::new(),
         };
@@ -159,6 +164,15 @@ impl Gateway {
 
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// Re-reads the TLS certificate and key (SIGHUP); open connections keep
+    /// theirs. On error the current certificate stays in use.
+    pub fn reload_tls(&self) -> anyhow::Result<()> {
+        match &self.shared.tls {
+            Some(tls) => tls.reload(),
+            None => Ok(()),
+        }
     }
 
     /// Serves HTTP and WebSocket clients on `listener` until the shutdown
@@ -204,11 +218,31 @@ impl Gateway {
             let service = hyper::service::service_fn(move |request| {
                 crate::http::handle(service_shared.clone(), peer, request)
             });
-            let connection = http
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
             let shutdown = shared.shutdown.clone();
+            let acceptor = shared.tls.as_ref().map(Tls::acceptor);
+            let handshake_timeout = shared.config.limits.header_timeout;
+            let http = http.clone();
             http_connections.spawn(crate::ws::run_isolated(async move {
+                let stream = match acceptor {
+                    None => ClientStream::Plain(stream),
+                    Some(acceptor) => {
+                        match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
+                        {
+                            Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
+                            Ok(Err(err)) => {
+                                tracing::debug!(%peer, error = %err, "tls handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "tls handshake timed out");
+                                return;
+                            }
+                        }
+                    }
+                };
+                let connection = http
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
                 let mut connection = pin!(connection);
                 let served = tokio::select! {
                     served = connection.as_mut() => served,

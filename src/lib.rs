@@ -48,6 +48,7 @@ pub mod socketio;
 pub mod store;
 pub mod subscription;
 pub mod systemd;
+pub mod tls;
 pub mod ws;
 
 pub use config::Config;

@@ -127,17 +127,37 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         } else {
             address.to_string()
         };
+        let scheme = if config.server.tls_cert.as_os_str().is_empty() { "http" } else { "https" };
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
-            "listening on http://{address} (WebSocket at /ws); health: http://{health_host}/health; \
+            "listening on {scheme}://{address} (WebSocket at /ws); health: {scheme}://{health_host}/health; \
              mint a token: smartwait-gateway token --role staff --sub nurse-1"
         );
         tokio::spawn(stop_on_signal(shutdown));
+        tokio::spawn(reload_on_hangup(gateway.clone()));
         smartwait_gateway::systemd::ready();
         gateway.run(listener).await?;
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Re-reads the TLS certificate on SIGHUP (a clinic rotates its certificate).
+async fn reload_on_hangup(gateway: Gateway) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot listen for SIGHUP");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        match gateway.reload_tls() {
+            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+            Err(err) => tracing::error!(
+                error = format!("{err:#}"),
+                "SIGHUP: TLS certificate not reloaded; keeping the current one"
+            ),
+        }
+    }
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT.

@@ -23,9 +23,6 @@ use crate::gateway::Shared;
 use crate::redis_keys::{self, Envelope};
 use crate::store::{self, StoredEvent};
 
-/// Outbox entries per MULTI/EXEC round trip.
-const BATCH_EVENTS: usize = 500;
-
 /// How often the node's health key is refreshed, and how long it lives.
 const HEALTH_REFRESH: Duration = Duration::from_secs(10);
 const HEALTH_TTL_SECS: u64 = 30;
@@ -234,9 +231,10 @@ async fn replicate(shared: &Arc<Shared>, backoff: &mut Backoff) -> anyhow::Resul
 
 async fn read_batch(shared: &Arc<Shared>, after: u64) -> anyhow::Result<Vec<StoredEvent>> {
     let reader = shared.store_reader.clone();
+    let batch = shared.config.redis.batch_events;
     tokio::task::spawn_blocking(move || {
         let connection = reader.lock().unwrap_or_else(PoisonError::into_inner);
-        store::read_outbox(&connection, after, BATCH_EVENTS)
+        store::read_outbox(&connection, after, batch)
     })
     .await
     .context("outbox reader stopped")?

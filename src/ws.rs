@@ -33,12 +33,12 @@ use crate::client_budget::Exhausted;
 use crate::config::LimitsConfig;
 use crate::gateway::Shared;
 use crate::http::{HttpError, HttpResponse};
-use crate::peer_limit::CountedStream;
 use crate::session::Session;
+use crate::tls::ClientStream;
 
 /// A client WebSocket directly over its TCP stream: hyper's upgrade wrapper
 /// (and the read buffer it keeps alive) is taken apart, see [`into_socket`].
-pub type Socket = WebSocketStream<CountedStream>;
+pub type Socket = WebSocketStream<ClientStream>;
 
 /// Bytes tungstenite reads per call; it is allocated per connection up front,
 /// so it is kept small (the default is 128 KiB) — client messages are tiny.
@@ -155,7 +155,7 @@ fn percent_decode(text: &str) -> String {
 /// whole life (its leftover bytes are a slice of it): most of an idle
 /// connection's memory.
 async fn into_socket(upgraded: Upgraded, config: WebSocketConfig) -> Option<Socket> {
-    match upgraded.downcast::<TokioIo<CountedStream>>() {
+    match upgraded.downcast::<TokioIo<ClientStream>>() {
         Ok(parts) => {
             let stream = parts.io.into_inner();
             let socket = if parts.read_buf.is_empty() {

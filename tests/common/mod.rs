@@ -39,6 +39,8 @@ pub struct TestGateway {
     pub addr: SocketAddr,
     pub auth: Authenticator,
     pub config: Config,
+    /// A handle on the running gateway (for TLS reloads).
+    pub gateway: Gateway,
     shutdown: CancellationToken,
     task: Option<JoinHandle<anyhow::Result<()>>>,
     _state: Option<tempfile::TempDir>,
@@ -72,11 +74,13 @@ impl TestGateway {
         let shutdown = CancellationToken::new();
         let gateway = Gateway::new(config.clone(), shutdown.clone()).expect("gateway");
         let auth = Authenticator::from_config(&config.auth).expect("auth");
+        let handle = gateway.clone();
         let task = tokio::spawn(gateway.run(listener));
         Self {
             addr,
             auth,
             config,
+            gateway: handle,
             shutdown,
             task: Some(task),
             _state: None,
@@ -366,7 +370,12 @@ impl GatewayProcess {
         let addr = tokio::time::timeout(PROMPTLY, async {
             while let Some(line) = log.recv().await {
                 startup_log.push(line.clone());
-                if let Some(rest) = line.split("listening on http://").nth(1) {
+                let after_scheme = line
+                    .split("listening on ")
+                    .nth(1)
+                    .and_then(|rest| rest.split_once("://"))
+                    .map(|(_, rest)| rest);
+                if let Some(rest) = after_scheme {
                     let addr = rest.split_whitespace().next().expect("address");
                     return addr.parse::<SocketAddr>().expect("socket address");
                 }

@@ -1,0 +1,266 @@
+//! HTTPS and WSS with a certificate made in the test (rcgen): the API and
+//! the rooms over TLS, a client that does not trust the CA is refused, and
+//! the certificate is swapped on reload (SIGHUP) without dropping connections.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::{GatewayProcess, TestGateway};
+use futures_util::SinkExt;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use serde_json::{json, Value};
+use smartwait_gateway::auth::Role;
+use tokio::net::TcpStream;
+use tokio_rustls::rustls::{self, pki_types::ServerName, RootCertStore};
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A certificate authority made for one test.
+struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    der: rustls::pki_types::CertificateDer<'static>,
+}
+
+fn ca(name: &str) -> TestCa {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    let cert = params.self_signed(&key).unwrap();
+    TestCa {
+        der: cert.der().clone(),
+        issuer: Issuer::new(params, key),
+    }
+}
+
+/// Writes a server certificate for localhost / 127.0.0.1 signed by `ca` into `dir`.
+fn server_cert(ca: &TestCa, dir: &Path) -> (PathBuf, PathBuf) {
+    let key = KeyPair::generate().unwrap();
+    let params =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert_path, key_path)
+}
+
+fn connector(trusted: &TestCa) -> TlsConnector {
+    let mut roots = RootCertStore::empty();
+    roots.add(trusted.der.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+async fn tls_stream(
+    addr: std::net::SocketAddr,
+    trusted: &TestCa,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    connector(trusted)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+}
+
+async fn https_post(
+    addr: std::net::SocketAddr,
+    trusted: &TestCa,
+    path: &str,
+    token: &str,
+    body: Value,
+) -> (u16, Value) {
+    let stream = tls_stream(addr, trusted).await.expect("tls handshake");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = hyper::Request::post(path)
+        .header("host", "localhost")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+/// A WSS client joined to `patients`.
+async fn wss_display(
+    addr: std::net::SocketAddr,
+    trusted: &TestCa,
+) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>> {
+    let stream = tls_stream(addr, trusted).await.expect("tls handshake");
+    let (mut socket, _) = tokio_tungstenite::client_async("wss://localhost/ws", stream)
+        .await
+        .unwrap();
+    let join = json!({"event": "join-patients-room", "id": 1}).to_string();
+    socket.send(Message::Text(join.into())).await.unwrap();
+    let reply = next_text(&mut socket).await;
+    assert_eq!(reply["data"]["ok"], true, "{reply}");
+    socket
+}
+
+async fn next_text<S>(socket: &mut tokio_tungstenite::WebSocketStream<S>) -> Value
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    loop {
+        let message = tokio::time::timeout(common::PROMPTLY, socket.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Text(text) = message {
+            return serde_json::from_str(&text).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn wss_and_https_with_a_trusted_certificate_and_refusal_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let clinic_ca = ca("clinic ca");
+    let (cert, key) = server_cert(&clinic_ca, dir.path());
+    let gateway = TestGateway::start_with(|config| {
+        config.server.tls_cert = cert;
+        config.server.tls_key = key;
+    })
+    .await;
+    let mut display = wss_display(gateway.addr, &clinic_ca).await;
+    let token = gateway.token(Role::Service, None);
+    let (status, answer) = https_post(
+        gateway.addr,
+        &clinic_ca,
+        "/api/queue/update",
+        &token,
+        json!({"waiting": 3}),
+    )
+    .await;
+    assert_eq!((status, answer["delivered"].clone()), (202, json!(1)));
+    assert_eq!(next_text(&mut display).await["data"]["waiting"], 3);
+
+    // A client that does not trust the clinic's CA is refused.
+    let stranger = ca("some other ca");
+    assert!(tls_stream(gateway.addr, &stranger).await.is_err());
+    // Plain HTTP on the TLS port gets nowhere, and changes nothing.
+    let plain = tokio::time::timeout(common::PROMPTLY, async {
+        let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        let mut buffer = [0u8; 64];
+        stream
+            .read(&mut buffer)
+            .await
+            .map(|read| buffer[..read].starts_with(b"HTTP/1.1 200"))
+    })
+    .await
+    .unwrap();
+    assert!(!plain.unwrap_or(false));
+}
+
+#[tokio::test]
+async fn reload_swaps_the_certificate_without_dropping_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let first_ca = ca("first ca");
+    let (cert, key) = server_cert(&first_ca, dir.path());
+    let gateway = TestGateway::start_with(|config| {
+        config.server.tls_cert = cert;
+        config.server.tls_key = key;
+    })
+    .await;
+    let mut display = wss_display(gateway.addr, &first_ca).await;
+
+    // A broken certificate file is refused by a reload, and the old one stays.
+    std::fs::write(dir.path().join("cert.pem"), "not a certificate").unwrap();
+    assert!(gateway.gateway.reload_tls().is_err());
+    assert!(tls_stream(gateway.addr, &first_ca).await.is_ok());
+
+    let second_ca = ca("second ca");
+    server_cert(&second_ca, dir.path());
+    gateway.gateway.reload_tls().unwrap();
+    assert!(
+        tls_stream(gateway.addr, &second_ca).await.is_ok(),
+        "new connections get the new certificate"
+    );
+    assert!(tls_stream(gateway.addr, &first_ca).await.is_err());
+
+    // The connection made before the reload is still served.
+    let token = gateway.token(Role::Service, None);
+    let (status, _) = https_post(
+        gateway.addr,
+        &second_ca,
+        "/api/queue/update",
+        &token,
+        json!({"n": 1}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(next_text(&mut display).await["data"]["n"], 1);
+}
+
+#[tokio::test]
+async fn the_binary_reloads_on_sighup_and_refuses_bad_certificates_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let first_ca = ca("first ca");
+    let (cert, key) = server_cert(&first_ca, dir.path());
+    let (cert, key) = (
+        cert.to_str().unwrap().to_owned(),
+        key.to_str().unwrap().to_owned(),
+    );
+    let env = [
+        ("SMARTWAIT_SERVER_TLS_CERT", cert.as_str()),
+        ("SMARTWAIT_SERVER_TLS_KEY", key.as_str()),
+    ];
+    let gateway = GatewayProcess::start(dir.path(), &env).await;
+    assert!(gateway
+        .startup_log
+        .join("\n")
+        .contains("listening on https://"));
+    assert!(tls_stream(gateway.addr, &first_ca).await.is_ok());
+    let second_ca = ca("second ca");
+    server_cert(&second_ca, dir.path());
+    gateway.signal("HUP");
+    common::wait_until(common::PROMPTLY, "the reloaded certificate", || async {
+        tls_stream(gateway.addr, &second_ca).await.is_ok()
+    })
+    .await;
+
+    // Missing, unreadable or mismatched files are a clear error at start, not a panic.
+    let other_key = dir.path().join("other-key.pem");
+    std::fs::write(&other_key, KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    let other_key = other_key.to_str().unwrap().to_owned();
+    for (cert_path, key_path, expected) in [
+        ("missing.pem", key.as_str(), "missing.pem"),
+        (cert.as_str(), other_key.as_str(), "does not fit"),
+        (cert.as_str(), "", "both"),
+    ] {
+        let output = common::gateway_command(dir.path())
+            .env("SMARTWAIT_SERVER_LISTEN", "127.0.0.1:0")
+            .env("SMARTWAIT_SERVER_TLS_CERT", cert_path)
+            .env("SMARTWAIT_SERVER_TLS_KEY", key_path)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success());
+        assert!(
+            stderr.contains(expected),
+            "expected {expected:?} in: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
