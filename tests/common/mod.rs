@@ -330,8 +330,19 @@ pub fn binary() -> PathBuf {
 }
 
 /// A command for the binary that runs in `dir` with a clean SMARTWAIT_* environment.
+/// `SMARTWAIT_TEST_BINARY_RUNNER` (e.g. `qemu-aarch64 -L /usr/aarch64-linux-gnu`,
+/// set by scripts/cross-test.sh) runs a cross-compiled binary under emulation.
 pub fn gateway_command(dir: &Path) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(binary());
+    let runner = std::env::var("SMARTWAIT_TEST_BINARY_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut command = tokio::process::Command::new(program);
+            command.args(words).arg(binary());
+            command
+        }
+        None => tokio::process::Command::new(binary()),
+    };
     command
         .current_dir(dir)
         .env_remove("STATE_DIRECTORY")
