@@ -536,13 +536,26 @@ impl TestRedis {
     /// The `seq` and `node` fields of every stream entry, in stream order.
     pub async fn stream(&self, clinic: &str) -> Vec<StreamEntry> {
         let mut connection = self.client().await;
-        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
-            .arg(format!("smartwait:{{{clinic}}}:events"))
-            .arg("-")
-            .arg("+")
-            .query_async(&mut connection)
-            .await
-            .expect("XRANGE");
+        // In pages, so a long stream stays within each command's timeout
+        // (also when this test binary runs under emulation).
+        let mut entries: Vec<(String, Vec<String>)> = Vec::new();
+        let mut start = "-".to_owned();
+        loop {
+            let page: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+                .arg(format!("smartwait:{{{clinic}}}:events"))
+                .arg(&start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut connection)
+                .await
+                .expect("XRANGE");
+            let Some((last_id, _)) = page.last() else {
+                break;
+            };
+            start = format!("({last_id}");
+            entries.extend(page);
+        }
         entries
             .into_iter()
             .map(|(_, fields)| {
