@@ -18,6 +18,8 @@ case "$mode" in
   *) echo "usage: bench/run.sh tiny|full|drain" >&2; exit 2 ;;
 esac
 
+command -v python3 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3; }
+command -v taskset >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq util-linux; }
 command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 command -v node >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
 [ -d bench/peer/node_modules/socket.io ] || (cd bench/peer && npm ci --no-audit --no-fund)

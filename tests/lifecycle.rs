@@ -79,14 +79,7 @@ async fn token_cli_round_trip_with_the_running_gateway() {
     .await;
     assert_eq!(status, 202, "{answer}");
     patient_client.expect_event("position_update").await;
-    let (status, _) = http_request(
-        gateway.addr,
-        "POST",
-        "/api/queue/update",
-        Some(&staff),
-        b"{}".to_vec(),
-    )
-    .await;
+    let (status, _) = queue_update(gateway.addr, &staff).await;
     assert_eq!(status, 403);
 }
 
@@ -172,14 +165,7 @@ async fn health_and_metrics_report_what_happens() {
         "forbidden"
     );
 
-    let (status, _) = http_request(
-        gateway.addr,
-        "POST",
-        "/api/queue/update",
-        Some(&service),
-        b"{}".to_vec(),
-    )
-    .await;
+    let (status, _) = queue_update(gateway.addr, &service).await;
     assert_eq!(status, 202);
     display.expect_event("queue_update").await;
 
@@ -299,14 +285,7 @@ async fn seq_only_grows_across_restarts() {
     for _ in 0..3 {
         let mut gateway = GatewayProcess::start(dir.path(), &[]).await;
         for _ in 0..3 {
-            let (status, answer) = http_request(
-                gateway.addr,
-                "POST",
-                "/api/queue/update",
-                Some(&service),
-                b"{}".to_vec(),
-            )
-            .await;
+            let (status, answer) = queue_update(gateway.addr, &service).await;
             assert_eq!(status, 202);
             let seq = answer["seq"].as_u64().unwrap();
             assert!(seq > last_seq, "seq {seq} after {last_seq}");
@@ -419,4 +398,16 @@ async fn the_systemd_unit_verifies() {
         "systemd-analyze verify: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// POSTs an empty queue update with `token`.
+async fn queue_update(addr: std::net::SocketAddr, token: &str) -> (u16, Value) {
+    http_request(
+        addr,
+        "POST",
+        "/api/queue/update",
+        Some(token),
+        b"{}".to_vec(),
+    )
+    .await
 }

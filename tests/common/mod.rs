@@ -169,29 +169,10 @@ pub async fn raw_http(
     token: Option<&str>,
     body: Vec<u8>,
 ) -> (u16, Vec<u8>) {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    HttpConnection::open(addr)
         .await
-        .expect("handshake");
-    tokio::spawn(connection);
-    let mut request = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string())
-        .header("content-type", "application/json");
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    let request = request.body(Full::new(Bytes::from(body))).expect("request");
-    let response = sender.send_request(request).await.expect("response");
-    let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
+        .send(method, path, token, body, &[])
         .await
-        .expect("body")
-        .to_bytes();
-    (status, body.to_vec())
 }
 
 /// Like [`raw_http`], with the answer parsed as JSON.
@@ -625,26 +606,27 @@ impl HttpConnection {
         Self { sender, addr }
     }
 
-    /// POSTs JSON with a bearer token and optional extra headers.
-    pub async fn post(
+    /// Sends one request on this connection; returns status and body.
+    pub async fn send(
         &mut self,
+        method: &str,
         path: &str,
-        token: &str,
-        body: &Value,
+        token: Option<&str>,
+        body: Vec<u8>,
         headers: &[(&str, &str)],
-    ) -> (u16, Value) {
+    ) -> (u16, Vec<u8>) {
         let mut request = hyper::Request::builder()
-            .method("POST")
+            .method(method)
             .uri(path)
             .header("host", self.addr.to_string())
-            .header("content-type", "application/json")
-            .header("authorization", format!("Bearer {token}"));
+            .header("content-type", "application/json");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let request = request
-            .body(Full::new(Bytes::from(body.to_string())))
-            .expect("request");
+        let request = request.body(Full::new(Bytes::from(body))).expect("request");
         self.sender.ready().await.expect("connection ready");
         let response = self.sender.send_request(request).await.expect("response");
         let status = response.status().as_u16();
@@ -654,6 +636,26 @@ impl HttpConnection {
             .await
             .expect("body")
             .to_bytes();
+        (status, body.to_vec())
+    }
+
+    /// POSTs JSON with a bearer token and optional extra headers.
+    pub async fn post(
+        &mut self,
+        path: &str,
+        token: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let (status, body) = self
+            .send(
+                "POST",
+                path,
+                Some(token),
+                body.to_string().into_bytes(),
+                headers,
+            )
+            .await;
         (status, serde_json::from_slice(&body).expect("JSON answer"))
     }
 }
