@@ -112,12 +112,19 @@ impl Gateway {
         if auth.mode() == AuthMode::Off {
             tracing::warn!("AUTHENTICATION IS OFF (auth.mode = \"off\"): anyone on this network can join any room, read every patient's updates and publish; use only for a trial on a closed LAN");
         }
+        if let Some(saved) = &opened.history {
+            tracing::info!(
+                rooms = saved.rooms.len(),
+                "restored the rooms' history saved at the last stop"
+            );
+        }
         let metrics = Metrics::new();
         let rooms = Rooms::new(
             RoomsSetup {
                 epoch: opened.epoch,
                 last_seq: opened.last_seq,
                 retained: opened.retained,
+                saved_history: opened.history,
                 history_per_room: config.history.per_room,
                 client_queue: config.limits.client_queue,
             },
@@ -275,6 +282,7 @@ impl Gateway {
         if drained.is_err() {
             tracing::warn!("shutdown timeout reached; dropping the remaining connections");
         }
+        shared.publisher.close().await;
         Ok(())
     }
 }

@@ -4,11 +4,18 @@
 //!
 //! Plain data structures; the rooms core keeps them under its lock so that
 //! a join sees exactly the events before it and the queue sees those after.
+//! The history is saved when the gateway stops gracefully and restored when
+//! it starts on the same store ([`SavedHistory`]), so screens recover the
+//! events they missed across a restart too; after a crash it starts empty.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use crate::room::Room;
+use std::time::Instant;
+
+use serde_json::value::RawValue;
+
+use crate::room::{EventName, Room};
 use crate::rooms::RoomEvent;
 
 /// Rooms whose history is kept at once. Patient rooms come and go with
@@ -34,6 +41,23 @@ struct RoomHistory {
     complete_after: u64,
 }
 
+/// The history as saved at a graceful stop: plain data for the store.
+#[derive(Debug, Default, Clone)]
+pub struct SavedHistory {
+    /// The last seq when it was saved; only a store still at this seq may restore it.
+    pub last_seq: u64,
+    pub floor: u64,
+    pub rooms: Vec<SavedRoom>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SavedRoom {
+    pub room: Room,
+    pub complete_after: u64,
+    /// `(seq, event, data)`, oldest first.
+    pub events: Vec<(u64, EventName, Arc<RawValue>)>,
+}
+
 /// Recent events of every room.
 #[derive(Debug)]
 pub struct History {
@@ -50,6 +74,70 @@ impl History {
             per_room,
             rooms: HashMap::new(),
             floor: start_seq,
+        }
+    }
+
+    /// A history that continues `saved` (see [`History::save`]).
+    pub fn restore(per_room: usize, saved: SavedHistory) -> Self {
+        let mut history = Self::new(per_room, saved.floor);
+        if per_room == 0 {
+            history.floor = saved.last_seq;
+            return history;
+        }
+        let restored_at = Instant::now();
+        for saved_room in saved.rooms {
+            let mut events: VecDeque<Arc<RoomEvent>> = saved_room
+                .events
+                .into_iter()
+                .map(|(seq, event, data)| {
+                    Arc::new(RoomEvent::new(
+                        seq,
+                        saved_room.room.clone(),
+                        event,
+                        data,
+                        restored_at,
+                    ))
+                })
+                .collect();
+            let mut complete_after = saved_room.complete_after;
+            // A smaller history.per_room than before: keep the newest.
+            while events.len() > per_room {
+                if let Some(evicted) = events.pop_front() {
+                    complete_after = evicted.seq;
+                }
+            }
+            history.rooms.insert(
+                saved_room.room,
+                RoomHistory {
+                    events,
+                    complete_after,
+                },
+            );
+        }
+        while history.rooms.len() > MAX_ROOMS_WITH_HISTORY {
+            history.forget_stalest_room();
+        }
+        history
+    }
+
+    /// Everything needed to [`History::restore`] it, as of `last_seq`.
+    pub fn save(&self, last_seq: u64) -> SavedHistory {
+        SavedHistory {
+            last_seq,
+            floor: self.floor,
+            rooms: self
+                .rooms
+                .iter()
+                .map(|(room, history)| SavedRoom {
+                    room: room.clone(),
+                    complete_after: history.complete_after,
+                    events: history
+                        .events
+                        .iter()
+                        .map(|event| (event.seq, event.event.clone(), event.data.clone()))
+                        .collect(),
+                })
+                .collect(),
         }
     }
 
@@ -207,5 +295,30 @@ mod tests {
         let first = Room::Patient(PatientId::parse("p0").unwrap());
         assert_eq!(seqs(history.since(&first, 0, 20_000)), None);
         assert_eq!(seqs(history.since(&first, 1, 20_000)), Some(vec![]));
+    }
+
+    #[test]
+    fn a_saved_history_recovers_as_before_after_a_restore() {
+        let room = Room::Staff;
+        let mut history = History::new(3, 10);
+        for seq in 11..=15 {
+            history.record(&event(&room, seq));
+        }
+        let saved = history.save(15);
+        let restored = History::restore(3, saved.clone());
+        for since in [9, 11, 12, 15, 16] {
+            assert_eq!(
+                seqs(restored.since(&room, since, 15)),
+                seqs(history.since(&room, since, 15)),
+                "since {since}"
+            );
+        }
+        assert_eq!(seqs(restored.since(&Room::Patients, 10, 15)), Some(vec![]));
+        assert_eq!(seqs(restored.since(&Room::Patients, 9, 15)), None);
+
+        // Restored with a smaller history.per_room: the newest events, and no further back.
+        let smaller = History::restore(2, saved);
+        assert_eq!(seqs(smaller.since(&room, 13, 15)), Some(vec![14, 15]));
+        assert_eq!(seqs(smaller.since(&room, 12, 15)), None);
     }
 }

@@ -92,6 +92,8 @@ enum Command {
     Replicated(u64),
     /// Expire old idempotency keys and patient retained state.
     Housekeep,
+    /// Save the rooms' history and close the store (graceful stop).
+    Close(oneshot::Sender<()>),
 }
 
 /// Cheap-to-clone handle to the writer thread.
@@ -169,6 +171,16 @@ impl Publisher {
     pub async fn housekeep(&self) {
         let _ = self.commands.send(Command::Housekeep).await;
     }
+
+    /// Saves the rooms' history for the next start and closes the store
+    /// (which checkpoints its WAL); later publishes answer `StoreUnavailable`.
+    /// Called once nothing publishes any more.
+    pub async fn close(&self) {
+        let (done, closed) = oneshot::channel();
+        if self.commands.send(Command::Close(done)).await.is_ok() {
+            let _ = closed.await;
+        }
+    }
 }
 
 fn unix_ms() -> u64 {
@@ -214,6 +226,7 @@ impl Writer {
             let mut requests = Vec::new();
             let mut replicated = None;
             let mut housekeep = false;
+            let mut close = None;
             let mut next = Some(first);
             while let Some(command) = next {
                 match command {
@@ -232,8 +245,9 @@ impl Writer {
                     }),
                     Command::Replicated(seq) => replicated = replicated.max(Some(seq)),
                     Command::Housekeep => housekeep = true,
+                    Command::Close(done) => close = Some(done),
                 }
-                next = if requests.len() < MAX_BATCH {
+                next = if requests.len() < MAX_BATCH && close.is_none() {
                     commands.try_recv().ok()
                 } else {
                     None
@@ -248,6 +262,35 @@ impl Writer {
             if !requests.is_empty() {
                 self.commit_and_deliver(requests);
             }
+            if let Some(done) = close {
+                self.close();
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+
+    fn close(self) {
+        let Writer { setup, .. } = self;
+        let WriterSetup {
+            mut connection,
+            rooms,
+            ..
+        } = setup;
+        let history = rooms.save_history();
+        let rooms_saved = history.rooms.len();
+        match store::save_history(&mut connection, &history) {
+            Ok(()) => tracing::info!(
+                rooms = rooms_saved,
+                last_seq = history.last_seq,
+                "saved the rooms' history for the next start"
+            ),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot save the rooms' history; screens will get retained state after the restart")
+            }
+        }
+        if let Err((_, err)) = connection.close() {
+            tracing::warn!(error = %err, "cannot close the store cleanly");
         }
     }
 

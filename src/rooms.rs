@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::history::{History, Recovery, Retained};
+use crate::history::{History, Recovery, Retained, SavedHistory};
 use crate::metrics::Metrics;
 use crate::realtime::is_retained;
 use crate::room::{EventName, Room, RoomKind};
@@ -135,6 +135,8 @@ pub struct RoomsSetup {
     pub epoch: String,
     pub last_seq: u64,
     pub retained: Vec<(Room, StoredEvent)>,
+    /// The history saved at the last graceful stop, if it is still valid.
+    pub saved_history: Option<SavedHistory>,
     pub history_per_room: usize,
     pub client_queue: usize,
 }
@@ -156,10 +158,14 @@ impl Rooms {
                 loaded_at,
             )));
         }
+        let history = match setup.saved_history {
+            Some(saved) => History::restore(setup.history_per_room, saved),
+            None => History::new(setup.history_per_room, setup.last_seq),
+        };
         Self(Arc::new(Inner {
             state: Mutex::new(State {
                 members: HashMap::new(),
-                history: History::new(setup.history_per_room, setup.last_seq),
+                history,
                 retained,
                 last_seq: setup.last_seq,
             }),
@@ -280,6 +286,12 @@ impl Rooms {
             }
         }
         counts
+    }
+
+    /// The rooms' history, to be restored by the next start.
+    pub fn save_history(&self) -> SavedHistory {
+        let state = self.state();
+        state.history.save(state.last_seq)
     }
 
     /// The last seq delivered.

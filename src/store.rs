@@ -1,6 +1,7 @@
 //! The embedded, crash-safe store: one SQLite file `state.db` in WAL mode
 //! holding the `seq` counter, the store's epoch, the replication outbox,
-//! the retained state of each room and recent idempotency keys.
+//! the retained state of each room, recent idempotency keys, and the rooms'
+//! history as saved at the last graceful stop.
 //!
 //! This module is plain synchronous SQL: schema migrations (versioned with
 //! `PRAGMA user_version`), and one function per query. Who calls it, and on
@@ -15,6 +16,7 @@ use anyhow::Context;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::value::RawValue;
 
+use crate::history::{SavedHistory, SavedRoom};
 use crate::room::{EventName, Room};
 
 /// The file inside the state directory.
@@ -36,7 +38,14 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE idempotency (
          key TEXT PRIMARY KEY, answer TEXT NOT NULL, created_ms INTEGER NOT NULL);
      CREATE INDEX idempotency_by_age ON idempotency (created_ms);",
+    // 2: the rooms' history, written at a graceful stop and consumed at start.
+    "CREATE TABLE history_snapshot (
+         room TEXT NOT NULL, complete_after INTEGER NOT NULL, seq INTEGER NOT NULL,
+         event TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (room, seq));",
 ];
+
+/// The `meta` key holding `"<last_seq> <floor>"` of the saved history.
+const HISTORY_SNAPSHOT_KEY: &str = "history_snapshot";
 
 /// One event as stored and replicated: one seq, possibly several rooms.
 #[derive(Debug, Clone)]
@@ -71,6 +80,9 @@ pub struct Opened {
     pub last_seq: u64,
     pub outbox_len: u64,
     pub retained: Vec<(Room, StoredEvent)>,
+    /// The history saved at the last graceful stop, if nothing was
+    /// committed after it (else it would have a hole).
+    pub history: Option<SavedHistory>,
 }
 
 /// Opens (creating and migrating when needed) `state.db` for writing.
@@ -99,12 +111,15 @@ pub fn open(state_dir: &Path) -> anyhow::Result<Opened> {
     let outbox_len =
         from_sql(connection.query_row("SELECT COUNT(*) FROM outbox", [], |row| row.get(0))?);
     let retained = load_retained(&connection)?;
+    let history = take_history(&mut connection, last_seq)
+        .with_context(|| format!("cannot read the saved history in {}", path.display()))?;
     Ok(Opened {
         connection,
         epoch,
         last_seq,
         outbox_len,
         retained,
+        history,
     })
 }
 
@@ -315,6 +330,98 @@ fn load_retained(connection: &Connection) -> anyhow::Result<Vec<(Room, StoredEve
     Ok(retained)
 }
 
+/// Replaces the saved history with `history` (at a graceful stop).
+pub fn save_history(connection: &mut Connection, history: &SavedHistory) -> rusqlite::Result<()> {
+    let transaction = connection.transaction()?;
+    transaction.execute("DELETE FROM history_snapshot", [])?;
+    {
+        let mut insert = transaction.prepare(
+            "INSERT INTO history_snapshot (room, complete_after, seq, event, data)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for saved in &history.rooms {
+            let room = saved.room.to_string();
+            for (seq, event, data) in &saved.events {
+                insert.execute(params![
+                    room,
+                    to_sql(saved.complete_after),
+                    to_sql(*seq),
+                    event.as_str(),
+                    data.get()
+                ])?;
+            }
+        }
+    }
+    set_meta(
+        &transaction,
+        HISTORY_SNAPSHOT_KEY,
+        &format!("{} {}", history.last_seq, history.floor),
+    )?;
+    transaction.commit()
+}
+
+/// Reads and deletes the saved history: it is valid for one start only,
+/// since events committed after that start are not in it.
+fn take_history(
+    connection: &mut Connection,
+    last_seq: u64,
+) -> anyhow::Result<Option<SavedHistory>> {
+    let transaction = connection.transaction()?;
+    let marker = meta(&transaction, HISTORY_SNAPSHOT_KEY)?;
+    let saved = match marker.as_deref().and_then(|text| text.split_once(' ')) {
+        Some((saved_seq, floor)) if saved_seq.parse::<u64>().ok() == Some(last_seq) => {
+            let floor = floor.parse().context("bad history floor")?;
+            Some(read_history(&transaction, last_seq, floor)?)
+        }
+        _ => None,
+    };
+    transaction.execute("DELETE FROM history_snapshot", [])?;
+    transaction.execute("DELETE FROM meta WHERE key = ?1", [HISTORY_SNAPSHOT_KEY])?;
+    transaction.commit()?;
+    Ok(saved)
+}
+
+fn read_history(
+    connection: &Connection,
+    last_seq: u64,
+    floor: u64,
+) -> anyhow::Result<SavedHistory> {
+    let mut statement = connection.prepare(
+        "SELECT room, complete_after, seq, event, data FROM history_snapshot ORDER BY room, seq",
+    )?;
+    let rows = statement.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            from_sql(row.get(1)?),
+            from_sql(row.get(2)?),
+            row.get::<_, String>(3)?,
+            row.get::<_, String>(4)?,
+        ))
+    })?;
+    let mut rooms: Vec<SavedRoom> = Vec::new();
+    for row in rows {
+        let (name, complete_after, seq, event, data) = row?;
+        let rooms_text = format!("[{}]", serde_json::Value::String(name.clone()));
+        let stored = decode_event(seq, &rooms_text, &event, data, 0)?;
+        let Some(room) = stored.rooms.into_iter().next() else {
+            continue;
+        };
+        match rooms.last_mut() {
+            Some(last) if last.room == room => last.events.push((seq, stored.event, stored.data)),
+            _ => rooms.push(SavedRoom {
+                room,
+                complete_after,
+                events: vec![(seq, stored.event, stored.data)],
+            }),
+        }
+    }
+    Ok(SavedHistory {
+        last_seq,
+        floor,
+        rooms,
+    })
+}
+
 /// The first answer to an idempotency key seen since `since_ms`.
 pub fn idempotent_answer(
     transaction: &Transaction<'_>,
@@ -373,6 +480,43 @@ mod tests {
         assert_eq!(journal, "wal");
         let third = open(tempfile::tempdir().unwrap().path()).unwrap();
         assert_ne!(third.epoch, again.epoch, "a new store gets a new epoch");
+    }
+
+    #[test]
+    fn a_saved_history_is_restored_once_and_only_at_its_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let saved = SavedHistory {
+            last_seq: 0,
+            floor: 0,
+            rooms: vec![SavedRoom {
+                room: Room::Patients,
+                complete_after: 0,
+                events: vec![(
+                    1,
+                    EventName::known("queue_update"),
+                    Arc::from(RawValue::from_string("{\"n\":1}".to_owned()).unwrap()),
+                )],
+            }],
+        };
+        let mut opened = open(dir.path()).unwrap();
+        save_history(&mut opened.connection, &saved).unwrap();
+        drop(opened);
+        let mut opened = open(dir.path()).unwrap();
+        let restored = opened.history.take().expect("restored at the same seq");
+        assert_eq!(restored.rooms.len(), 1);
+        assert_eq!(restored.rooms[0].room, Room::Patients);
+        assert_eq!(restored.rooms[0].events[0].2.get(), "{\"n\":1}");
+        drop(opened);
+        assert!(open(dir.path()).unwrap().history.is_none(), "consumed");
+
+        // Saved, then an event committed by a start that crashed: not trusted.
+        let mut opened = open(dir.path()).unwrap();
+        save_history(&mut opened.connection, &saved).unwrap();
+        let transaction = opened.connection.transaction().unwrap();
+        set_last_seq(&transaction, 7).unwrap();
+        transaction.commit().unwrap();
+        drop(opened);
+        assert!(open(dir.path()).unwrap().history.is_none());
     }
 
     #[test]

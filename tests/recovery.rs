@@ -1,9 +1,10 @@
 //! Screens that reconnect: `since` recovery from room history, retained
-//! state for fresh joins, and both across a gateway restart.
+//! state for fresh joins, and both across a gateway restart (graceful: the
+//! history is kept; after a crash: retained state only).
 
 mod common;
 
-use common::{TestGateway, TestWsClient};
+use common::{GatewayProcess, TestGateway, TestWsClient};
 use serde_json::{json, Value};
 use smartwait_gateway::auth::Role;
 
@@ -145,7 +146,7 @@ async fn a_fresh_screen_gets_the_retained_state_of_each_room() {
 }
 
 #[tokio::test]
-async fn retained_state_survives_a_restart_and_old_since_is_not_trusted() {
+async fn history_survives_a_graceful_restart() {
     let state = tempfile::tempdir().unwrap();
     let mut first = TestGateway::start_in(state.path(), |_| {}).await;
     gateway_publish_queue(&first, 11).await;
@@ -156,11 +157,44 @@ async fn retained_state_survives_a_restart_and_old_since_is_not_trusted() {
         .as_u64()
         .unwrap();
     drop(display);
+    gateway_publish_queue(&first, 12).await;
     first.shutdown().await;
 
     let second = TestGateway::start_in(state.path(), |_| {}).await;
+    gateway_publish_queue(&second, 13).await;
     let mut display = second.connect(None).await;
-    // Same epoch, but history did not survive the restart: not recovered.
+    let joined = join_patients(&mut display, json!({"since": seen, "epoch": epoch})).await;
+    assert_eq!(joined["epoch"], epoch.as_str(), "the store keeps its epoch");
+    assert_eq!(joined["recovered"], true, "{joined}");
+    for waiting in [12, 13] {
+        let event = display.expect_event("queue_update").await;
+        assert_eq!(event["data"]["waiting"], waiting, "{event}");
+        assert!(event["seq"].as_u64().unwrap() > seen);
+    }
+    display.expect_silence().await;
+}
+
+#[tokio::test]
+async fn after_a_crash_retained_state_survives_and_old_since_is_not_trusted() {
+    let state = tempfile::tempdir().unwrap();
+    let mut first = GatewayProcess::start(state.path(), &[]).await;
+    let token = common::mint_token(state.path(), &["--role", "service"]).await;
+    let body = json!({"waiting": 11}).to_string().into_bytes();
+    let (status, answer) =
+        common::http_request(first.addr, "POST", "/api/queue/update", Some(&token), body).await;
+    assert_eq!(status, 202, "{answer}");
+    let seen = answer["seq"].as_u64().unwrap();
+    let mut display = TestWsClient::connect(first.addr, None).await;
+    let epoch = join_patients(&mut display, Value::Null).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    first.child.kill().await.unwrap();
+
+    // The binary keeps its store in ./data (the default state_dir).
+    let second = TestGateway::start_in(&state.path().join("data"), |_| {}).await;
+    let mut display = second.connect(None).await;
+    // Same epoch, but the history was not saved: not recovered, retained state instead.
     let joined = join_patients(&mut display, json!({"since": seen - 1, "epoch": epoch})).await;
     assert_eq!(joined["epoch"], epoch.as_str(), "the store keeps its epoch");
     assert_eq!(joined["recovered"], false);

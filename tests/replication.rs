@@ -139,7 +139,7 @@ async fn gateway_killed_with_a_backlog_replicates_it_after_restart() {
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut first = GatewayProcess::start(dir.path(), &env).await;
-    let token = mint_service_token(dir.path()).await;
+    let token = common::mint_token(dir.path(), &["--role", "service"]).await;
     let mut http = HttpConnection::open(first.addr).await;
     for n in 0..100 {
         let (status, _) = http
@@ -164,16 +164,6 @@ async fn gateway_killed_with_a_backlog_replicates_it_after_restart() {
     let entries = redis.stream("test-clinic").await;
     assert_eq!(seqs_of(&entries, "a"), (1..=100).collect::<Vec<_>>());
     assert_eq!(entries[99].data["n"], 99);
-}
-
-async fn mint_service_token(dir: &std::path::Path) -> String {
-    let output = common::gateway_command(dir)
-        .args(["token", "--role", "service"])
-        .output()
-        .await
-        .unwrap();
-    assert!(output.status.success());
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
 /// Median time from publish to the client having the frame.

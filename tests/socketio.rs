@@ -249,7 +249,7 @@ async fn clients_reconnect_by_themselves_after_the_gateway_restarts() {
     gateway.child.wait().await.unwrap();
 
     let again = GatewayProcess::start(dir.path(), &env).await;
-    let token = service_token(dir.path()).await;
+    let token = common::mint_token(dir.path(), &["--role", "service"]).await;
     for client in [&mut polling, &mut websocket] {
         client.wait_for("connect").await;
         // As the seed's clients do in their connect handler: join again.
@@ -267,15 +267,6 @@ async fn clients_reconnect_by_themselves_after_the_gateway_restarts() {
     for client in [&mut polling, &mut websocket] {
         assert_eq!(client.wait_for("event").await["event"], "queue_update");
     }
-}
-
-async fn service_token(dir: &std::path::Path) -> String {
-    let output = common::gateway_command(dir)
-        .args(["token", "--role", "service"])
-        .output()
-        .await
-        .unwrap();
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
 /// GETs a polling URL and returns status and body text.

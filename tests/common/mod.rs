@@ -336,6 +336,26 @@ pub fn gateway_command(dir: &Path) -> tokio::process::Command {
     command
 }
 
+/// Mints a token with the binary's `token` command for the gateway in `dir`
+/// (`args` after `token`, e.g. `["--role", "service"]`).
+pub async fn mint_token(dir: &Path, args: &[&str]) -> String {
+    let output = gateway_command(dir)
+        .arg("token")
+        .args(args)
+        .output()
+        .await
+        .expect("run the token command");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .expect("token is text")
+        .trim()
+        .to_owned()
+}
+
 impl GatewayProcess {
     /// Starts the binary in `dir` (defaults otherwise) and waits for its
     /// "listening on" line.
