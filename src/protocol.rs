@@ -33,6 +33,9 @@ pub enum Request {
     JoinPatientsRoom { resume: Resume },
     /// `leave-room`: the room name, not yet validated.
     LeaveRoom { room_name: String },
+    /// `ping`: answered at once, so that a client can tell a dead network
+    /// path from a quiet room (browsers do not expose WebSocket pings).
+    Ping,
 }
 
 /// One parsed client frame: the request and its optional ack id.
@@ -139,6 +142,7 @@ pub fn parse_request(event: &str, data: Value) -> Result<Request, ProtocolError>
             let (_, resume) = id_and_resume(data)?;
             Ok(Request::JoinPatientsRoom { resume })
         }
+        "ping" => Ok(Request::Ping),
         "leave-room" => match data {
             Value::String(room_name) => Ok(Request::LeaveRoom { room_name }),
             _ => Err(ProtocolError::new(
@@ -149,7 +153,7 @@ pub fn parse_request(event: &str, data: Value) -> Result<Request, ProtocolError>
         _ => Err(ProtocolError::new(
             ErrorCode::UnknownEvent,
             format!(
-                "unknown event '{}'; expected join-patient-room, join-staff-room, join-patients-room or leave-room",
+                "unknown event '{}'; expected join-patient-room, join-staff-room, join-patients-room, leave-room or ping",
                 truncate(event, 64)
             ),
         )),
@@ -235,6 +239,8 @@ pub enum ServerMessage<'a> {
         ack: Option<u64>,
         outcome: Outcome<'a>,
     },
+    /// The answer to a ping: `{"ack": N, "data": {"ok": true}}`, else a `pong` event.
+    Pong { ack: Option<u64> },
     /// A frame that was not understood; it changed nothing.
     Error(&'a ProtocolError),
 }
@@ -293,6 +299,15 @@ pub fn reply_event(is_join: bool, accepted: bool) -> &'static str {
 }
 
 /// The `data` of an `error` event (or failed ack) for a message that changed nothing.
+/// The `data` of a ping's answer (as an ack, or of the `pong` event).
+pub fn pong_data(as_ack: bool) -> serde_json::Value {
+    if as_ack {
+        serde_json::json!({"ok": true})
+    } else {
+        serde_json::json!({})
+    }
+}
+
 pub fn error_data(error: &ProtocolError, as_ack: bool) -> serde_json::Value {
     serde_json::to_value(RefusalData {
         ok: as_ack.then_some(false),
@@ -316,6 +331,7 @@ impl ServerMessage<'_> {
                     reply_data(outcome, ack.is_some()),
                 )
             }
+            Self::Pong { ack } => (*ack, "pong", pong_data(ack.is_some())),
             Self::Error(error) => (error.ack, "error", error_data(error, error.ack.is_some())),
         };
         let frame = match ack {
@@ -442,6 +458,14 @@ mod tests {
                     outcome: ok.clone(),
                 },
                 r#"{"event":"joined","data":{"room":"staff"}}"#,
+            ),
+            (
+                ServerMessage::Pong { ack: Some(4) },
+                r#"{"ack":4,"data":{"ok":true}}"#,
+            ),
+            (
+                ServerMessage::Pong { ack: None },
+                r#"{"event":"pong","data":{}}"#,
             ),
             (
                 ServerMessage::JoinReply {

@@ -181,6 +181,7 @@ impl Session {
         let reply = match answer.kind {
             RequestKind::Join => ServerMessage::JoinReply { ack, outcome },
             RequestKind::Leave => ServerMessage::LeaveReply { ack, outcome },
+            RequestKind::Ping => ServerMessage::Pong { ack },
         };
         let text = reply.encode();
         self.send(Message::Text(text.into())).await?;

@@ -437,7 +437,13 @@ impl EngineSession {
         let mut answer = client.handle(request);
         let outcome = answer.outcome(self.shared.rooms.epoch());
         let packet = match ack {
+            Some(id) if answer.kind == RequestKind::Ping => {
+                socketio::ack(id, &protocol::pong_data(true))
+            }
             Some(id) => socketio::ack(id, &protocol::reply_data(&outcome, true)),
+            None if answer.kind == RequestKind::Ping => {
+                socketio::event("pong", &protocol::pong_data(false))
+            }
             None => {
                 let is_join = answer.kind == RequestKind::Join;
                 let event = protocol::reply_event(is_join, answer.result.is_ok());

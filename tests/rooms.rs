@@ -4,7 +4,7 @@
 mod common;
 
 use common::TestGateway;
-use serde_json::json;
+use serde_json::{json, Value};
 use smartwait_gateway::auth::Role;
 use smartwait_gateway::config::AuthMode;
 
@@ -116,6 +116,21 @@ async fn isolation_over_500_patient_rooms() {
     for client in clients.iter_mut().step_by(50) {
         client.expect_silence().await;
     }
+}
+
+#[tokio::test]
+async fn ping_is_answered_with_or_without_an_id() {
+    let gateway = TestGateway::start().await;
+    let mut client = gateway.connect(None).await;
+    assert_eq!(
+        client.request("ping", Value::Null).await,
+        json!({"ok": true})
+    );
+    client.send_json(json!({"event": "ping"})).await;
+    assert_eq!(
+        client.next_json().await,
+        json!({"event": "pong", "data": {}})
+    );
 }
 
 #[tokio::test]
