@@ -16,6 +16,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::api::Endpoint;
 use crate::gateway::Shared;
 use crate::metrics::HttpLabels;
+use crate::screens::Asset;
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
@@ -29,6 +30,8 @@ pub enum Route {
     HealthReady,
     Metrics,
     Api(Endpoint),
+    /// A reference screen or the JavaScript client ([`crate::screens`]).
+    Screen(&'static Asset),
 }
 
 impl Route {
@@ -48,7 +51,7 @@ impl Route {
             ["api", "queue", "update"] => Self::Api(Endpoint::QueueUpdate),
             ["api", "queue", "refresh"] => Self::Api(Endpoint::QueueRefresh),
             ["api", "queue", "new-patient"] => Self::Api(Endpoint::NewPatient),
-            _ => return None,
+            other => Self::Screen(crate::screens::resolve(other)?),
         };
         Some(route)
     }
@@ -72,6 +75,7 @@ impl Route {
             Self::HealthReady => "/health/ready",
             Self::Metrics => "/metrics",
             Self::Api(endpoint) => endpoint.label(),
+            Self::Screen(asset) => asset.path,
         }
     }
 }
@@ -213,6 +217,7 @@ async fn dispatch(
         Route::HealthReady => Ok(crate::health::ready(shared).await),
         Route::Metrics => Ok(crate::health::metrics(shared)),
         Route::Api(endpoint) => crate::api::publish(shared, endpoint, request).await,
+        Route::Screen(asset) => Ok(asset.respond(request.headers())),
     }
 }
 
@@ -233,6 +238,7 @@ mod tests {
             Some(Route::Api(Endpoint::Position(String::new())))
         );
         assert_eq!(Route::resolve("/api/nope"), None);
-        assert_eq!(Route::resolve("/"), None);
+        assert_eq!(Route::resolve("/api"), None);
+        assert!(matches!(Route::resolve("/"), Some(Route::Screen(_))));
     }
 }

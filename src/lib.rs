@@ -4,21 +4,30 @@
 //!
 //! # Layout
 //! - Transports: [`http`] (routes, errors as statuses), [`ws`] (upgrade,
-//!   close codes), [`session`] (one native client), [`protocol`] (the native
-//!   wire format), [`api`] (the publish endpoints), [`health`].
+//!   origin check, close codes), [`session`] (one native client),
+//!   [`protocol`] (the native wire format), [`engineio`] / [`socketio`]
+//!   (Socket.IO's wire formats), [`eio_server`] / [`sio_session`] (Socket.IO
+//!   clients), [`client`] (what both kinds of session share), [`api`] (the
+//!   publish endpoints), [`health`], [`screens`] (the embedded pages and JS
+//!   client), [`tls`], [`peer_limit`].
 //! - Domain core: [`room`] (room, patient id and event name types),
-//!   [`rooms`] (membership and fan-out), [`realtime`] (the seed's
-//!   notifications and the `get_ready` rule), [`auth`] (tokens and access
-//!   rules), [`client_budget`] (per-client rate and error limits).
-//! - Infrastructure: [`config`], [`sequence`] (the ever-growing `seq`),
-//!   [`metrics`], and [`gateway`] which assembles them and runs the server.
+//!   [`rooms`] (membership and fan-out), [`history`] (recovery and retained
+//!   state), [`realtime`] (the seed's notifications and the `get_ready`
+//!   rule), [`auth`] (tokens and access rules), [`client_budget`]
+//!   (per-client rate and error limits).
+//! - Durability and replication: [`store`] (SQLite), [`publisher`] (the
+//!   single writer that numbers, commits, then delivers), [`replication`]
+//!   (outbox to Redis), [`subscription`] (other nodes' events),
+//!   [`redis_keys`].
+//! - Infrastructure: [`config`], [`metrics`], [`systemd`], and [`gateway`]
+//!   which assembles them and runs the server.
 //!
 //! One broadcast flows like this: the queue system `POST`s to [`api`], which
-//! checks the token with [`auth`], shapes the payload with [`realtime`] and
-//! calls [`rooms::Rooms::publish`]; the rooms core takes the next `seq` and
-//! pushes one shared event into each member's bounded queue; each
-//! [`session`] encodes it once per framing (shared by all its recipients)
-//! and writes it to its socket.
+//! checks the token with [`auth`] and shapes the payload with [`realtime`];
+//! the [`publisher`]'s writer thread gives it the next `seq`, commits it to
+//! the [`store`] (and its outbox), then hands it to the rooms core, which
+//! pushes one shared event into each member's bounded queue; each session
+//! writes the frame encoded once per framing and shared by all recipients.
 
 #![forbid(unsafe_code)]
 
@@ -42,6 +51,7 @@ pub mod redis_keys;
 pub mod replication;
 pub mod room;
 pub mod rooms;
+pub mod screens;
 pub mod session;
 pub mod sio_session;
 pub mod socketio;

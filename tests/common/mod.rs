@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod sio;
 
 use std::net::SocketAddr;
@@ -611,6 +612,23 @@ async fn ping(port: u16, password: Option<&str>) -> bool {
 }
 
 /// An HTTP/1.1 connection kept alive for many requests (for publish loads).
+/// A response as [`HttpConnection::exchange`] received it.
+pub struct HttpExchange {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl HttpExchange {
+    /// A header's value as text ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
 pub struct HttpConnection {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     addr: SocketAddr,
@@ -635,6 +653,19 @@ impl HttpConnection {
         body: Vec<u8>,
         headers: &[(&str, &str)],
     ) -> (u16, Vec<u8>) {
+        let exchange = self.exchange(method, path, token, body, headers).await;
+        (exchange.status, exchange.body)
+    }
+
+    /// Sends one request on this connection; returns the whole response.
+    pub async fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> HttpExchange {
         let mut request = hyper::Request::builder()
             .method(method)
             .uri(path)
@@ -650,13 +681,18 @@ impl HttpConnection {
         self.sender.ready().await.expect("connection ready");
         let response = self.sender.send_request(request).await.expect("response");
         let status = response.status().as_u16();
+        let headers = response.headers().clone();
         let body = response
             .into_body()
             .collect()
             .await
             .expect("body")
             .to_bytes();
-        (status, body.to_vec())
+        HttpExchange {
+            status,
+            headers,
+            body: body.to_vec(),
+        }
     }
 
     /// POSTs JSON with a bearer token and optional extra headers.
