@@ -20,7 +20,7 @@ use crate::auth::{Denied, Identity};
 use crate::gateway::Shared;
 use crate::http::{json_response, HttpError, HttpResponse};
 use crate::publisher::{Origin, Publication};
-use crate::realtime::{self, Notification, PositionReport, ShapeError};
+use crate::realtime::{self, GetReadyTracker, Notification, PositionReport, ShapeError};
 use crate::room::{EventName, PatientId, Room};
 
 /// The publish endpoints; patient ids are raw path segments until checked.
@@ -74,7 +74,7 @@ pub async fn publish(
     authorize(shared, &request)?;
     let key = idempotency_key(&request)?;
     let body = read_json_body(request, shared.config.limits.max_body_bytes).await?;
-    let notifications = notifications_for(shared, &endpoint, body)?;
+    let notifications = notifications_for(&shared.get_ready, &endpoint, body)?;
     let publications = notifications
         .iter()
         .map(publication)
@@ -183,7 +183,12 @@ async fn read_json_body(request: Request<Incoming>, max_bytes: usize) -> Result<
             ))
         }
     };
-    serde_json::from_slice(&body).map_err(|err| {
+    parse_json_body(&body)
+}
+
+/// A request body as JSON, or the `400 invalid_json` that says why not.
+pub fn parse_json_body(body: &[u8]) -> Result<Value, HttpError> {
+    serde_json::from_slice(body).map_err(|err| {
         HttpError::bad_request("invalid_json", format!("the body is not valid JSON: {err}"))
     })
 }
@@ -197,8 +202,11 @@ fn patient(raw: &str) -> Result<PatientId, HttpError> {
     })
 }
 
-fn notifications_for(
-    shared: &Shared,
+/// What an endpoint's body asks to publish (a `get_ready` crossing is
+/// recorded in `get_ready`). Pure apart from that tracker: the fuzz target
+/// `api_body` drives it with arbitrary bodies.
+pub fn notifications_for(
+    get_ready: &GetReadyTracker,
     endpoint: &Endpoint,
     body: Value,
 ) -> Result<Vec<Notification>, HttpError> {
@@ -207,13 +215,13 @@ fn notifications_for(
         Endpoint::Position(raw) => {
             let patient = patient(raw)?;
             let report = PositionReport::parse(body)?;
-            let crossing = shared.get_ready.record(&patient, report.position);
+            let crossing = get_ready.record(&patient, report.position);
             return Ok(realtime::position_update(&patient, report, crossing));
         }
         Endpoint::Called(raw) => {
             let patient = patient(raw)?;
             let notification = realtime::patient_called(&patient, body)?;
-            shared.get_ready.forget(&patient);
+            get_ready.forget(&patient);
             notification
         }
         Endpoint::QueueUpdate => realtime::queue_update(body)?,
@@ -257,7 +265,8 @@ fn broadcast(body: Value) -> Result<Notification, HttpError> {
     })
 }
 
-fn publication(notification: &Notification) -> Result<Publication, HttpError> {
+/// The notification as the publisher stores it: the payload as raw JSON text.
+pub fn publication(notification: &Notification) -> Result<Publication, HttpError> {
     let data = RawValue::from_string(notification.data.to_string()).map_err(|err| {
         tracing::error!(error = %err, "cannot encode an event payload");
         HttpError::Internal

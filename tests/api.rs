@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{http_request, raw_http, TestGateway};
+use common::{http_request, TestGateway};
 use serde_json::{json, Value};
 use smartwait_gateway::auth::Role;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -302,8 +302,10 @@ async fn get_ready_threshold_is_configurable() {
 #[tokio::test]
 async fn unknown_paths_and_plain_get_on_ws() {
     let gateway = TestGateway::start().await;
-    let (status, body) = raw_http(gateway.addr, "GET", "/", None, Vec::new()).await;
-    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+    let (status, answer): (u16, Value) =
+        http_request(gateway.addr, "GET", "/nothing/here", None, Vec::new()).await;
+    assert_eq!(status, 404, "{answer}");
+    assert_eq!(answer["error"]["code"], "not_found");
     let (status, answer): (u16, Value) =
         http_request(gateway.addr, "GET", "/ws", None, Vec::new()).await;
     assert_eq!(status, 426, "{answer}");
