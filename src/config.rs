@@ -44,7 +44,7 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address and port of the HTTP/WebSocket listener.
     pub listen: SocketAddr,
-    /// Directory for the gateway's own files (sequence lease, JWT secret).
+    /// Directory for the gateway's own files (state.db, JWT secret).
     /// Empty means `$STATE_DIRECTORY` under systemd, else `./data`.
     pub state_dir: PathBuf,
     /// How long shutdown waits for clients and requests before exiting.
@@ -56,6 +56,17 @@ pub struct ServerConfig {
     /// Browser origins allowed to open WebSockets; empty means only pages
     /// served by the box itself (the Origin's host:port equals the Host).
     pub allowed_origins: Vec<String>,
+    /// With TLS on: a plain-HTTP listener (e.g. `"0.0.0.0:80"`) that answers
+    /// every request with a redirect to the same path over HTTPS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect_http: Option<SocketAddr>,
+}
+
+impl ServerConfig {
+    /// Whether HTTPS/WSS is on (both PEM files configured).
+    pub fn tls_enabled(&self) -> bool {
+        !self.tls_cert.as_os_str().is_empty() && !self.tls_key.as_os_str().is_empty()
+    }
 }
 
 impl Default for ServerConfig {
@@ -67,6 +78,7 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
+            redirect_http: None,
         }
     }
 }
@@ -403,6 +415,14 @@ impl Config {
         }
         if self.socketio.ping_interval.is_zero() || self.socketio.ping_timeout.is_zero() {
             bail!("socketio.ping_interval and socketio.ping_timeout must be greater than 0");
+        }
+        if self.server.redirect_http.is_some() && !self.server.tls_enabled() {
+            bail!("server.redirect_http redirects to HTTPS: set server.tls_cert and server.tls_key too");
+        }
+        if self.server.redirect_http.is_some_and(|addr| {
+            addr.port() == self.server.listen.port() && addr.ip() == self.server.listen.ip()
+        }) {
+            bail!("server.redirect_http must be another address than server.listen");
         }
         if self.ws.ping_interval.is_zero() || self.ws.ping_interval >= self.ws.idle_timeout {
             bail!("ws.ping_interval must be greater than 0 and less than ws.idle_timeout");

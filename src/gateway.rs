@@ -56,6 +56,8 @@ pub struct Shared {
     pub sessions: TaskTracker,
     /// One permit per open client connection of any protocol.
     connection_slots: Arc<Semaphore>,
+    /// The `server.redirect_http` listener, bound at start and served by `run`.
+    redirect_listener: std::sync::Mutex<Option<std::net::TcpListener>>,
 }
 
 impl Shared {
@@ -106,6 +108,15 @@ impl Gateway {
     /// message when either is unusable.
     pub fn new(config: Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let tls = Tls::from_config(&config.server)?;
+        let redirect_listener = match config.server.redirect_http {
+            Some(addr) => {
+                let listener = std::net::TcpListener::bind(addr)
+                    .with_context(|| format!("cannot listen on {addr} (server.redirect_http)"))?;
+                listener.set_nonblocking(true)?;
+                Some(listener)
+            }
+            None => None,
+        };
         let opened = store::open(&config.server.state_dir)?;
         let store_reader = store::open_reader(&config.server.state_dir)?;
         let auth = Authenticator::from_config(&config.auth)?;
@@ -163,6 +174,7 @@ impl Gateway {
             tls,
             shutdown,
             sessions: TaskTracker::new(),
+            redirect_listener: std::sync::Mutex::new(redirect_listener),
         };
         Ok(Self {
             shared: Arc::new(shared),
@@ -192,6 +204,21 @@ impl Gateway {
         if shared.config.redis.enabled() {
             workers.spawn(crate::replication::run(shared.clone()));
             workers.spawn(crate::subscription::run(shared.clone()));
+        }
+        let redirect_listener = shared
+            .redirect_listener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(redirects) = redirect_listener {
+            let redirects = TcpListener::from_std(redirects)?;
+            let https_port = listener
+                .local_addr()
+                .map_or(shared.config.server.listen.port(), |local| local.port());
+            if let Ok(local) = redirects.local_addr() {
+                tracing::info!("redirecting http://{local} to https on port {https_port}");
+            }
+            workers.spawn(crate::redirect::run(shared.clone(), redirects, https_port));
         }
         // hyper-util's GracefulShutdown cannot watch upgradeable http1
         // connections, so each connection task watches the token itself.

@@ -9,7 +9,7 @@
 //!   (Socket.IO's wire formats), [`eio_server`] / [`sio_session`] (Socket.IO
 //!   clients), [`client`] (what both kinds of session share), [`api`] (the
 //!   publish endpoints), [`health`], [`screens`] (the embedded pages and JS
-//!   client), [`tls`], [`peer_limit`].
+//!   client), [`tls`], [`redirect`] (HTTP to HTTPS), [`peer_limit`].
 //! - Domain core: [`room`] (room, patient id and event name types),
 //!   [`rooms`] (membership and fan-out), [`history`] (recovery and retained
 //!   state), [`realtime`] (the seed's notifications and the `get_ready`
@@ -47,6 +47,7 @@ pub mod peer_limit;
 pub mod protocol;
 pub mod publisher;
 pub mod realtime;
+pub mod redirect;
 pub mod redis_keys;
 pub mod replication;
 pub mod room;

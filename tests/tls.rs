@@ -173,6 +173,62 @@ async fn wss_and_https_with_a_trusted_certificate_and_refusal_without() {
 }
 
 #[tokio::test]
+async fn redirect_http_sends_browsers_to_the_same_page_over_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let clinic_ca = ca("clinic ca");
+    let (cert, key) = server_cert(&clinic_ca, dir.path());
+    let redirect_port = common::free_port();
+    let gateway = TestGateway::start_with(|config| {
+        config.server.tls_cert = cert;
+        config.server.tls_key = key;
+        config.server.redirect_http = Some(([127, 0, 0, 1], redirect_port).into());
+    })
+    .await;
+    let redirects = std::net::SocketAddr::from(([127, 0, 0, 1], redirect_port));
+    for (method, path) in [
+        ("GET", "/display?chime=off"),
+        ("POST", "/api/queue/update"),
+        ("GET", "/"),
+    ] {
+        let mut connection = common::HttpConnection::open(redirects).await;
+        let response = connection
+            .exchange(method, path, None, Vec::new(), &[("host", "localhost:80")])
+            .await;
+        assert_eq!(response.status, 308, "{method} {path}");
+        assert_eq!(
+            response.header("location"),
+            format!("https://localhost:{}{path}", gateway.addr.port())
+        );
+    }
+    // The redirect target serves the page over TLS.
+    let (status, answer) = https_post(
+        gateway.addr,
+        &clinic_ca,
+        "/api/queue/update",
+        &gateway.token(Role::Service, None),
+        json!({"waiting": 1}),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    // A Host that could inject into the Location header is refused.
+    let mut connection = common::HttpConnection::open(redirects).await;
+    let response = connection
+        .exchange("GET", "/", None, Vec::new(), &[("host", "evil.example/x")])
+        .await;
+    assert_eq!(response.status, 400);
+}
+
+#[test]
+fn redirect_http_without_tls_is_a_config_error() {
+    let err = smartwait_gateway::Config::from_sources(
+        "[server]\nredirect_http = \"0.0.0.0:8081\"\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("tls_cert"), "{err:#}");
+}
+
+#[tokio::test]
 async fn reload_swaps_the_certificate_without_dropping_connections() {
     let dir = tempfile::tempdir().unwrap();
     let first_ca = ca("first ca");

@@ -669,8 +669,10 @@ impl HttpConnection {
         let mut request = hyper::Request::builder()
             .method(method)
             .uri(path)
-            .header("host", self.addr.to_string())
             .header("content-type", "application/json");
+        if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("host")) {
+            request = request.header("host", self.addr.to_string());
+        }
         if let Some(token) = token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
