@@ -8,8 +8,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH};
 use hyper::{Request, StatusCode};
@@ -18,7 +16,7 @@ use serde_json::Value;
 
 use crate::auth::{Denied, Identity};
 use crate::gateway::Shared;
-use crate::http::{json_response, HttpError, HttpResponse};
+use crate::http::{json_response, read_body, BodyError, HttpError, HttpResponse};
 use crate::publisher::{Origin, Publication};
 use crate::realtime::{self, GetReadyTracker, Notification, PositionReport, ShapeError};
 use crate::room::{EventName, PatientId, Room};
@@ -73,7 +71,8 @@ pub async fn publish(
     }
     authorize(shared, &request)?;
     let key = idempotency_key(&request)?;
-    let body = read_json_body(request, shared.config.limits.max_body_bytes).await?;
+    let limits = &shared.config.limits;
+    let body = read_json_body(request, limits.max_body_bytes, limits.header_timeout).await?;
     let notifications = notifications_for(&shared.get_ready, &endpoint, body)?;
     let publications = notifications
         .iter()
@@ -162,7 +161,11 @@ fn authorize(shared: &Shared, request: &Request<Incoming>) -> Result<(), HttpErr
     }
 }
 
-async fn read_json_body(request: Request<Incoming>, max_bytes: usize) -> Result<Value, HttpError> {
+async fn read_json_body(
+    request: Request<Incoming>,
+    max_bytes: usize,
+    timeout: std::time::Duration,
+) -> Result<Value, HttpError> {
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)
@@ -171,12 +174,11 @@ async fn read_json_body(request: Request<Incoming>, max_bytes: usize) -> Result<
     if declared.is_some_and(|length| length > max_bytes as u64) {
         return Err(HttpError::PayloadTooLarge(max_bytes));
     }
-    let body: Bytes = match Limited::new(request.into_body(), max_bytes).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
-            return Err(HttpError::PayloadTooLarge(max_bytes))
-        }
-        Err(_) => {
+    let body = match read_body(request, max_bytes, timeout).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => return Err(HttpError::PayloadTooLarge(max_bytes)),
+        Err(BodyError::TimedOut) => return Err(HttpError::RequestTimeout),
+        Err(BodyError::Unreadable) => {
             return Err(HttpError::bad_request(
                 "invalid_body",
                 "the request body could not be read",

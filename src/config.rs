@@ -129,10 +129,14 @@ pub struct LimitsConfig {
     pub max_body_bytes: usize,
     /// Open TCP connections from one IP address (a TV wall behind NAT fits).
     pub connections_per_ip: usize,
-    /// Longest a client may take to send a request's headers; also how long
-    /// a connection that sends nothing, or an idle keep-alive, is kept.
+    /// Longest a client may take to send a request's headers (from their
+    /// first byte, or from the accept for a new connection): slow-loris and
+    /// silent sockets, including a WebSocket handshake that never completes.
     #[serde(with = "duration_text")]
     pub header_timeout: Duration,
+    /// How long a kept-alive HTTP connection may sit idle between requests.
+    #[serde(with = "duration_text")]
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -148,6 +152,7 @@ impl Default for LimitsConfig {
             max_body_bytes: 64 * 1024,
             connections_per_ip: 200,
             header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -415,6 +420,9 @@ impl Config {
         }
         if self.socketio.ping_interval.is_zero() || self.socketio.ping_timeout.is_zero() {
             bail!("socketio.ping_interval and socketio.ping_timeout must be greater than 0");
+        }
+        if self.limits.header_timeout.is_zero() || self.limits.keepalive_timeout.is_zero() {
+            bail!("limits.header_timeout and limits.keepalive_timeout must be greater than 0");
         }
         if self.server.redirect_http.is_some() && !self.server.tls_enabled() {
             bail!("server.redirect_http redirects to HTTPS: set server.tls_cert and server.tls_key too");

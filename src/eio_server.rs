@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response};
@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use crate::engineio;
 use crate::gateway::{ClientSlot, Shared};
-use crate::http::{HttpError, HttpResponse};
+use crate::http::{read_body, BodyError, HttpError, HttpResponse};
 use crate::sio_session::{EngineSession, Inbound, PollAnswer};
 use crate::ws::{self, query_param};
 
@@ -220,12 +220,11 @@ async fn post(
     request: Request<Incoming>,
 ) -> Result<HttpResponse, HttpError> {
     let limit = max_payload(shared);
-    let body = match Limited::new(request.into_body(), limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
-            return Err(HttpError::PayloadTooLarge(limit))
-        }
-        Err(_) => {
+    let body = match read_body(request, limit, shared.config.limits.header_timeout).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => return Err(HttpError::PayloadTooLarge(limit)),
+        Err(BodyError::TimedOut) => return Err(HttpError::RequestTimeout),
+        Err(BodyError::Unreadable) => {
             return Err(engine_error(
                 EngineError::BadRequest,
                 "The request body could not be read",

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::config::{mask_url_password, AuthMode, Config};
+use crate::http_deadlines::{ConnectionWatch, Watched};
 use crate::metrics::Metrics;
 use crate::peer_limit::{CountedStream, PeerCounts};
 use crate::publisher::{Publisher, WriterSetup};
@@ -223,9 +224,10 @@ impl Gateway {
         // hyper-util's GracefulShutdown cannot watch upgradeable http1
         // connections, so each connection task watches the token itself.
         let http_connections = TaskTracker::new();
+        // The head and keep-alive deadlines are kept by http_deadlines: hyper's
+        // own header timer would also cut idle keep-alives.
         let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(TokioTimer::new())
-            .header_read_timeout(shared.config.limits.header_timeout);
+        http.timer(TokioTimer::new()).header_read_timeout(None);
         let peers = PeerCounts::new(shared.config.limits.connections_per_ip);
 
         loop {
@@ -248,9 +250,19 @@ impl Gateway {
             };
             let _ = stream.set_nodelay(true);
             let stream = CountedStream::new(stream, place);
+            let limits = &shared.config.limits;
+            let watch = ConnectionWatch::new(limits.header_timeout, limits.keepalive_timeout);
             let service_shared = shared.clone();
+            let service_watch = watch.clone();
             let service = hyper::service::service_fn(move |request| {
-                crate::http::handle(service_shared.clone(), peer, request)
+                let shared = service_shared.clone();
+                let watch = service_watch.clone();
+                async move {
+                    watch.request_started();
+                    let response = crate::http::handle(shared, peer, request).await;
+                    watch.request_finished();
+                    response
+                }
             });
             let shutdown = shared.shutdown.clone();
             let acceptor = shared.tls.as_ref().map(Tls::acceptor);
@@ -274,6 +286,7 @@ impl Gateway {
                         }
                     }
                 };
+                let stream = Watched::new(stream, watch.clone());
                 let connection = http
                     .serve_connection(TokioIo::new(stream), service)
                     .with_upgrades();
@@ -284,6 +297,10 @@ impl Gateway {
                         // Finish the request in flight, then close; idle keep-alives close now.
                         connection.as_mut().graceful_shutdown();
                         connection.await
+                    }
+                    expired = watch.expired() => {
+                        tracing::debug!(%peer, "closing the connection: {expired}");
+                        return;
                     }
                 };
                 if let Err(err) = served {

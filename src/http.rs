@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
@@ -99,6 +99,8 @@ pub enum HttpError {
     BadRequest { code: &'static str, message: String },
     #[error("{0}")]
     UpgradeRequired(&'static str),
+    #[error("the request body did not arrive within limits.header_timeout")]
+    RequestTimeout,
     #[error("{message}")]
     Unavailable { code: &'static str, message: String },
     #[error("internal error; see the gateway's log")]
@@ -134,6 +136,7 @@ impl HttpError {
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             Self::UpgradeRequired(_) => (StatusCode::UPGRADE_REQUIRED, "upgrade_required"),
+            Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::Unavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             Self::EngineIo { .. } => (StatusCode::BAD_REQUEST, "engine_io"),
@@ -162,6 +165,30 @@ impl HttpError {
             );
         }
         response
+    }
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    TooLarge,
+    Unreadable,
+    /// It trickled: the whole body must arrive within the header timeout.
+    TimedOut,
+}
+
+/// Reads a whole request body of at most `max_bytes`, within `timeout`.
+pub async fn read_body(
+    request: Request<Incoming>,
+    max_bytes: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, BodyError> {
+    let collect = http_body_util::Limited::new(request.into_body(), max_bytes).collect();
+    match tokio::time::timeout(timeout, collect).await {
+        Err(_) => Err(BodyError::TimedOut),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
+        Ok(Err(_)) => Err(BodyError::Unreadable),
     }
 }
 

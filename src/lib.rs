@@ -9,7 +9,8 @@
 //!   (Socket.IO's wire formats), [`eio_server`] / [`sio_session`] (Socket.IO
 //!   clients), [`client`] (what both kinds of session share), [`api`] (the
 //!   publish endpoints), [`health`], [`screens`] (the embedded pages and JS
-//!   client), [`tls`], [`redirect`] (HTTP to HTTPS), [`peer_limit`].
+//!   client), [`tls`], [`redirect`] (HTTP to HTTPS), [`peer_limit`],
+//!   [`http_deadlines`] (header and keep-alive timeouts).
 //! - Domain core: [`room`] (room, patient id and event name types),
 //!   [`rooms`] (membership and fan-out), [`history`] (recovery and retained
 //!   state), [`realtime`] (the seed's notifications and the `get_ready`
@@ -42,6 +43,7 @@ pub mod gateway;
 pub mod health;
 pub mod history;
 pub mod http;
+pub mod http_deadlines;
 pub mod metrics;
 pub mod peer_limit;
 pub mod protocol;

@@ -33,6 +33,7 @@ use crate::client_budget::Exhausted;
 use crate::config::LimitsConfig;
 use crate::gateway::Shared;
 use crate::http::{HttpError, HttpResponse};
+use crate::http_deadlines::Watched;
 use crate::session::Session;
 use crate::tls::ClientStream;
 
@@ -155,9 +156,9 @@ fn percent_decode(text: &str) -> String {
 /// whole life (its leftover bytes are a slice of it): most of an idle
 /// connection's memory.
 async fn into_socket(upgraded: Upgraded, config: WebSocketConfig) -> Option<Socket> {
-    match upgraded.downcast::<TokioIo<ClientStream>>() {
+    match upgraded.downcast::<TokioIo<Watched<ClientStream>>>() {
         Ok(parts) => {
-            let stream = parts.io.into_inner();
+            let stream = parts.io.into_inner().into_inner();
             let socket = if parts.read_buf.is_empty() {
                 WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await
             } else {

@@ -116,6 +116,79 @@ async fn slow_loris_and_silent_sockets_are_cut_off() {
 }
 
 #[tokio::test]
+async fn idle_keep_alives_have_their_own_longer_timeout() {
+    let gateway = TestGateway::start_with(|config| {
+        config.limits.header_timeout = Duration::from_millis(500);
+        config.limits.keepalive_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let request = b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n";
+    stream.write_all(request).await.unwrap();
+    assert!(read_response(&mut stream).await.starts_with("HTTP/1.1 200"));
+    // Idle for three header timeouts: still open, and serves the next request.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stream.write_all(request).await.unwrap();
+    assert!(read_response(&mut stream).await.starts_with("HTTP/1.1 200"));
+    // A next head that trickles is cut at the header timeout, not the keep-alive one.
+    let started = std::time::Instant::now();
+    let mut cut = false;
+    for byte in b"GET /health HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+        if stream.write_all(&[*byte]).await.is_err() {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(cut, "the trickled head was cut off");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // An idle keep-alive is closed after keepalive_timeout.
+    let mut idle = TcpStream::connect(gateway.addr).await.unwrap();
+    idle.write_all(request).await.unwrap();
+    assert!(read_response(&mut idle).await.starts_with("HTTP/1.1 200"));
+    let idle_for = time_until_closed(idle).await;
+    assert!(
+        idle_for >= Duration::from_millis(1500) && idle_for < Duration::from_secs(8),
+        "{idle_for:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_trickled_body_is_answered_408_and_publishes_nothing() {
+    let gateway =
+        TestGateway::start_with(|config| config.limits.header_timeout = Duration::from_millis(500))
+            .await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let head = format!(
+        "POST /api/queue/update HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n{{\"wai",
+        gateway.service_token()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let response = read_response(&mut stream).await;
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(response.contains("request_timeout"), "{response}");
+    assert_eq!(
+        gateway.health().await["lastSeq"],
+        0,
+        "nothing was published"
+    );
+}
+
+/// Reads one small response (headers and a short body) from `stream`.
+async fn read_response(stream: &mut TcpStream) -> String {
+    let mut buffer = vec![0u8; 4096];
+    let read = tokio::time::timeout(common::PROMPTLY, stream.read(&mut buffer))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&buffer[..read]).into_owned()
+}
+
+#[tokio::test]
 async fn one_address_cannot_take_every_connection() {
     let gateway = TestGateway::start_with(|config| config.limits.connections_per_ip = 5).await;
     let mut held = Vec::new();

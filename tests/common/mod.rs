@@ -670,7 +670,10 @@ impl HttpConnection {
             .method(method)
             .uri(path)
             .header("content-type", "application/json");
-        if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("host")) {
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+        {
             request = request.header("host", self.addr.to_string());
         }
         if let Some(token) = token {
