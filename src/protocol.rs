@@ -5,11 +5,10 @@
 //! This module owns the wire shapes only; what a join means, and whether it
 //! is allowed, is the session's and the rooms core's business.
 
-use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::rooms::RoomEvent;
+use crate::rooms::{RoomEvent, TextFrame};
 
 /// Where a client wants to resume from (`since`/`epoch`), accepted now and
 /// used by history recovery.
@@ -351,14 +350,14 @@ struct RoomEventFrame<'a> {
 }
 
 /// `{"event", "room", "seq", "data"}`: a room event as the native protocol sends it.
-pub fn encode_room_event(event: &RoomEvent) -> Bytes {
+pub fn encode_room_event(event: &RoomEvent) -> TextFrame {
     let frame = RoomEventFrame {
         event: event.event.as_str(),
         room: event.room.to_string(),
         seq: event.seq,
         data: &event.data,
     };
-    Bytes::from(serde_json::to_vec(&frame).unwrap_or_default())
+    TextFrame::from(serde_json::to_string(&frame).unwrap_or_default())
 }
 
 #[cfg(test)]

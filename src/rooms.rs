@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -27,8 +26,14 @@ use crate::realtime::is_retained;
 use crate::room::{EventName, Room, RoomKind};
 use crate::store::StoredEvent;
 
+/// An encoded frame: UTF-8 text shared by every recipient. It is
+/// tungstenite's `Utf8Bytes` (a `Bytes` known to be UTF-8) so that each
+/// recipient's WebSocket write takes it as it is, without validating the
+/// same text once per recipient; polling clients read it as `&str`.
+pub type TextFrame = tokio_tungstenite::tungstenite::Utf8Bytes;
+
 /// How an event is encoded on the wire; each framing is encoded at most once
-/// per room event and the bytes are shared by every recipient.
+/// per room event and the text is shared by every recipient.
 #[derive(Debug, Clone, Copy)]
 pub enum Framing {
     /// The native JSON protocol of `/ws` (docs/protocol.md).
@@ -49,7 +54,7 @@ pub struct RoomEvent {
     pub event: EventName,
     pub data: Arc<RawValue>,
     pub published_at: Instant,
-    frames: [OnceLock<Bytes>; Framing::COUNT],
+    frames: [OnceLock<TextFrame>; Framing::COUNT],
 }
 
 impl RoomEvent {
@@ -71,7 +76,11 @@ impl RoomEvent {
     }
 
     /// The encoded frame for `framing`, made by `encode` on first use only.
-    pub fn frame(&self, framing: Framing, encode: impl FnOnce(&RoomEvent) -> Bytes) -> Bytes {
+    pub fn frame(
+        &self,
+        framing: Framing,
+        encode: impl FnOnce(&RoomEvent) -> TextFrame,
+    ) -> TextFrame {
         self.frames[framing as usize]
             .get_or_init(|| encode(self))
             .clone()

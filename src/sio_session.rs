@@ -13,19 +13,18 @@ use std::collections::VecDeque;
 use std::future::pending;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{interval_at, sleep_until, Instant, MissedTickBehavior};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{Client, RequestKind};
 use crate::client_budget::Exhausted;
 use crate::engineio::{self, Packet};
 use crate::gateway::{ClientSlot, Shared};
 use crate::protocol::{self, ErrorCode, ProtocolError};
-use crate::rooms::{Framing, RoomEvent};
+use crate::rooms::{Framing, RoomEvent, TextFrame};
 use crate::socketio::{self, ClientPacket};
 use crate::ws::{close, CloseReason, Socket};
 
@@ -76,7 +75,7 @@ pub struct EngineSession {
     /// A WebSocket being probed for the upgrade, and whether `2probe` was answered.
     probe: Option<(Box<Socket>, bool)>,
     /// Encoded packets waiting for a polling GET.
-    outbox: VecDeque<Bytes>,
+    outbox: VecDeque<TextFrame>,
     waiting_poll: Option<oneshot::Sender<PollAnswer>>,
     /// Present once the client connected to the main namespace.
     client: Option<Client>,
@@ -115,7 +114,7 @@ impl EngineSession {
     /// already sent for polling, sent here first for WebSocket.
     pub async fn run(mut self, open: String) {
         if let Transport::WebSocket(_) = self.transport {
-            self.queue(Bytes::from(open));
+            self.queue(TextFrame::from(open));
         }
         let end = match self.flush().await {
             Ok(()) => self.serve().await,
@@ -155,7 +154,7 @@ impl EngineSession {
                     return Err(End::PingTimeout);
                 }
                 _ = ping.tick() => {
-                    self.queue(Bytes::from(Packet::Ping("").encode()));
+                    self.queue(TextFrame::from(Packet::Ping("").encode()));
                     if self.pong_deadline.is_none() {
                         self.pong_deadline = Some(Instant::now() + self.shared.config.socketio.ping_timeout);
                     }
@@ -209,7 +208,7 @@ impl EngineSession {
         }
     }
 
-    fn queue(&mut self, packet: Bytes) {
+    fn queue(&mut self, packet: TextFrame) {
         self.outbox.push_back(packet);
     }
 
@@ -225,16 +224,20 @@ impl EngineSession {
         match &mut self.transport {
             Transport::WebSocket(socket) => {
                 let deadline = self.shared.config.socketio.ping_timeout;
-                let packets: Vec<Bytes> = self.outbox.drain(..).collect();
+                let packets: Vec<TextFrame> = self.outbox.drain(..).collect();
                 let write = async {
                     for packet in packets {
-                        if let Ok(text) = Utf8Bytes::try_from(packet) {
-                            socket.feed(Message::Text(text)).await?;
-                        }
+                        socket.feed(Message::Text(packet)).await?;
                     }
                     socket.flush().await
                 };
-                match tokio::time::timeout(deadline, write).await {
+                // Most writes complete at once: a timer only for one that waits.
+                let mut write = std::pin::pin!(write);
+                let written = match futures_util::FutureExt::now_or_never(write.as_mut()) {
+                    Some(written) => Ok(written),
+                    None => tokio::time::timeout(deadline, write).await,
+                };
+                match written {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(_)) => Err(End::ClientLeft),
                     Err(_) => Err(End::Closed(CloseReason::SlowConsumer)),
@@ -242,11 +245,8 @@ impl EngineSession {
             }
             Transport::Polling => {
                 if let Some(waiting) = self.waiting_poll.take() {
-                    let packets: Vec<Bytes> = self.outbox.drain(..).collect();
-                    let texts: Vec<&str> = packets
-                        .iter()
-                        .filter_map(|p| std::str::from_utf8(p).ok())
-                        .collect();
+                    let packets: Vec<TextFrame> = self.outbox.drain(..).collect();
+                    let texts: Vec<&str> = packets.iter().map(TextFrame::as_str).collect();
                     if let Err(PollAnswer::Payload(_)) =
                         waiting.send(PollAnswer::Payload(engineio::join_payload(&texts)))
                     {
@@ -316,7 +316,7 @@ impl EngineSession {
                     .await
                     .is_ok()
                 {
-                    self.queue(Bytes::from(Packet::Noop.encode()));
+                    self.queue(TextFrame::from(Packet::Noop.encode()));
                     self.probe = Some((socket, true));
                 }
             }
@@ -341,7 +341,7 @@ impl EngineSession {
             }
             Ok(Packet::Ping(data)) => {
                 let pong = Packet::Pong(data).encode();
-                self.queue(Bytes::from(pong));
+                self.queue(TextFrame::from(pong));
                 Ok(())
             }
             Ok(Packet::Close) => Err(End::ClientLeft),
@@ -393,7 +393,7 @@ impl EngineSession {
     fn on_connect(&mut self, namespace: &str, auth: Option<Value>) {
         if namespace != socketio::MAIN_NAMESPACE {
             let packet = socketio::connect_error(namespace, "Invalid namespace", &Value::Null);
-            self.queue(Bytes::from(packet));
+            self.queue(TextFrame::from(packet));
             return;
         }
         if self.client.is_some() {
@@ -410,7 +410,7 @@ impl EngineSession {
             Ok(identity) => {
                 let client = Client::new(self.shared.clone(), identity);
                 self.client = Some(client);
-                self.queue(Bytes::from(socketio::connect(&self.sid)));
+                self.queue(TextFrame::from(socketio::connect(&self.sid)));
             }
             Err(refused) => {
                 let packet = socketio::connect_error(
@@ -418,7 +418,7 @@ impl EngineSession {
                     refused.code(),
                     &serde_json::json!({"code": refused.code(), "message": refused.to_string()}),
                 );
-                self.queue(Bytes::from(packet));
+                self.queue(TextFrame::from(packet));
             }
         }
     }
@@ -450,7 +450,7 @@ impl EngineSession {
                 socketio::event(event, &protocol::reply_data(&outcome, false))
             }
         };
-        self.queue(Bytes::from(packet));
+        self.queue(TextFrame::from(packet));
         let backlog = answer.take_backlog();
         for event in backlog {
             self.outbox
@@ -469,7 +469,7 @@ impl EngineSession {
             Some(id) => socketio::ack(id, &protocol::error_data(error, true)),
             None => socketio::event("error", &protocol::error_data(error, false)),
         };
-        self.queue(Bytes::from(packet));
+        self.queue(TextFrame::from(packet));
         match &mut self.client {
             Some(client) => client.count_error(error.code).map_err(budget_end),
             None => Ok(()),

@@ -6,11 +6,10 @@
 //! CONNECT_ERROR, `5` BINARY_EVENT, `6` BINARY_ACK. Binary packets are
 //! refused: the gateway's payloads are JSON.
 
-use bytes::Bytes;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::rooms::RoomEvent;
+use crate::rooms::{RoomEvent, TextFrame};
 
 /// The only namespace the gateway serves.
 pub const MAIN_NAMESPACE: &str = "/";
@@ -140,14 +139,14 @@ pub fn ack(id: u64, data: &Value) -> String {
 
 /// `42["event", data]`: a room event as Socket.IO clients receive it,
 /// with the seed's payload and nothing else.
-pub fn encode_room_event(event: &RoomEvent) -> Bytes {
+pub fn encode_room_event(event: &RoomEvent) -> TextFrame {
     #[derive(serde::Serialize)]
     struct Args<'a>(&'a str, &'a RawValue);
     let args = serde_json::to_string(&Args(event.event.as_str(), &event.data)).unwrap_or_default();
     let mut frame = String::with_capacity(args.len() + 2);
     frame.push_str("42");
     frame.push_str(&args);
-    Bytes::from(frame)
+    TextFrame::from(frame)
 }
 
 #[cfg(test)]

@@ -79,7 +79,10 @@ async fn the_display_shows_a_call_published_through_the_api() {
     browser.wait_for("tv", LIVE).await;
     assert!(!browser.visible("tv", "offline").await);
     let loaded = browser
-        .eval("tv", "performance.getEntriesByType('navigation')[0].loadEventEnd")
+        .eval(
+            "tv",
+            "performance.getEntriesByType('navigation')[0].loadEventEnd",
+        )
         .await;
     eprintln!("the display page loaded in {loaded} ms");
 
