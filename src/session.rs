@@ -114,7 +114,10 @@ impl Session {
                         Some(Ok(message)) => message,
                     };
                     idle.as_mut().reset(Instant::now() + self.shared.config.ws.idle_timeout);
-                    self.on_message(message).await?;
+                    // Boxed: client messages are rare, and their handling is the
+                    // largest state of this loop, which every idle connection
+                    // would otherwise carry.
+                    Box::pin(self.on_message(message)).await?;
                 }
             }
         }

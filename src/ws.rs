@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use futures_util::StreamExt;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -93,6 +94,10 @@ impl CloseReason {
 
 /// Closes the socket for `reason`: sends the Close frame, then reads until the
 /// peer's Close reply so it is not reset mid-handshake, for at most [`CLOSE_GRACE`].
+async fn close_owned(mut socket: Socket, reason: CloseReason) {
+    close(&mut socket, reason).await;
+}
+
 pub async fn close(socket: &mut Socket, reason: CloseReason) {
     let handshake = async {
         socket.close(Some(reason.frame())).await?;
@@ -181,16 +186,26 @@ async fn into_socket(upgraded: Upgraded, config: WebSocketConfig) -> Option<Sock
 
 /// Runs one connection's task so that a panic in it is logged and ends that
 /// connection only (its guards still drop on unwind).
-pub async fn run_isolated(task: impl std::future::Future<Output = ()>) {
+///
+/// A plain function, not an `async fn`: an `async fn` would keep its
+/// moved-from argument beside the future it moved into, doubling the
+/// memory of every connection task.
+pub fn run_isolated(
+    task: impl std::future::Future<Output = ()>,
+) -> impl std::future::Future<Output = ()> {
     use futures_util::FutureExt;
-    if let Err(panic) = std::panic::AssertUnwindSafe(task).catch_unwind().await {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|text| text.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        tracing::error!(panic = %message, "a connection task panicked; only that connection was closed");
-    }
+    std::panic::AssertUnwindSafe(task)
+        .catch_unwind()
+        .map(|outcome| {
+            if let Err(panic) = outcome {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|text| text.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = %message, "a connection task panicked; only that connection was closed");
+            }
+        })
 }
 
 /// Refuses cross-site WebSocket hijacking: a browser page may open a socket
@@ -275,15 +290,15 @@ pub fn upgrade(
     let identity = shared
         .auth
         .identify(token.as_deref().filter(|token| !token.is_empty()));
+    // The session is built before its future, so that the future holds the
+    // socket once (inside the session), not also as a captured variable.
     upgrade_with(
         shared,
         peer,
         request,
-        move |shared, mut socket| async move {
-            match identity {
-                Ok(identity) => Session::new(shared, socket, identity, slot).run().await,
-                Err(refused) => close(&mut socket, CloseReason::Token(refused)).await,
-            }
+        move |shared, socket| match identity {
+            Ok(identity) => Either::Left(Session::new(shared, socket, identity, slot).run()),
+            Err(refused) => Either::Right(close_owned(socket, CloseReason::Token(refused))),
         },
     )
 }
