@@ -124,14 +124,13 @@ pub async fn handle(
         )),
         (None, true) => {
             let slot = admit(shared)?;
-            ws::upgrade_with(shared, peer, request, move |shared, socket| async move {
+            // The session is built before its future (see ws::upgrade).
+            ws::upgrade_with(shared, peer, request, move |shared, socket| {
                 let (inbox, inbound) = mpsc::channel(SESSION_INBOX);
                 let sid = new_sid();
                 shared.engine_sessions.insert(sid.clone(), inbox);
                 let open = open_packet(&shared, &sid, false);
-                EngineSession::new(shared, sid, inbound, Some(socket), token, slot)
-                    .run(open)
-                    .await;
+                EngineSession::new(shared, sid, inbound, Some(socket), token, slot).run(open)
             })
         }
         (Some(sid), websocket) => {
