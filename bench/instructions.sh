@@ -6,10 +6,10 @@
 # of events; the difference of their totals divided by the extra deliveries
 # is the cost of one delivery (connections, joins and start-up cancel out).
 # Kernel time (the socket writes) is not counted: see BENCHMARKS.md for CPU.
-# Usage: bench/instructions.sh [clients, default 200]
+# Usage: bench/instructions.sh [clients, default 100]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-clients=${1:-200}
+clients=${1:-100}
 command -v valgrind >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind; }
 command -v python3 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3; }
 cargo build --profile ci-bench -q -p smartwait-gateway -p smartwait-bench
