@@ -9,7 +9,7 @@ use std::pin::pin;
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::time::{interval_at, sleep, Instant, MissedTickBehavior};
+use tokio::time::{sleep, sleep_until, Instant};
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
@@ -41,12 +41,15 @@ async fn bounded_write(
     if let Some(done) = futures_util::FutureExt::now_or_never(write.as_mut()) {
         return Ok(done);
     }
+    // Boxed: the timer exists only while a write waits, and would otherwise
+    // take room in every connection's future.
+    let stalled = Box::pin(sleep(shared.config.ws.idle_timeout));
     tokio::select! {
         biased;
         written = write => Ok(written),
         () = shared.shutdown.cancelled() => Err(CloseReason::Shutdown),
         () = overflowed.cancelled() => Err(CloseReason::SlowConsumer),
-        () = sleep(shared.config.ws.idle_timeout) => Err(CloseReason::SlowConsumer),
+        () = stalled => Err(CloseReason::SlowConsumer),
     }
 }
 
@@ -89,10 +92,16 @@ impl Session {
 
     /// `Ok` when the client went away by itself, `Err` when we close it.
     async fn serve(&mut self) -> Result<(), CloseReason> {
-        let ws = &self.shared.config.ws;
-        let mut heartbeat = interval_at(Instant::now() + ws.ping_interval, ws.ping_interval);
-        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut idle = pin!(sleep(ws.idle_timeout));
+        let (ping_interval, idle_timeout) = {
+            let ws = &self.shared.config.ws;
+            (ws.ping_interval, ws.idle_timeout)
+        };
+        // One timer per connection for both the heartbeat and the idle
+        // timeout: it fires at whichever comes first. Inbound frames only
+        // move `idle_at` and touch no timer.
+        let mut next_ping = Instant::now() + ping_interval;
+        let mut idle_at = Instant::now() + idle_timeout;
+        let mut timer = pin!(sleep_until(next_ping.min(idle_at)));
         let shutdown = self.shared.shutdown.clone();
         let overflowed = self.overflowed.clone();
         loop {
@@ -100,8 +109,17 @@ impl Session {
                 biased;
                 () = shutdown.cancelled() => return Err(CloseReason::Shutdown),
                 () = overflowed.cancelled() => return Err(CloseReason::SlowConsumer),
-                () = &mut idle => return Err(CloseReason::Idle),
-                _ = heartbeat.tick() => self.send(Message::Ping(Bytes::new())).await?,
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if now >= idle_at {
+                        return Err(CloseReason::Idle);
+                    }
+                    if now >= next_ping {
+                        self.send(Message::Ping(Bytes::new())).await?;
+                        next_ping = now + ping_interval;
+                    }
+                    timer.as_mut().reset(next_ping.min(idle_at));
+                }
                 Some(event) = self.client.subscriber().recv() => self.deliver(event).await?,
                 inbound = self.socket.next() => {
                     let message = match inbound {
@@ -113,7 +131,7 @@ impl Session {
                         }
                         Some(Ok(message)) => message,
                     };
-                    idle.as_mut().reset(Instant::now() + self.shared.config.ws.idle_timeout);
+                    idle_at = Instant::now() + idle_timeout;
                     // Boxed: client messages are rare, and their handling is the
                     // largest state of this loop, which every idle connection
                     // would otherwise carry.
