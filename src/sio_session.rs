@@ -191,14 +191,15 @@ impl EngineSession {
 
     /// Queues `first` and what else is waiting, encoded once per room event.
     fn take_events(&mut self, first: Arc<RoomEvent>) {
+        // One latency sample per batch: its oldest event.
+        self.shared
+            .metrics
+            .publish_to_send_seconds
+            .observe(first.published_at.elapsed().as_secs_f64());
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(event) = next {
             let frame = event.frame(Framing::SocketIo, socketio::encode_room_event);
-            self.shared
-                .metrics
-                .publish_to_send_seconds
-                .observe(event.published_at.elapsed().as_secs_f64());
             self.outbox.push_back(frame);
             taken += 1;
             next = match &mut self.client {
