@@ -62,7 +62,7 @@ struct Args {
     /// A label for the report (e.g. gateway, peer, floor).
     #[arg(long, default_value = "server")]
     label: String,
-    /// Concurrent publishing HTTP connections (publish scenario).
+    /// Concurrent publishing HTTP connections (publish and burst scenarios).
     #[arg(long, default_value_t = 1)]
     connections: usize,
 }
@@ -194,22 +194,44 @@ async fn deliveries(args: &Args) -> anyhow::Result<serde_json::Value> {
     } else {
         Some(args.rate)
     };
-    let room_of = |n: usize| {
-        if targeted {
-            format!("patient_{}", n % args.clients)
-        } else {
-            "patients".into()
-        }
+    // Burst with --connections N: N publishers at once, so that events
+    // arrive faster than one round trip each (and queue up per client).
+    let publishers = if args.scenario == Scenario::Burst {
+        args.connections.max(1)
+    } else {
+        1
     };
-    let publish_stats = publish::run(
-        args.addr,
-        args.token.as_deref(),
-        events,
-        rate,
-        room_of,
-        unix_micros,
-    )
-    .await?;
+    let mut tasks = Vec::new();
+    for first in 0..publishers {
+        let (addr, token) = (args.addr, args.token.clone());
+        let (targeted, clients) = (targeted, args.clients);
+        tasks.push(tokio::spawn(async move {
+            let room_of = move |n: usize| {
+                if targeted {
+                    format!("patient_{}", n % clients)
+                } else {
+                    "patients".to_owned()
+                }
+            };
+            publish::run(
+                addr,
+                token.as_deref(),
+                (first, publishers, events),
+                rate,
+                room_of,
+                unix_micros,
+            )
+            .await
+        }));
+    }
+    let mut publish_stats = serde_json::Value::Null;
+    for task in tasks {
+        let stats = task.await??;
+        if publish_stats.is_null() {
+            publish_stats = stats;
+        }
+    }
+    publish_stats["publishers"] = json!(publishers);
     // Wait for the readers to finish, at most 10 s after the last publish.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut histogram = new_histogram();
@@ -312,7 +334,7 @@ async fn publish_round_trips(args: &Args) -> anyhow::Result<serde_json::Value> {
             publish::run(
                 addr,
                 token.as_deref(),
-                per_connection,
+                (0, 1, per_connection),
                 None,
                 room,
                 unix_micros,

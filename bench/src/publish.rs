@@ -11,11 +11,13 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpStream;
 
-/// Publishes `events` events; event `n` goes to `room(n)` with data `{"n", "t": now()}`.
+/// Publishes events `first, first + stride, ...` below `events` (several
+/// publishers split the numbers); event `n` goes to `room(n)` with data
+/// `{"n", "t": now()}`.
 pub async fn run(
     addr: SocketAddr,
     token: Option<&str>,
-    events: usize,
+    (first, stride, events): (usize, usize, usize),
     rate: Option<u64>,
     room: impl Fn(usize) -> String,
     now: fn() -> u64,
@@ -28,7 +30,9 @@ pub async fn run(
     let mut round_trips = crate::new_histogram();
     let mut failures = 0u64;
     let started = Instant::now();
-    for n in 0..events {
+    let mut published = 0usize;
+    for n in (first..events).step_by(stride.max(1)) {
+        published += 1;
         if let Some(rate) = rate {
             let due = started + Duration::from_secs_f64(n as f64 / rate as f64);
             tokio::time::sleep_until(due.into()).await;
@@ -53,7 +57,7 @@ pub async fn run(
     }
     let elapsed = started.elapsed().as_secs_f64();
     Ok(json!({
-        "events": events, "failures": failures, "events_per_s": events as f64 / elapsed,
+        "events": published, "failures": failures, "events_per_s": published as f64 / elapsed,
         "round_trip": crate::percentiles(&round_trips),
     }))
 }
