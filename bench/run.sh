@@ -89,6 +89,7 @@ done
 start_gateway ""
 bench targeted --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --clients "$targeted" --rate $rate --seconds $seconds --label gateway
 bench burst --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --clients "${fanout_sizes%% *}" --rate $rate --seconds 1 --label gateway
+bench burst --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --clients "${fanout_sizes%% *}" --rate $rate --seconds 1 --connections 8 --label gateway-8-publishers
 bench publish --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --rate $publish_rate --seconds $seconds --label gateway-durable
 bench publish --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --rate $publish_rate --seconds $seconds --connections 16 --label gateway-durable-16-concurrent
 stop "$gw_pid"
@@ -111,6 +112,11 @@ for n in $fanout_sizes; do
   bench fanout --addr "127.0.0.1:$peer_port" --pid "$peer_pid" --protocol socketio --clients "$n" --rate $rate --seconds $seconds --label peer
   stop "$peer_pid"
 done
+peer_port=$(free_port)
+REDIS_URL="redis://127.0.0.1:$redis_port" PORT=$peer_port "${server_pin[@]}" node bench/peer/server.js >/dev/null &
+peer_pid=$!; pids+=("$peer_pid"); wait_port "$peer_port"
+bench burst --addr "127.0.0.1:$peer_port" --pid "$peer_pid" --protocol socketio --clients "${fanout_sizes%% *}" --rate $rate --seconds 1 --connections 8 --label peer-8-publishers
+stop "$peer_pid"
 for n in $idle_sizes; do
   peer_port=$(free_port)
   REDIS_URL="redis://127.0.0.1:$redis_port" PORT=$peer_port "${server_pin[@]}" node bench/peer/server.js >/dev/null &
@@ -127,6 +133,11 @@ for n in $fanout_sizes; do
   bench fanout --addr "127.0.0.1:$floor_port" --pid "$floor_pid" --protocol native --clients "$n" --rate $rate --seconds $seconds --label floor
   stop "$floor_pid"
 done
+floor_port=$(free_port)
+"${server_pin[@]}" $bin/smartwait-floor "127.0.0.1:$floor_port" >/dev/null &
+floor_pid=$!; pids+=("$floor_pid"); wait_port "$floor_port"
+bench burst --addr "127.0.0.1:$floor_port" --pid "$floor_pid" --protocol native --clients "${fanout_sizes%% *}" --rate $rate --seconds 1 --connections 8 --label floor-8-publishers
+stop "$floor_pid"
 
 echo "results: $out"
 # A run that lost or duplicated deliveries is a failure of the suite, whatever the speed.
