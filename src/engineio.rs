@@ -144,6 +144,20 @@ mod tests {
         assert_eq!(Packet::Message("hello").encode(), "4hello");
     }
 
+    /// Found by the `engineio_packet` fuzz target: data after a packet type
+    /// that carries none is ignored (as engine.io-parser does), so such a
+    /// packet does not encode back to the same text.
+    #[test]
+    fn data_after_close_upgrade_and_noop_is_ignored() {
+        assert_eq!(Packet::decode("6e"), Ok(Packet::Noop));
+        assert_eq!(
+            Packet::decode("6e").map(|packet| packet.encode()),
+            Ok("6".into())
+        );
+        assert_eq!(Packet::decode("5x"), Ok(Packet::Upgrade));
+        assert_eq!(Packet::decode("1 "), Ok(Packet::Close));
+    }
+
     #[test]
     fn payloads_use_the_record_separator() {
         let body = "4hello\x1e4€€€\x1e2";
