@@ -102,13 +102,17 @@ impl Session {
         let mut next_ping = Instant::now() + ping_interval;
         let mut idle_at = Instant::now() + idle_timeout;
         let mut timer = pin!(sleep_until(next_ping.min(idle_at)));
-        let shutdown = self.shared.shutdown.clone();
-        let overflowed = self.overflowed.clone();
+        // Created once, not per loop turn: each new cancellation future would
+        // register with (and leave) its token's waiter list on every wake-up.
+        let (shutdown_token, overflowed_token) =
+            (self.shared.shutdown.clone(), self.overflowed.clone());
+        let mut shutdown = pin!(shutdown_token.cancelled());
+        let mut overflowed = pin!(overflowed_token.cancelled());
         loop {
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return Err(CloseReason::Shutdown),
-                () = overflowed.cancelled() => return Err(CloseReason::SlowConsumer),
+                () = &mut shutdown => return Err(CloseReason::Shutdown),
+                () = &mut overflowed => return Err(CloseReason::SlowConsumer),
                 () = &mut timer => {
                     let now = Instant::now();
                     if now >= idle_at {

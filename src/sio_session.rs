@@ -135,7 +135,9 @@ impl EngineSession {
             socketio.ping_interval,
         );
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let shutdown = self.shared.shutdown.clone();
+        // Created once, not per loop turn (see session.rs).
+        let shutdown_token = self.shared.shutdown.clone();
+        let mut shutdown = std::pin::pin!(shutdown_token.cancelled());
         loop {
             let overflowed = self
                 .client
@@ -146,7 +148,7 @@ impl EngineSession {
             let pong_deadline = self.pong_deadline;
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return Err(End::Closed(CloseReason::Shutdown)),
+                () = &mut shutdown => return Err(End::Closed(CloseReason::Shutdown)),
                 () = async { match &overflowed { Some(token) => token.cancelled().await, None => pending().await } } => {
                     return Err(End::Closed(CloseReason::SlowConsumer));
                 }
