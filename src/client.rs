@@ -56,8 +56,9 @@ impl Refusal {
             Self::InvalidRoom => {
                 "not a room: use patient_{id} (id: 1-64 of A-Z a-z 0-9 _ -), staff or patients"
             }
+            // Both framings read this: name both ways of passing a token.
             Self::Denied(Denied::Unauthorized) => {
-                "this room needs a token: connect to /ws?token=..."
+                "this room needs a token: connect with ?token=... (Socket.IO: auth: {token})"
             }
             Self::Denied(Denied::Forbidden) => "this token may not join this room",
             Self::TooManyRooms => "this connection is already in limits.rooms_per_connection rooms",
