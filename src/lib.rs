@@ -12,7 +12,8 @@
 //!   client), [`tls`], [`redirect`] (HTTP to HTTPS), [`peer_limit`],
 //!   [`http_deadlines`] (header and keep-alive timeouts).
 //! - Domain core: [`room`] (room, patient id and event name types),
-//!   [`rooms`] (membership and fan-out), [`history`] (recovery and retained
+//!   [`rooms`] (membership and fan-out), [`client_queue`] (each client's
+//!   bounded queue of events), [`history`] (recovery and retained
 //!   state), [`realtime`] (the seed's notifications and the `get_ready`
 //!   rule), [`auth`] (tokens and access rules), [`client_budget`]
 //!   (per-client rate and error limits).
@@ -36,6 +37,7 @@ pub mod api;
 pub mod auth;
 pub mod client;
 pub mod client_budget;
+pub mod client_queue;
 pub mod config;
 pub mod eio_server;
 pub mod engineio;

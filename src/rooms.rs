@@ -17,9 +17,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::client_queue::{self, SendError};
 use crate::history::{History, Recovery, Retained, SavedHistory};
 use crate::metrics::Metrics;
 use crate::realtime::is_retained;
@@ -115,7 +115,7 @@ pub struct ClientId(pub u64);
 /// The sending half of one client's queue, as kept in each of its rooms.
 #[derive(Debug, Clone)]
 struct ClientLink {
-    queue: mpsc::Sender<Arc<RoomEvent>>,
+    queue: client_queue::Sender<Arc<RoomEvent>>,
     overflowed: CancellationToken,
 }
 
@@ -196,7 +196,7 @@ impl Rooms {
 
     /// Registers a client and gives it its bounded receive queue.
     pub fn connect(&self) -> Subscriber {
-        let (queue, receiver) = mpsc::channel(self.0.client_queue);
+        let (queue, receiver) = client_queue::bounded(self.0.client_queue);
         Subscriber {
             id: ClientId(self.0.next_client.fetch_add(1, Ordering::Relaxed)),
             rooms: self.clone(),
@@ -253,7 +253,7 @@ impl Rooms {
         }
         matches!(
             tokio::time::timeout(timeout, subscriber.receiver.recv()).await,
-            Ok(Some(event)) if event.room == Room::Canary
+            Ok(event) if event.room == Room::Canary
         )
     }
 
@@ -266,14 +266,14 @@ impl Rooms {
             match link.queue.try_send(room_event.clone()) {
                 Ok(()) => delivered += 1,
                 // Overflow policy: disconnect. The session sees the token and closes with 1013.
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(SendError::Full) => {
                     if !link.overflowed.is_cancelled() {
                         link.overflowed.cancel();
                         self.0.metrics.slow_consumer_disconnects.inc();
                     }
                 }
                 // The client is leaving; its memberships are being dropped.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(SendError::Closed) => {}
             }
         }
         delivered
@@ -358,7 +358,7 @@ pub struct Subscriber {
     id: ClientId,
     rooms: Rooms,
     link: ClientLink,
-    receiver: mpsc::Receiver<Arc<RoomEvent>>,
+    receiver: client_queue::Receiver<Arc<RoomEvent>>,
 }
 
 impl Subscriber {
@@ -385,13 +385,13 @@ impl Subscriber {
     }
 
     /// The next event for this client.
-    pub async fn recv(&mut self) -> Option<Arc<RoomEvent>> {
+    pub async fn recv(&mut self) -> Arc<RoomEvent> {
         self.receiver.recv().await
     }
 
     /// An event already waiting, without waiting for one.
     pub fn try_recv(&mut self) -> Option<Arc<RoomEvent>> {
-        self.receiver.try_recv().ok()
+        self.receiver.try_recv()
     }
 
     /// Completes when the queue overflowed and the client must be closed.

@@ -124,7 +124,7 @@ impl Session {
                     }
                     timer.as_mut().reset(next_ping.min(idle_at));
                 }
-                Some(event) = self.client.subscriber().recv() => self.deliver(event).await?,
+                event = self.client.subscriber().recv() => self.deliver(event).await?,
                 inbound = self.socket.next() => {
                     let message = match inbound {
                         None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => return Ok(()),

@@ -181,11 +181,7 @@ impl EngineSession {
                         Some(client) if can_deliver => client.subscriber().recv().await,
                         _ => pending().await,
                     }
-                } => {
-                    if let Some(event) = event {
-                        self.take_events(event);
-                    }
-                }
+                } => self.take_events(event),
             }
             self.flush().await?;
         }
