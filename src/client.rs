@@ -221,7 +221,7 @@ impl Client {
             .may_join(&self.identity, &room)
             .map_err(Refusal::Denied)?;
         if self.memberships.iter().any(|member| *member.room() == room) {
-            let latest_seq = self.shared.rooms.last_seq();
+            let latest_seq = self.shared.rooms.latest_seq(&room);
             return Ok(JoinGrant {
                 latest_seq,
                 recovered: false,

@@ -297,6 +297,19 @@ impl Rooms {
         counts
     }
 
+    /// The seq of the room's latest event (0 when none is known).
+    pub fn latest_seq(&self, room: &Room) -> u64 {
+        Self::latest_seq_in(&self.state(), room)
+    }
+
+    fn latest_seq_in(state: &State, room: &Room) -> u64 {
+        state
+            .history
+            .latest_seq(room)
+            .or_else(|| state.retained.get(room).map(|event| event.seq))
+            .unwrap_or(0)
+    }
+
     /// The rooms' history, to be restored by the next start.
     pub fn save_history(&self) -> SavedHistory {
         let state = self.state();
@@ -323,11 +336,7 @@ impl Rooms {
             None => Recovery::Unavailable,
         };
         let retained = state.retained.get(room).cloned();
-        let latest_seq = state
-            .history
-            .latest_seq(room)
-            .or_else(|| retained.as_ref().map(|event| event.seq))
-            .unwrap_or(0);
+        let latest_seq = Self::latest_seq_in(&state, room);
         let (recovered, backlog) = match recovery {
             Recovery::Recovered(events) => (true, events),
             Recovery::Unavailable => (false, retained.into_iter().collect()),

@@ -118,6 +118,29 @@ async fn isolation_over_500_patient_rooms() {
     }
 }
 
+/// Regression: a second join of a room the connection is already in answered
+/// the gateway's last seq (any room's), not the room's latest event.
+#[tokio::test]
+async fn joining_a_room_twice_changes_nothing_and_answers_its_latest_seq() {
+    let gateway = TestGateway::start().await;
+    let mut display = gateway.display().await;
+    let (_, answer) = gateway.publish("/api/queue/update", json!({"n": 1})).await;
+    let queue_seq = answer["seq"].as_u64().unwrap();
+    display.expect_event("queue_update").await;
+    // Later events in other rooms raise the gateway's last seq, not this room's.
+    gateway.publish("/api/queue/new-patient", json!({})).await;
+    gateway
+        .publish(
+            "/api/patients/7/position",
+            json!({"position": 4, "estimatedWait": 9}),
+        )
+        .await;
+    let again = display.request("join-patients-room", Value::Null).await;
+    assert_eq!(again["ok"], true, "{again}");
+    assert_eq!(again["seq"], queue_seq, "{again}");
+    display.expect_silence().await;
+}
+
 #[tokio::test]
 async fn ping_is_answered_with_or_without_an_id() {
     let gateway = TestGateway::start().await;
