@@ -138,18 +138,24 @@ impl EngineSession {
         // Created once, not per loop turn (see session.rs).
         let shutdown_token = self.shared.shutdown.clone();
         let mut shutdown = std::pin::pin!(shutdown_token.cancelled());
+        // The client's overflow signal exists once the client has connected;
+        // its future is then created once, not per loop turn (see session.rs).
+        let mut overflowed: Option<
+            std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+        > = None;
         loop {
-            let overflowed = self
-                .client
-                .as_mut()
-                .map(|client| client.subscriber().overflowed().clone());
+            if overflowed.is_none() {
+                overflowed = self.client.as_mut().map(|client| {
+                    Box::pin(client.subscriber().overflowed().clone().cancelled_owned())
+                });
+            }
             let can_deliver =
                 matches!(self.transport, Transport::WebSocket(_)) || self.waiting_poll.is_some();
             let pong_deadline = self.pong_deadline;
             tokio::select! {
                 biased;
                 () = &mut shutdown => return Err(End::Closed(CloseReason::Shutdown)),
-                () = async { match &overflowed { Some(token) => token.cancelled().await, None => pending().await } } => {
+                () = async { match overflowed.as_mut() { Some(wait) => wait.await, None => pending().await } } => {
                     return Err(End::Closed(CloseReason::SlowConsumer));
                 }
                 () = async { match pong_deadline { Some(at) => sleep_until(at).await, None => pending().await } } => {

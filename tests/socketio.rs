@@ -329,6 +329,28 @@ async fn raw_engine_io_requests() {
 }
 
 #[tokio::test]
+async fn a_polling_client_that_stops_fetching_is_closed_as_a_slow_consumer() {
+    let gateway = TestGateway::start_with(|config| config.limits.client_queue = 4).await;
+    let sid = handshake(&gateway).await;
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let connect_and_join = b"40\x1e42[\"join-patients-room\"]".to_vec();
+    let (status, _) = raw_http(gateway.addr, "POST", &path, None, connect_and_join).await;
+    assert_eq!(status, 200);
+    let (status, body) = get(&gateway, &path).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"joined\""), "{body}");
+    // It stops polling; events pile up in its queue until the queue is full.
+    for n in 0..8 {
+        gateway.publish("/api/queue/update", json!({"n": n})).await;
+    }
+    wait_until(PROMPTLY, "the slow client to be closed", || async {
+        gateway.health().await["connectedClients"] == 0
+    })
+    .await;
+    assert_eq!(gateway.health().await["slowConsumerDisconnects"], 1);
+}
+
+#[tokio::test]
 async fn idle_polling_sessions_expire_and_handshakes_count_against_the_limit() {
     let gateway = TestGateway::start_with(|config| {
         config.limits.max_connections = 3;
