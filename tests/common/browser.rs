@@ -2,7 +2,6 @@
 //! through tests/browser/driver.js: one browser per test, named pages in it.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -25,17 +24,8 @@ pub const PHONE: (u32, u32) = (390, 844);
 
 impl Browser {
     pub async fn start() -> Self {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/driver.js");
-        let mut child = tokio::process::Command::new("node")
-            .arg(script)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node is installed (scripts/test installs it)");
-        let stdin = child.stdin.take().expect("stdin");
-        let answers = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let (child, stdin, stdout) = super::spawn_node_driver("tests/browser/driver.js");
+        let answers = BufReader::new(stdout).lines();
         let mut browser = Self {
             _child: child,
             stdin,

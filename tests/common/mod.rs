@@ -337,6 +337,28 @@ pub fn gateway_command(dir: &Path) -> tokio::process::Command {
     command
 }
 
+/// Starts a Node.js driver script (relative to the crate root) that takes
+/// JSON commands on stdin and answers JSON lines on stdout; killed on drop.
+pub fn spawn_node_driver(
+    script: &str,
+) -> (
+    tokio::process::Child,
+    tokio::process::ChildStdin,
+    tokio::process::ChildStdout,
+) {
+    let mut child = tokio::process::Command::new("node")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(script))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node is installed (scripts/test installs it)");
+    let stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    (child, stdin, stdout)
+}
+
 /// Mints a token with the binary's `token` command for the gateway in `dir`
 /// (`args` after `token`, e.g. `["--role", "service"]`).
 pub async fn mint_token(dir: &Path, args: &[&str]) -> String {

@@ -2,7 +2,6 @@
 //! one Node process per test, any number of sockets in it.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
@@ -31,17 +30,7 @@ pub struct SioClient {
 
 impl SioDriver {
     pub async fn start() -> Self {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/socketio/driver.js");
-        let mut child = tokio::process::Command::new("node")
-            .arg(script)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node is installed (scripts/test installs it)");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
+        let (child, stdin, stdout) = super::spawn_node_driver("tests/socketio/driver.js");
         let inboxes: Inboxes = Arc::default();
         let routes = inboxes.clone();
         tokio::spawn(async move {
