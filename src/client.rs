@@ -116,8 +116,9 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(shared: Arc<Shared>, identity: Identity) -> Self {
-        let subscriber = shared.rooms.connect();
+    /// A client whose room events reach it as `subscriber` (see
+    /// [`crate::rooms::Rooms::connect`] and `connect_direct`).
+    pub fn new(shared: Arc<Shared>, identity: Identity, subscriber: Subscriber) -> Self {
         tracing::Span::current().record("conn", subscriber.id().0);
         Self {
             budget: ClientBudget::new(&shared.config.limits),

@@ -12,8 +12,9 @@
 //!   client), [`tls`], [`redirect`] (HTTP to HTTPS), [`peer_limit`],
 //!   [`http_deadlines`] (header and keep-alive timeouts).
 //! - Domain core: [`room`] (room, patient id and event name types),
-//!   [`rooms`] (membership and fan-out), [`client_queue`] (each client's
-//!   bounded queue of events), [`history`] (recovery and retained
+//!   [`rooms`] (membership and fan-out), [`outbound`] (a native
+//!   connection's outgoing bytes, written by the fan-out itself),
+//!   [`client_queue`] (a Socket.IO client's bounded queue of events), [`history`] (recovery and retained
 //!   state), [`realtime`] (the seed's notifications and the `get_ready`
 //!   rule), [`auth`] (tokens and access rules), [`client_budget`]
 //!   (per-client rate and error limits).
@@ -27,9 +28,12 @@
 //! One broadcast flows like this: the queue system `POST`s to [`api`], which
 //! checks the token with [`auth`] and shapes the payload with [`realtime`];
 //! the [`publisher`]'s writer thread gives it the next `seq`, commits it to
-//! the [`store`] (and its outbox), then hands it to the rooms core, which
-//! pushes one shared event into each member's bounded queue; each session
-//! writes the frame encoded once per framing and shared by all recipients.
+//! the [`store`] (and its outbox), then hands it to the rooms core. The
+//! frame is encoded once per framing and shared by all recipients: native
+//! WebSocket members get it written straight into their sockets by the
+//! writer thread (one `writev` per member per run of events, see
+//! [`outbound`]); Socket.IO members get it through their bounded queue and
+//! session.
 
 #![forbid(unsafe_code)]
 
@@ -47,6 +51,7 @@ pub mod history;
 pub mod http;
 pub mod http_deadlines;
 pub mod metrics;
+pub mod outbound;
 pub mod peer_limit;
 pub mod protocol;
 pub mod publisher;

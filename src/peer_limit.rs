@@ -80,6 +80,11 @@ impl CountedStream {
             _guard: guard,
         }
     }
+
+    /// The socket and its place under the cap, to be kept together by the caller.
+    pub fn into_parts(self) -> (TcpStream, PeerGuard) {
+        (self.inner, self._guard)
+    }
 }
 
 impl AsyncRead for CountedStream {

@@ -360,6 +360,12 @@ pub fn encode_room_event(event: &RoomEvent) -> TextFrame {
     TextFrame::from(serde_json::to_string(&frame).unwrap_or_default())
 }
 
+/// A room event as the WebSocket frame a native client receives, header
+/// included: the same bytes for every recipient.
+pub fn encode_room_event_frame(event: &RoomEvent) -> bytes::Bytes {
+    crate::ws::text_frame(encode_room_event(event).as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -355,6 +355,16 @@ impl Writer {
         if added_to_outbox > 0 {
             self.outbox.added.notify_one();
         }
+        // The batch's fresh events go to the rooms in one pass, so that a
+        // client in a room gets consecutive events of it in one write.
+        let mut fresh = Vec::new();
+        for (request, plan) in requests.iter().zip(&plans) {
+            if let Plan::Fresh(events) = plan {
+                fresh.extend(events.iter().map(|event| (event, request.accepted_at)));
+            }
+        }
+        let (delivered, writes) = self.setup.rooms.deliver(&fresh);
+        let mut delivered = delivered.into_iter();
         let mut answers: Vec<Vec<Published>> = Vec::with_capacity(plans.len());
         for (request, plan) in requests.iter().zip(&plans) {
             let answer = match plan {
@@ -362,7 +372,7 @@ impl Writer {
                     .iter()
                     .map(|event| Published {
                         seq: event.seq,
-                        delivered: self.setup.rooms.deliver(event, request.accepted_at),
+                        delivered: delivered.next().unwrap_or(0),
                     })
                     .collect(),
                 Plan::Replay(answer) => answer.clone(),
@@ -382,6 +392,9 @@ impl Writer {
                 replayed,
             }));
         }
+        // After the answers: publishers' next events gather meanwhile and
+        // form the next batch, whose frames then leave together.
+        writes.write();
     }
 
     /// One transaction for the whole batch; returns each request's plan and

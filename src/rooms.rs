@@ -7,21 +7,25 @@
 //! single writer ([`crate::publisher`]). One mutex guards membership,
 //! history and retained state together, so a join sees exactly the events
 //! before it (replayed) and its queue exactly those after. Fan-out under the
-//! lock only does `try_send` into bounded per-client queues, so it never
-//! waits on a client; a client whose queue is full is told to close (1013)
-//! through its overflow token instead of slowing the others.
+//! lock only does `try_send` into bounded per-client queues and collects the
+//! native connections to write to; their writes ([`crate::outbound`]) happen
+//! after the lock is released and never wait on a client. A client that
+//! falls too far behind is told to close (1013) through its overflow token
+//! instead of slowing the others.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
 use crate::client_queue::{self, SendError};
 use crate::history::{History, Recovery, Retained, SavedHistory};
 use crate::metrics::Metrics;
+use crate::outbound::{Handed, Outbound};
 use crate::realtime::is_retained;
 use crate::room::{EventName, Room, RoomKind};
 use crate::store::StoredEvent;
@@ -32,21 +36,8 @@ use crate::store::StoredEvent;
 /// same text once per recipient; polling clients read it as `&str`.
 pub type TextFrame = tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// How an event is encoded on the wire; each framing is encoded at most once
-/// per room event and the text is shared by every recipient.
-#[derive(Debug, Clone, Copy)]
-pub enum Framing {
-    /// The native JSON protocol of `/ws` (docs/protocol.md).
-    Native,
-    /// Socket.IO over Engine.IO: `42["event", data]`.
-    SocketIo,
-}
-
-impl Framing {
-    const COUNT: usize = 2;
-}
-
-/// One event as it goes to the members of one room.
+/// One event as it goes to the members of one room. Each framing is
+/// encoded at most once per room event, and shared by every recipient.
 #[derive(Debug)]
 pub struct RoomEvent {
     pub seq: u64,
@@ -54,7 +45,10 @@ pub struct RoomEvent {
     pub event: EventName,
     pub data: Arc<RawValue>,
     pub published_at: Instant,
-    frames: [OnceLock<TextFrame>; Framing::COUNT],
+    /// The native protocol's WebSocket frame, header included.
+    native_frame: OnceLock<Bytes>,
+    /// Socket.IO's `42["event", data]` text.
+    socket_io_text: OnceLock<TextFrame>,
 }
 
 impl RoomEvent {
@@ -71,19 +65,21 @@ impl RoomEvent {
             event,
             data,
             published_at,
-            frames: Default::default(),
+            native_frame: OnceLock::new(),
+            socket_io_text: OnceLock::new(),
         }
     }
 
-    /// The encoded frame for `framing`, made by `encode` on first use only.
-    pub fn frame(
-        &self,
-        framing: Framing,
-        encode: impl FnOnce(&RoomEvent) -> TextFrame,
-    ) -> TextFrame {
-        self.frames[framing as usize]
-            .get_or_init(|| encode(self))
+    /// The native WebSocket frame (docs/protocol.md), encoded on first use.
+    pub fn native_frame(&self) -> Bytes {
+        self.native_frame
+            .get_or_init(|| crate::protocol::encode_room_event_frame(self))
             .clone()
+    }
+
+    /// The Socket.IO text, made by `encode` on first use only.
+    pub fn socket_io_text(&self, encode: impl FnOnce(&RoomEvent) -> TextFrame) -> TextFrame {
+        self.socket_io_text.get_or_init(|| encode(self)).clone()
     }
 }
 
@@ -112,11 +108,88 @@ pub struct RoomCounts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientId(pub u64);
 
-/// The sending half of one client's queue, as kept in each of its rooms.
+/// How a room reaches one member, as kept in each of its rooms.
 #[derive(Debug, Clone)]
-struct ClientLink {
-    queue: client_queue::Sender<Arc<RoomEvent>>,
-    overflowed: CancellationToken,
+enum ClientLink {
+    /// Events queued for the client's session to encode and send
+    /// (Socket.IO sessions, the readiness probe).
+    Queue {
+        queue: client_queue::Sender<Arc<RoomEvent>>,
+        overflowed: CancellationToken,
+    },
+    /// Frames written straight to the connection (native WebSocket).
+    Direct(Arc<Outbound>),
+}
+
+impl ClientLink {
+    fn overflowed(&self) -> &CancellationToken {
+        match self {
+            Self::Queue { overflowed, .. } => overflowed,
+            Self::Direct(outbound) => outbound.overflowed(),
+        }
+    }
+}
+
+/// Writes to native connections, collected under the rooms lock and done
+/// after it is released. Consecutive events of one room form a run, sent
+/// to each member in one write: the members cannot change while the lock
+/// is held, and a client gets its frames in seq order.
+#[must_use = "the frames are written by `write`"]
+pub struct DirectWrites<'a> {
+    runs: Vec<Run>,
+    metrics: &'a Metrics,
+}
+
+struct Run {
+    room: Room,
+    frames: Vec<Bytes>,
+    recipients: Vec<Arc<Outbound>>,
+    oldest: Instant,
+}
+
+impl<'a> DirectWrites<'a> {
+    fn new(metrics: &'a Metrics) -> Self {
+        Self {
+            runs: Vec::new(),
+            metrics,
+        }
+    }
+
+    fn add(&mut self, event: &RoomEvent, members: &HashMap<ClientId, ClientLink>) {
+        if let Some(run) = self.runs.last_mut().filter(|run| run.room == event.room) {
+            run.frames.push(event.native_frame());
+            return;
+        }
+        let recipients = members
+            .values()
+            .filter_map(|link| match link {
+                ClientLink::Direct(outbound) => Some(outbound.clone()),
+                ClientLink::Queue { .. } => None,
+            })
+            .collect();
+        self.runs.push(Run {
+            room: event.room.clone(),
+            frames: vec![event.native_frame()],
+            recipients,
+            oldest: event.published_at,
+        });
+    }
+
+    /// Writes the frames to their connections, without waiting on any.
+    pub fn write(self) {
+        let metrics = self.metrics;
+        for run in self.runs {
+            for outbound in &run.recipients {
+                if outbound.broadcast(&run.frames) == Handed::Overflowed {
+                    metrics.slow_consumer_disconnects.inc();
+                }
+            }
+            // One sample per run: the oldest frame, at its last recipient.
+            metrics
+                .publish_to_send_seconds
+                .observe(run.oldest.elapsed().as_secs_f64());
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -194,44 +267,76 @@ impl Rooms {
         self.0.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers a client and gives it its bounded receive queue.
+    /// Registers a client whose events are queued for its session (see
+    /// [`Subscriber::recv`]).
     pub fn connect(&self) -> Subscriber {
         let (queue, receiver) = client_queue::bounded(self.0.client_queue);
+        let link = ClientLink::Queue {
+            queue,
+            overflowed: CancellationToken::new(),
+        };
+        self.subscriber(link, Some(receiver))
+    }
+
+    /// Registers a native connection, to which broadcasts are written directly.
+    pub fn connect_direct(&self, outbound: Arc<Outbound>) -> Subscriber {
+        self.subscriber(ClientLink::Direct(outbound), None)
+    }
+
+    /// How many frames may wait for one client before it is closed.
+    pub fn client_queue(&self) -> usize {
+        self.0.client_queue
+    }
+
+    fn subscriber(
+        &self,
+        link: ClientLink,
+        receiver: Option<client_queue::Receiver<Arc<RoomEvent>>>,
+    ) -> Subscriber {
         Subscriber {
             id: ClientId(self.0.next_client.fetch_add(1, Ordering::Relaxed)),
             rooms: self.clone(),
-            link: ClientLink {
-                queue,
-                overflowed: CancellationToken::new(),
-            },
+            link,
             receiver,
         }
     }
 
-    /// Delivers one committed event to the members of its rooms, and records
-    /// it in their history and retained state. Returns the frames queued.
-    pub fn deliver(&self, event: &StoredEvent, accepted_at: Instant) -> usize {
-        let mut state = self.state();
-        state.last_seq = state.last_seq.max(event.seq);
-        let mut delivered = 0;
-        for room in &event.rooms {
-            let room_event = Arc::new(RoomEvent::new(
-                event.seq,
-                room.clone(),
-                event.event.clone(),
-                event.data.clone(),
-                accepted_at,
-            ));
-            state.history.record(&room_event);
-            if is_retained(room, &event.event) {
-                state.retained.set(room_event.clone());
+    /// Delivers committed events, in order, to the members of their rooms,
+    /// and records them in the rooms' history and retained state. Returns
+    /// each event's count of recipients, and the writes to native
+    /// connections, to be done by the caller (after it has answered the
+    /// publishers, so that new events gather while the sockets are written).
+    pub fn deliver(&self, events: &[(&StoredEvent, Instant)]) -> (Vec<usize>, DirectWrites<'_>) {
+        let mut writes = DirectWrites::new(&self.0.metrics);
+        let mut counts = Vec::with_capacity(events.len());
+        {
+            let mut state = self.state();
+            for (event, accepted_at) in events {
+                state.last_seq = state.last_seq.max(event.seq);
+                let mut delivered = 0;
+                for room in &event.rooms {
+                    let room_event = Arc::new(RoomEvent::new(
+                        event.seq,
+                        room.clone(),
+                        event.event.clone(),
+                        event.data.clone(),
+                        *accepted_at,
+                    ));
+                    state.history.record(&room_event);
+                    if is_retained(room, &event.event) {
+                        state.retained.set(room_event.clone());
+                    }
+                    delivered += self.fan_out(&state, &room_event, &mut writes);
+                }
+                counts.push(delivered);
             }
-            delivered += self.fan_out(&state, &room_event);
         }
-        drop(state);
-        self.0.metrics.events_published.inc();
-        self.0.metrics.frames_delivered.inc_by(delivered as u64);
-        delivered
+        self.0.metrics.events_published.inc_by(events.len() as u64);
+        self.0
+            .metrics
+            .frames_delivered
+            .inc_by(counts.iter().sum::<usize>() as u64);
+        (counts, writes)
     }
 
     /// Sends a probe event through the same fan-out path as client events,
@@ -249,26 +354,47 @@ impl Rooms {
                 data,
                 Instant::now(),
             );
-            self.fan_out(&state, &Arc::new(canary));
+            // The canary room has no native members: nothing to write.
+            let mut writes = DirectWrites::new(&self.0.metrics);
+            self.fan_out(&state, &Arc::new(canary), &mut writes);
+            writes.write();
         }
+        let Some(receiver) = subscriber.receiver.as_mut() else {
+            return false;
+        };
         matches!(
-            tokio::time::timeout(timeout, subscriber.receiver.recv()).await,
+            tokio::time::timeout(timeout, receiver.recv()).await,
             Ok(event) if event.room == Room::Canary
         )
     }
 
-    fn fan_out(&self, state: &State, room_event: &Arc<RoomEvent>) -> usize {
+    /// Queues the event for queue-linked members now and adds it to
+    /// `writes` for direct ones; returns the number of recipients.
+    fn fan_out(
+        &self,
+        state: &State,
+        room_event: &Arc<RoomEvent>,
+        writes: &mut DirectWrites,
+    ) -> usize {
         let Some(members) = state.members.get(&room_event.room) else {
             return 0;
         };
         let mut delivered = 0;
+        let mut direct = 0;
         for link in members.values() {
-            match link.queue.try_send(room_event.clone()) {
+            let (queue, overflowed) = match link {
+                ClientLink::Queue { queue, overflowed } => (queue, overflowed),
+                ClientLink::Direct(_) => {
+                    direct += 1;
+                    continue;
+                }
+            };
+            match queue.try_send(room_event.clone()) {
                 Ok(()) => delivered += 1,
                 // Overflow policy: disconnect. The session sees the token and closes with 1013.
                 Err(SendError::Full) => {
-                    if !link.overflowed.is_cancelled() {
-                        link.overflowed.cancel();
+                    if !overflowed.is_cancelled() {
+                        overflowed.cancel();
                         self.0.metrics.slow_consumer_disconnects.inc();
                     }
                 }
@@ -276,7 +402,10 @@ impl Rooms {
                 Err(SendError::Closed) => {}
             }
         }
-        delivered
+        if direct > 0 {
+            writes.add(room_event, members);
+        }
+        delivered + direct
     }
 
     /// Member counts per room kind, without ids.
@@ -360,14 +489,15 @@ impl Rooms {
     }
 }
 
-/// One client's side of the rooms core: its queue of room events and the
+/// One client's side of the rooms core: how events reach it and the
 /// signal that it fell too far behind.
 #[derive(Debug)]
 pub struct Subscriber {
     id: ClientId,
     rooms: Rooms,
     link: ClientLink,
-    receiver: client_queue::Receiver<Arc<RoomEvent>>,
+    /// The queue of a queue-linked client; `None` for a direct one.
+    receiver: Option<client_queue::Receiver<Arc<RoomEvent>>>,
 }
 
 impl Subscriber {
@@ -393,19 +523,23 @@ impl Subscriber {
         }
     }
 
-    /// The next event for this client.
+    /// The next event for a queue-linked client; never completes for a
+    /// direct one, whose events do not pass through its session.
     pub async fn recv(&mut self) -> Arc<RoomEvent> {
-        self.receiver.recv().await
+        match self.receiver.as_mut() {
+            Some(receiver) => receiver.recv().await,
+            None => std::future::pending().await,
+        }
     }
 
     /// An event already waiting, without waiting for one.
     pub fn try_recv(&mut self) -> Option<Arc<RoomEvent>> {
-        self.receiver.try_recv()
+        self.receiver.as_mut()?.try_recv()
     }
 
-    /// Completes when the queue overflowed and the client must be closed.
+    /// Completes when the client fell too far behind and must be closed.
     pub fn overflowed(&self) -> &CancellationToken {
-        &self.link.overflowed
+        self.link.overflowed()
     }
 }
 

@@ -1,37 +1,38 @@
 //! One native-protocol client connection: a single `select!` over shutdown,
-//! the client's frames, its queue of room events and its heartbeat.
+//! the client's frames, its heartbeat, and the broadcasts its socket did not
+//! take at once (most are written by the rooms' fan-out itself, see
+//! [`crate::outbound`]; the session is not woken for them).
 //!
 //! The session owns its [`Client`] (memberships that leave their room when
 //! dropped, the message budget) and its connection slot, so however the
 //! session ends — clean close, error, panic — nothing is left behind.
 
+use std::future::poll_fn;
 use std::pin::pin;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::{sleep, sleep_until, Instant};
-use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Identity;
 use crate::client::{Client, RequestKind};
 use crate::gateway::{ClientSlot, Shared};
+use crate::outbound::{Outbound, OutboundIo};
 use crate::protocol::{self, ErrorCode, ProtocolError, Request, ServerMessage};
-use crate::rooms::{Framing, RoomEvent};
-use crate::ws::{close, CloseReason, Socket};
+use crate::ws::{close, text_frame, CloseReason};
 
-/// Room events written per socket flush; bounds the time one busy client
-/// spends before the session looks at its other inputs again.
-const MAX_FRAMES_PER_FLUSH: usize = 64;
+/// A native client's WebSocket: reads from the socket, writes through the
+/// connection's [`Outbound`] queue, which room broadcasts also write to.
+pub type NativeSocket = WebSocketStream<OutboundIo>;
 
-fn native_frame(event: &RoomEvent) -> Message {
-    Message::Text(event.frame(Framing::Native, protocol::encode_room_event))
-}
-
-/// Runs a socket write. Most writes complete at once (the kernel buffer has
-/// room), so only a write that has to wait is raced against shutdown, the
-/// client's queue overflowing and `ws.idle_timeout`: no timer is set up per
-/// delivery.
+/// Runs a socket write or flush. Most complete at once (the kernel buffer
+/// has room), so only one that has to wait is raced against shutdown, the
+/// client falling too far behind and `ws.idle_timeout`: no timer is set up
+/// per write.
 async fn bounded_write(
     shared: &Shared,
     overflowed: &CancellationToken,
@@ -55,20 +56,26 @@ async fn bounded_write(
 
 pub struct Session {
     shared: Arc<Shared>,
-    socket: Socket,
+    socket: NativeSocket,
     client: Client,
-    /// The client's overflow signal (its queue filled up), kept at hand.
-    overflowed: CancellationToken,
+    /// The connection's outgoing queue, shared with the rooms it joins.
+    outbound: Arc<Outbound>,
     _slot: ClientSlot,
 }
 
 impl Session {
-    pub fn new(shared: Arc<Shared>, socket: Socket, identity: Identity, slot: ClientSlot) -> Self {
-        let mut client = Client::new(shared.clone(), identity);
-        let overflowed = client.subscriber().overflowed().clone();
+    pub fn new(
+        shared: Arc<Shared>,
+        socket: NativeSocket,
+        identity: Identity,
+        slot: ClientSlot,
+    ) -> Self {
+        let outbound = socket.get_ref().outbound().clone();
+        let subscriber = shared.rooms.connect_direct(outbound.clone());
+        let client = Client::new(shared.clone(), identity, subscriber);
         Self {
             client,
-            overflowed,
+            outbound,
             shared,
             socket,
             _slot: slot,
@@ -85,9 +92,14 @@ impl Session {
             Ok(()) => tracing::debug!("client disconnected"),
             Err(reason) => {
                 tracing::debug!(?reason, "closing client");
+                if reason == CloseReason::SlowConsumer {
+                    // The Close frame should not wait behind what the client does not read.
+                    self.outbound.discard_unsent();
+                }
                 close(&mut self.socket, reason).await;
             }
         }
+        self.outbound.close();
     }
 
     /// `Ok` when the client went away by itself, `Err` when we close it.
@@ -104,10 +116,13 @@ impl Session {
         let mut timer = pin!(sleep_until(next_ping.min(idle_at)));
         // Created once, not per loop turn: each new cancellation future would
         // register with (and leave) its token's waiter list on every wake-up.
-        let (shutdown_token, overflowed_token) =
-            (self.shared.shutdown.clone(), self.overflowed.clone());
+        let (shutdown_token, overflowed_token) = (
+            self.shared.shutdown.clone(),
+            self.outbound.overflowed().clone(),
+        );
         let mut shutdown = pin!(shutdown_token.cancelled());
         let mut overflowed = pin!(overflowed_token.cancelled());
+        let outbound = self.outbound.clone();
         loop {
             tokio::select! {
                 biased;
@@ -124,7 +139,14 @@ impl Session {
                     }
                     timer.as_mut().reset(next_ping.min(idle_at));
                 }
-                event = self.client.subscriber().recv() => self.deliver(event).await?,
+                // Broadcasts the socket did not take at once (or, over TLS,
+                // that only the session can encrypt).
+                () = poll_fn(|cx| outbound.poll_has_pending(cx)) => {
+                    if self.flush().await?.is_err() {
+                        // The peer is gone: nothing will ever drain the queue.
+                        return Ok(());
+                    }
+                }
                 inbound = self.socket.next() => {
                     let message = match inbound {
                         None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => return Ok(()),
@@ -145,48 +167,11 @@ impl Session {
         }
     }
 
-    /// Writes `first` and whatever else is already queued (up to
-    /// [`MAX_FRAMES_PER_FLUSH`]) into the socket's buffer, then flushes once:
-    /// under load, several frames leave in one write. Nothing is allocated
-    /// per delivery: the frame is the event's shared text.
-    async fn deliver(&mut self, first: Arc<RoomEvent>) -> Result<(), CloseReason> {
-        let published_at = first.published_at;
-        let socket = &mut self.socket;
-        let subscriber = self.client.subscriber();
-        let write = async {
-            socket.feed(native_frame(&first)).await?;
-            for _ in 1..MAX_FRAMES_PER_FLUSH {
-                let Some(event) = subscriber.try_recv() else {
-                    break;
-                };
-                socket.feed(native_frame(&event)).await?;
-            }
-            socket.flush().await
-        };
-        let written = bounded_write(&self.shared, &self.overflowed, write).await?;
-        if written.is_ok() {
-            // One sample per flush: the oldest frame in it, the one that waited longest.
-            self.shared
-                .metrics
-                .publish_to_send_seconds
-                .observe(published_at.elapsed().as_secs_f64());
-        }
-        // A failed write means the peer is gone; reading will tell the loop.
-        Ok(())
-    }
-
-    /// Writes a join's backlog (missed events or the retained one) in order.
-    async fn write_events(&mut self, batch: Vec<Arc<RoomEvent>>) -> Result<(), CloseReason> {
-        let socket = &mut self.socket;
-        let write = async {
-            for event in &batch {
-                socket.feed(native_frame(event)).await?;
-            }
-            socket.flush().await
-        };
-        bounded_write(&self.shared, &self.overflowed, write)
-            .await
-            .map(|_| ())
+    /// Writes what waits in the connection's queue, waiting for the socket
+    /// to take it (bounded by `ws.idle_timeout`).
+    async fn flush(&mut self) -> Result<Result<(), WsError>, CloseReason> {
+        let overflowed = self.outbound.overflowed().clone();
+        bounded_write(&self.shared, &overflowed, self.socket.flush()).await
     }
 
     async fn on_message(&mut self, message: Message) -> Result<(), CloseReason> {
@@ -229,6 +214,10 @@ impl Session {
     }
 
     async fn on_request(&mut self, ack: Option<u64>, request: Request) -> Result<(), CloseReason> {
+        // Broadcasts wait while the reply and the join's backlog are queued:
+        // missed events (or the retained state) go out after the reply and
+        // before live ones.
+        let hold = self.outbound.hold();
         let mut answer = self.client.handle(request);
         let epoch = self.shared.rooms.epoch();
         let outcome = answer.outcome(epoch);
@@ -237,24 +226,27 @@ impl Session {
             RequestKind::Leave => ServerMessage::LeaveReply { ack, outcome },
             RequestKind::Ping => ServerMessage::Pong { ack },
         };
-        let text = reply.encode();
-        self.send(Message::Text(text.into())).await?;
-        // Missed events (or the retained state) go out after the reply, before live ones.
-        let backlog = answer.take_backlog();
-        if backlog.is_empty() {
-            Ok(())
-        } else {
-            self.write_events(backlog).await
-        }
+        let mut frames = vec![text_frame(reply.encode().as_bytes())];
+        frames.extend(
+            answer
+                .take_backlog()
+                .iter()
+                .map(|event| event.native_frame()),
+        );
+        self.outbound.push(&frames);
+        drop(hold);
+        self.flush().await.map(|_| ())
     }
 
     async fn reply(&mut self, message: &ServerMessage<'_>) -> Result<(), CloseReason> {
-        self.send(Message::Text(message.encode().into())).await
+        self.outbound
+            .push(&[text_frame(message.encode().as_bytes())]);
+        self.flush().await.map(|_| ())
     }
 
-    /// Sends one message. A failed write means the peer left, which the read
-    /// side reports; a write that cannot progress for `ws.idle_timeout` means
-    /// the client stopped reading.
+    /// Sends one message through tungstenite (control frames). A failed
+    /// write means the peer left, which the read side reports; a write that
+    /// cannot progress for `ws.idle_timeout` means the client stopped reading.
     async fn send(&mut self, message: Message) -> Result<(), CloseReason> {
         let deadline = self.shared.config.ws.idle_timeout;
         match tokio::time::timeout(deadline, self.socket.send(message)).await {

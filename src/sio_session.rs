@@ -24,7 +24,7 @@ use crate::client_budget::Exhausted;
 use crate::engineio::{self, Packet};
 use crate::gateway::{ClientSlot, Shared};
 use crate::protocol::{self, ErrorCode, ProtocolError};
-use crate::rooms::{Framing, RoomEvent, TextFrame};
+use crate::rooms::{RoomEvent, TextFrame};
 use crate::socketio::{self, ClientPacket};
 use crate::ws::{close, CloseReason, Socket};
 
@@ -203,7 +203,7 @@ impl EngineSession {
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(event) = next {
-            let frame = event.frame(Framing::SocketIo, socketio::encode_room_event);
+            let frame = event.socket_io_text(socketio::encode_room_event);
             self.outbox.push_back(frame);
             taken += 1;
             next = match &mut self.client {
@@ -413,7 +413,8 @@ impl EngineSession {
             .filter(|token| !token.is_empty());
         match self.shared.auth.identify(token.as_deref()) {
             Ok(identity) => {
-                let client = Client::new(self.shared.clone(), identity);
+                let client =
+                    Client::new(self.shared.clone(), identity, self.shared.rooms.connect());
                 self.client = Some(client);
                 self.queue(TextFrame::from(socketio::connect(&self.sid)));
             }
@@ -459,7 +460,7 @@ impl EngineSession {
         let backlog = answer.take_backlog();
         for event in backlog {
             self.outbox
-                .push_back(event.frame(Framing::SocketIo, socketio::encode_room_event));
+                .push_back(event.socket_io_text(socketio::encode_room_event));
         }
         Ok(())
     }

@@ -22,6 +22,7 @@ use hyper::header::{
 use hyper::upgrade::Upgraded;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -35,11 +36,14 @@ use crate::config::LimitsConfig;
 use crate::gateway::Shared;
 use crate::http::{HttpError, HttpResponse};
 use crate::http_deadlines::Watched;
+use crate::outbound::OutboundIo;
 use crate::session::Session;
 use crate::tls::ClientStream;
 
-/// A client WebSocket directly over its TCP stream: hyper's upgrade wrapper
-/// (and the read buffer it keeps alive) is taken apart, see [`into_socket`].
+/// A Socket.IO client's WebSocket directly over its TCP stream: hyper's
+/// upgrade wrapper (and the read buffer it keeps alive) is taken apart, see
+/// [`into_socket`]. Native clients' sockets write through their outbound
+/// queue instead ([`crate::session::NativeSocket`]).
 pub type Socket = WebSocketStream<ClientStream>;
 
 /// Bytes tungstenite reads per call; it is allocated per connection up front,
@@ -94,11 +98,17 @@ impl CloseReason {
 
 /// Closes the socket for `reason`: sends the Close frame, then reads until the
 /// peer's Close reply so it is not reset mid-handshake, for at most [`CLOSE_GRACE`].
-async fn close_owned(mut socket: Socket, reason: CloseReason) {
+async fn close_owned<S: AsyncRead + AsyncWrite + Unpin>(
+    mut socket: WebSocketStream<S>,
+    reason: CloseReason,
+) {
     close(&mut socket, reason).await;
 }
 
-pub async fn close(socket: &mut Socket, reason: CloseReason) {
+pub async fn close<S: AsyncRead + AsyncWrite + Unpin>(
+    socket: &mut WebSocketStream<S>,
+    reason: CloseReason,
+) {
     let handshake = async {
         socket.close(Some(reason.frame())).await?;
         while let Some(message) = socket.next().await {
@@ -111,6 +121,27 @@ pub async fn close(socket: &mut Socket, reason: CloseReason) {
         Ok(Err(err)) => tracing::debug!(?reason, error = %err, "close handshake failed"),
         Err(_) => tracing::debug!(?reason, "peer did not complete the close handshake in time"),
     }
+}
+
+/// A complete server-to-client text frame carrying `payload`: FIN, opcode
+/// text, the payload length, no mask (RFC 6455 §5.2: only clients mask).
+pub fn text_frame(payload: &[u8]) -> Bytes {
+    use bytes::BufMut;
+    let mut frame = bytes::BytesMut::with_capacity(payload.len() + 10);
+    frame.put_u8(0x81);
+    match payload.len() {
+        len @ 0..=125 => frame.put_u8(len as u8),
+        len @ 126..=0xFFFF => {
+            frame.put_u8(126);
+            frame.put_u16(len as u16);
+        }
+        len => {
+            frame.put_u8(127);
+            frame.put_u64(len as u64);
+        }
+    }
+    frame.put_slice(payload);
+    frame.freeze()
 }
 
 /// The tungstenite settings for client sockets.
@@ -160,10 +191,14 @@ fn percent_decode(text: &str) -> String {
 /// would keep hyper's 8 KiB connection read buffer alive for the socket's
 /// whole life (its leftover bytes are a slice of it): most of an idle
 /// connection's memory.
-async fn into_socket(upgraded: Upgraded, config: WebSocketConfig) -> Option<Socket> {
+async fn into_socket<S: AsyncRead + AsyncWrite + Unpin>(
+    upgraded: Upgraded,
+    config: WebSocketConfig,
+    adapt: impl FnOnce(ClientStream) -> S,
+) -> Option<WebSocketStream<S>> {
     match upgraded.downcast::<TokioIo<Watched<ClientStream>>>() {
         Ok(parts) => {
-            let stream = parts.io.into_inner().into_inner();
+            let stream = adapt(parts.io.into_inner().into_inner());
             let socket = if parts.read_buf.is_empty() {
                 WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await
             } else {
@@ -290,12 +325,16 @@ pub fn upgrade(
     let identity = shared
         .auth
         .identify(token.as_deref().filter(|token| !token.is_empty()));
+    // Broadcasts are written through the connection's outbound queue (at
+    // most `limits.client_queue` frames waiting).
+    let capacity = shared.rooms.client_queue();
     // The session is built before its future, so that the future holds the
     // socket once (inside the session), not also as a captured variable.
-    upgrade_with(
+    upgrade_over(
         shared,
         peer,
         request,
+        move |stream| OutboundIo::new(stream, capacity),
         move |shared, socket| match identity {
             Ok(identity) => Either::Left(Session::new(shared, socket, identity, slot).run()),
             Err(refused) => Either::Right(close_owned(socket, CloseReason::Token(refused))),
@@ -308,11 +347,28 @@ pub fn upgrade(
 pub fn upgrade_with<F, Fut>(
     shared: &Arc<Shared>,
     peer: SocketAddr,
-    mut request: Request<Incoming>,
+    request: Request<Incoming>,
     serve: F,
 ) -> Result<HttpResponse, HttpError>
 where
     F: FnOnce(Arc<Shared>, Socket) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    upgrade_over(shared, peer, request, std::convert::identity, serve)
+}
+
+/// [`upgrade_with`] over the stream `adapt` makes of the client's.
+fn upgrade_over<S, A, F, Fut>(
+    shared: &Arc<Shared>,
+    peer: SocketAddr,
+    mut request: Request<Incoming>,
+    adapt: A,
+    serve: F,
+) -> Result<HttpResponse, HttpError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    A: FnOnce(ClientStream) -> S + Send + 'static,
+    F: FnOnce(Arc<Shared>, WebSocketStream<S>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let accept = accept_key(&request)?;
@@ -336,7 +392,7 @@ where
                 }
             };
             let config = socket_config(&session_shared.config.limits);
-            let Some(socket) = into_socket(upgraded, config).await else {
+            let Some(socket) = into_socket(upgraded, config, adapt).await else {
                 return;
             };
             run_isolated(serve(session_shared, socket)).await;
@@ -357,6 +413,29 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_frames_match_tungstenites_encoding() {
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        for len in [0, 1, 125, 126, 127, 0xFFFF, 0x10000] {
+            let payload = "x".repeat(len);
+            let mut expected = Vec::new();
+            Frame::message(
+                payload.clone(),
+                tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode::Data(
+                    tokio_tungstenite::tungstenite::protocol::frame::coding::Data::Text,
+                ),
+                true,
+            )
+            .format(&mut expected)
+            .unwrap();
+            assert_eq!(
+                text_frame(payload.as_bytes()).as_ref(),
+                expected,
+                "length {len}"
+            );
+        }
+    }
 
     #[test]
     fn token_is_read_from_the_query() {

@@ -74,6 +74,42 @@ async fn slow_consumer_does_not_delay_others_and_is_closed_with_1013() {
     assert_metric(&gateway, "smartwait_slow_consumer_disconnects_total 1").await;
 }
 
+/// Broadcasts the socket does not take at once — partly written frames
+/// included — wait in the connection's queue and leave whole and in order
+/// once the client reads again; pausing is not overflowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_pauses_reading_gets_every_frame_whole_and_in_order() {
+    // 80 × 60 KiB: more than the kernel's socket buffers hold (4 MiB at most).
+    const EVENTS: u64 = 80;
+    let gateway = TestGateway::start_with(|config| config.limits.client_queue = 100).await;
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(gateway.addr).await.unwrap();
+    let mut paused = TestWsClient::over(stream, gateway.addr, None).await;
+    paused.join("join-patients-room", Value::Null).await;
+
+    let padding = "y".repeat(60 * 1024);
+    for n in 0..EVENTS {
+        let (status, _) = gateway
+            .publish(
+                "/api/broadcast",
+                json!({"room": "patients", "event": "bulk", "data": {"n": n, "padding": padding}}),
+            )
+            .await;
+        assert_eq!(status, 202);
+    }
+    for n in 0..EVENTS {
+        let frame = paused.expect_event("bulk").await;
+        assert_eq!(frame["data"]["n"], n);
+        assert_eq!(
+            frame["data"]["padding"].as_str().map(str::len),
+            Some(padding.len())
+        );
+    }
+    paused.expect_silence().await;
+    assert_eq!(gateway.health().await["slowConsumerDisconnects"], 0);
+}
+
 #[tokio::test]
 async fn connection_limit_answers_503_until_a_slot_frees() {
     let gateway = TestGateway::start_with(|config| config.limits.max_connections = 3).await;

@@ -220,3 +220,61 @@ async fn gateway_publish_queue(gateway: &TestGateway, waiting: u64) {
         .await;
     assert_eq!(status, 202);
 }
+
+/// Joins racing a stream of broadcasts: each join's reply comes first, then
+/// the missed events, then live ones — every seq once, in order, whether a
+/// broadcast was written before, during or after the join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_amid_broadcasts_get_reply_backlog_then_live_events_in_order() {
+    const EVENTS: u64 = 480;
+    const PUBLISHERS: u64 = 8;
+    const JOINS: usize = 40;
+    let gateway = TestGateway::start().await;
+    let mut first = gateway.connect(None).await;
+    let epoch = join_patients(&mut first, Value::Null).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, answer) = gateway.publish("/api/queue/update", json!({"n": -1})).await;
+    let start_seq = answer["seq"].as_u64().unwrap();
+
+    // Several publishers at once keep the writer thread delivering
+    // continuously while the joins happen.
+    let publishing = futures_util::future::join_all((0..PUBLISHERS).map(|publisher| {
+        let gateway = &gateway;
+        async move {
+            let mut last = start_seq;
+            for n in 0..EVENTS / PUBLISHERS {
+                let (status, answer) = gateway
+                    .publish("/api/queue/update", json!({"n": [publisher, n]}))
+                    .await;
+                assert_eq!(status, 202);
+                last = last.max(answer["seq"].as_u64().unwrap());
+            }
+            last
+        }
+    }));
+    let joining = async {
+        let mut joined = Vec::new();
+        let mut since = start_seq;
+        for _ in 0..JOINS {
+            let mut client = gateway.connect(None).await;
+            let reply = join_patients(&mut client, json!({"since": since, "epoch": epoch})).await;
+            assert_eq!(reply["recovered"], true, "{reply}");
+            let latest = reply["seq"].as_u64().unwrap();
+            joined.push((client, since));
+            since = latest.saturating_sub(2).max(start_seq);
+            tokio::task::yield_now().await;
+        }
+        joined
+    };
+    let (lasts, joined) = tokio::join!(publishing, joining);
+    let last = lasts.into_iter().max().unwrap();
+    for (mut client, since) in joined {
+        for seq in since + 1..=last {
+            let frame = client.expect_event("queue_update").await;
+            assert_eq!(frame["seq"], seq, "after since={since}");
+        }
+        client.expect_silence().await;
+    }
+}
