@@ -130,6 +130,11 @@ impl ClientLink {
     }
 }
 
+/// Recipients of one run worth a core of their own: below this, starting a
+/// helper thread costs more than the writes it would take over (a socket
+/// write costs ~10 µs, a thread start ~50 µs on a small board).
+const RECIPIENTS_PER_CORE: usize = 512;
+
 /// Writes to native connections, collected under the rooms lock and done
 /// after it is released. Consecutive events of one room form a run, sent
 /// to each member in one write: the members cannot change while the lock
@@ -138,6 +143,8 @@ impl ClientLink {
 pub struct DirectWrites<'a> {
     runs: Vec<Run>,
     metrics: &'a Metrics,
+    /// Cores the writes of one run may be spread over.
+    cores: usize,
 }
 
 struct Run {
@@ -148,10 +155,11 @@ struct Run {
 }
 
 impl<'a> DirectWrites<'a> {
-    fn new(metrics: &'a Metrics) -> Self {
+    fn new(metrics: &'a Metrics, cores: usize) -> Self {
         Self {
             runs: Vec::new(),
             metrics,
+            cores,
         }
     }
 
@@ -177,17 +185,41 @@ impl<'a> DirectWrites<'a> {
 
     /// Writes the frames to their connections, without waiting on any.
     pub fn write(self) {
-        let metrics = self.metrics;
         for run in self.runs {
-            for outbound in &run.recipients {
-                if outbound.broadcast(&run.frames) == Handed::Overflowed {
-                    metrics.slow_consumer_disconnects.inc();
+            // A large room is split among the cores: each part's writes are
+            // independent, and every part is done before the next run starts,
+            // so each client still gets its frames in order.
+            let parts = self
+                .cores
+                .min(run.recipients.len() / RECIPIENTS_PER_CORE)
+                .max(1);
+            let part_len = run.recipients.len().div_ceil(parts);
+            let mut chunks = run.recipients.chunks(part_len.max(1));
+            let here = chunks.next().unwrap_or_default();
+            std::thread::scope(|scope| {
+                for chunk in chunks {
+                    let helper = std::thread::Builder::new()
+                        .name("fan-out".into())
+                        .spawn_scoped(scope, || write_run(chunk, &run.frames, self.metrics));
+                    if helper.is_err() {
+                        // No thread to be had: write that part here.
+                        write_run(chunk, &run.frames, self.metrics);
+                    }
                 }
-            }
+                write_run(here, &run.frames, self.metrics);
+            });
             // One sample per run: the oldest frame, at its last recipient.
-            metrics
+            self.metrics
                 .publish_to_send_seconds
                 .observe(run.oldest.elapsed().as_secs_f64());
+        }
+    }
+}
+
+fn write_run(recipients: &[Arc<Outbound>], frames: &[Bytes], metrics: &Metrics) {
+    for outbound in recipients {
+        if outbound.broadcast(frames) == Handed::Overflowed {
+            metrics.slow_consumer_disconnects.inc();
         }
     }
 }
@@ -209,6 +241,8 @@ struct Inner {
     next_client: AtomicU64,
     client_queue: usize,
     metrics: Metrics,
+    /// The cores this process may run on (read once: it costs system calls).
+    cores: usize,
 }
 
 /// How the rooms core starts: from what the store holds.
@@ -255,6 +289,7 @@ impl Rooms {
             next_client: AtomicU64::new(1),
             client_queue: setup.client_queue,
             metrics,
+            cores: std::thread::available_parallelism().map_or(1, usize::from),
         }))
     }
 
@@ -307,7 +342,7 @@ impl Rooms {
     /// connections, to be done by the caller (after it has answered the
     /// publishers, so that new events gather while the sockets are written).
     pub fn deliver(&self, events: &[(&StoredEvent, Instant)]) -> (Vec<usize>, DirectWrites<'_>) {
-        let mut writes = DirectWrites::new(&self.0.metrics);
+        let mut writes = DirectWrites::new(&self.0.metrics, self.0.cores);
         let mut counts = Vec::with_capacity(events.len());
         {
             let mut state = self.state();
@@ -355,7 +390,7 @@ impl Rooms {
                 Instant::now(),
             );
             // The canary room has no native members: nothing to write.
-            let mut writes = DirectWrites::new(&self.0.metrics);
+            let mut writes = DirectWrites::new(&self.0.metrics, self.0.cores);
             self.fan_out(&state, &Arc::new(canary), &mut writes);
             writes.write();
         }

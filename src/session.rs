@@ -83,23 +83,32 @@ impl Session {
     }
 
     /// Serves the client until it leaves or must be closed.
-    pub async fn run(mut self) {
-        tracing::debug!("client connected");
-        let ended = self.serve().await;
-        // Leave every room before the (possibly slow) close handshake.
-        self.client.leave_all();
-        match ended {
-            Ok(()) => tracing::debug!("client disconnected"),
-            Err(reason) => {
-                tracing::debug!(?reason, "closing client");
-                if reason == CloseReason::SlowConsumer {
-                    // The Close frame should not wait behind what the client does not read.
-                    self.outbound.discard_unsent();
+    ///
+    /// A plain function returning an `async move` block, not an `async fn`
+    /// taking `mut self`: that would move `self` into a new local and keep
+    /// both copies in the future (~740 bytes more per connection).
+    pub fn run(self) -> impl std::future::Future<Output = ()> {
+        let mut session = self;
+        async move {
+            tracing::debug!("client connected");
+            let ended = session.serve().await;
+            // Leave every room before the (possibly slow) close handshake.
+            session.client.leave_all();
+            match ended {
+                Ok(()) => tracing::debug!("client disconnected"),
+                Err(reason) => {
+                    tracing::debug!(?reason, "closing client");
+                    if reason == CloseReason::SlowConsumer {
+                        // The Close frame should not wait behind what the client does not read.
+                        session.outbound.discard_unsent();
+                    }
+                    // Boxed, like every rare path here: an idle connection's
+                    // future is as large as its largest await point.
+                    Box::pin(close(&mut session.socket, reason)).await;
                 }
-                close(&mut self.socket, reason).await;
             }
+            session.outbound.close();
         }
-        self.outbound.close();
     }
 
     /// `Ok` when the client went away by itself, `Err` when we close it.
@@ -134,7 +143,7 @@ impl Session {
                         return Err(CloseReason::Idle);
                     }
                     if now >= next_ping {
-                        self.send(Message::Ping(Bytes::new())).await?;
+                        Box::pin(self.send(Message::Ping(Bytes::new()))).await?;
                         next_ping = now + ping_interval;
                     }
                     timer.as_mut().reset(next_ping.min(idle_at));
@@ -142,7 +151,7 @@ impl Session {
                 // Broadcasts the socket did not take at once (or, over TLS,
                 // that only the session can encrypt).
                 () = poll_fn(|cx| outbound.poll_has_pending(cx)) => {
-                    if self.flush().await?.is_err() {
+                    if Box::pin(self.flush()).await?.is_err() {
                         // The peer is gone: nothing will ever drain the queue.
                         return Ok(());
                     }

@@ -366,7 +366,7 @@ fn upgrade_over<S, A, F, Fut>(
     serve: F,
 ) -> Result<HttpResponse, HttpError>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     A: FnOnce(ClientStream) -> S + Send + 'static,
     F: FnOnce(Arc<Shared>, WebSocketStream<S>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -381,6 +381,9 @@ where
     }
     let on_upgrade = hyper::upgrade::on(&mut request);
     let session_shared = shared.clone();
+    // Boxed: what a task captures stays in it for the connection's whole
+    // life, even once used; a box is freed when `serve` is called.
+    let serve: Box<dyn FnOnce(Arc<Shared>, WebSocketStream<S>) -> Fut + Send> = Box::new(serve);
     let span = tracing::info_span!("ws", conn = tracing::field::Empty, %peer);
     shared.sessions.spawn(
         async move {
