@@ -126,11 +126,12 @@ pub async fn handle(
             let slot = admit(shared)?;
             // The session is built before its future (see ws::upgrade).
             ws::upgrade_with(shared, peer, request, move |shared, socket| {
-                let (inbox, inbound) = mpsc::channel(SESSION_INBOX);
+                // Opened over WebSocket: no polling or probe can name this
+                // session (engine.io refuses a transport change to polling),
+                // so it is not registered and carries no inbox (~1 KiB).
                 let sid = new_sid();
-                shared.engine_sessions.insert(sid.clone(), inbox);
                 let open = open_packet(&shared, &sid, false);
-                EngineSession::new(shared, sid, inbound, Some(socket), token, slot).run(open)
+                EngineSession::new(shared, sid, None, Some(socket), token, slot).run(open)
             })
         }
         (Some(sid), websocket) => {
@@ -186,7 +187,7 @@ fn handshake_polling(
     let sid = new_sid();
     shared.engine_sessions.insert(sid.clone(), inbox);
     let open = open_packet(shared, &sid, true);
-    let session = EngineSession::new(shared.clone(), sid, inbound, None, token, slot);
+    let session = EngineSession::new(shared.clone(), sid, Some(inbound), None, token, slot);
     let span = tracing::info_span!("socketio", conn = tracing::field::Empty);
     shared
         .sessions

@@ -70,7 +70,10 @@ enum Transport {
 pub struct EngineSession {
     shared: Arc<Shared>,
     sid: String,
-    inbound: mpsc::Receiver<Inbound>,
+    /// Requests that name this session's sid (polling, the upgrade probe);
+    /// `None` for a session opened over WebSocket, which takes none (as in
+    /// engine.io) and so carries no channel.
+    inbound: Option<mpsc::Receiver<Inbound>>,
     transport: Transport,
     /// A WebSocket being probed for the upgrade, and whether `2probe` was answered.
     probe: Option<(Box<Socket>, bool)>,
@@ -88,7 +91,7 @@ impl EngineSession {
     pub fn new(
         shared: Arc<Shared>,
         sid: String,
-        inbound: mpsc::Receiver<Inbound>,
+        inbound: Option<mpsc::Receiver<Inbound>>,
         websocket: Option<Socket>,
         query_token: Option<String>,
         slot: ClientSlot,
@@ -112,20 +115,28 @@ impl EngineSession {
 
     /// Serves the session until it ends; `open` is the handshake packet,
     /// already sent for polling, sent here first for WebSocket.
-    pub async fn run(mut self, open: String) {
-        if let Transport::WebSocket(_) = self.transport {
-            self.queue(TextFrame::from(open));
+    ///
+    /// A plain function returning an `async move` block: an `async fn`
+    /// taking `mut self` would keep `self` twice in every session's future.
+    pub fn run(self, open: String) -> impl std::future::Future<Output = ()> {
+        let mut session = self;
+        if let Transport::WebSocket(_) = session.transport {
+            session.queue(TextFrame::from(open));
         }
-        let end = match self.flush().await {
-            Ok(()) => self.serve().await,
-            Err(end) => Err(end),
-        };
-        tracing::debug!(?end, "socket.io session ended");
-        if let Some(client) = &mut self.client {
-            client.leave_all();
+        async move {
+            // The first flush and the close are boxed: they happen once, and
+            // the future is as large as its largest await point.
+            let end = match Box::pin(session.flush()).await {
+                Ok(()) => session.serve().await,
+                Err(end) => Err(end),
+            };
+            tracing::debug!(?end, "socket.io session ended");
+            if let Some(client) = &mut session.client {
+                client.leave_all();
+            }
+            session.shared.engine_sessions.remove(&session.sid);
+            Box::pin(session.close_transport(end)).await;
         }
-        self.shared.engine_sessions.remove(&self.sid);
-        self.close_transport(end).await;
     }
 
     async fn serve(&mut self) -> Result<(), End> {
@@ -167,7 +178,7 @@ impl EngineSession {
                         self.pong_deadline = Some(Instant::now() + self.shared.config.socketio.ping_timeout);
                     }
                 }
-                inbound = self.inbound.recv() => match inbound {
+                inbound = async { match &mut self.inbound { Some(inbound) => inbound.recv().await, None => pending().await } } => match inbound {
                     Some(inbound) => self.on_inbound(inbound).await?,
                     None => return Err(End::ClientLeft),
                 },

@@ -460,3 +460,40 @@ async fn raw_upgrade_loses_and_repeats_nothing() {
     // Polling is over for this session.
     assert_eq!(get(&gateway, &path).await.0, 400);
 }
+
+/// A session opened over WebSocket takes no polling requests (engine.io
+/// refuses that transport change too): its sid is unknown to polling, and
+/// the WebSocket session carries on.
+#[tokio::test]
+async fn a_websocket_session_is_not_reachable_by_polling() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+    let gateway = TestGateway::start().await;
+    let ws_url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", gateway.addr);
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+    let next_text = |message: Option<Result<Message, WsError>>| match message {
+        Some(Ok(Message::Text(text))) => text.to_string(),
+        other => panic!("expected a text frame, got {other:?}"),
+    };
+    let open = next_text(tokio::time::timeout(PROMPTLY, socket.next()).await.unwrap());
+    let open: Value = serde_json::from_str(open.strip_prefix('0').expect("open packet")).unwrap();
+    let sid = open["sid"].as_str().unwrap();
+    assert_eq!(open["upgrades"], json!([]));
+
+    let (status, body) = get(
+        &gateway,
+        &format!("/socket.io/?EIO=4&transport=polling&sid={sid}"),
+    )
+    .await;
+    assert_eq!(
+        (status, body.contains("Session ID unknown")),
+        (400, true),
+        "{body}"
+    );
+
+    socket.send(Message::Text("40".into())).await.unwrap();
+    let connected = next_text(tokio::time::timeout(PROMPTLY, socket.next()).await.unwrap());
+    assert!(connected.starts_with("40{\"sid\":"), "{connected}");
+    assert_eq!(gateway.health().await["connectedClients"], 1);
+}
