@@ -12,7 +12,7 @@ mode=${1:-tiny}
 case "$mode" in
   tiny) fanout_sizes="20"; idle_sizes="50"; seconds=2; rate=20; targeted=20; publish_rate=100; profile=ci-bench
         backlog=2000; drain_batches="500" ;;
-  full) fanout_sizes="1000 10000"; idle_sizes="10000 19000"; seconds=10; rate=20; targeted=1000; publish_rate=200; profile=release
+  full) fanout_sizes="1000 10000"; idle_sizes="10000 19000"; seconds=10; rate=20; targeted=1000; publish_rate=1000; profile=release
         backlog=100000; drain_batches="500 2000" ;;
   drain) profile=release; backlog=100000; drain_batches="500 2000 5000" ;;
   *) echo "usage: bench/run.sh tiny|full|drain" >&2; exit 2 ;;
@@ -93,6 +93,44 @@ bench burst --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --clients "${fanout_size
 bench publish --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --rate $publish_rate --seconds $seconds --label gateway-durable
 bench publish --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --rate $publish_rate --seconds $seconds --connections 16 --label gateway-durable-16-concurrent
 stop "$gw_pid"
+
+# --- start-up: from exec to accepting connections, five starts, no config ----------------
+python3 - "$bin/smartwait-gateway" "$work" <<'PY' | tee -a "$out"
+import json, os, socket, statistics, subprocess, sys, time
+binary, work = sys.argv[1], sys.argv[2]
+times = []
+for n in range(5):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+    env = dict(os.environ, SMARTWAIT_SERVER_LISTEN=f"127.0.0.1:{port}",
+               SMARTWAIT_SERVER_STATE_DIR=f"{work}/start-{n}", RUST_LOG="warn")
+    began = time.monotonic()
+    server = subprocess.Popen([binary], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() - began > 10: raise SystemExit("the gateway never listened")
+            time.sleep(0.001)
+    times.append((time.monotonic() - began) * 1000)
+    server.terminate(); server.wait()
+print(json.dumps({"label": "gateway", "scenario": "start", "starts": len(times),
+                  "median_ms": round(statistics.median(times), 1), "max_ms": round(max(times), 1)}))
+PY
+
+# --- more cores: one large room, the gateway on one core vs both (generator on both) -----
+if [ "$mode" = full ] && [ "$(nproc)" -ge 2 ]; then
+  for cores in 1 2; do
+    if [ "$cores" = 1 ]; then pin=(taskset -c 0); gen_pin=(taskset -c 1); else pin=(taskset -c 0,1); gen_pin=(taskset -c 0,1); fi
+    gw_port=$(free_port)
+    env SMARTWAIT_SERVER_LISTEN="127.0.0.1:$gw_port" SMARTWAIT_SERVER_STATE_DIR="$work/cores-$cores" \
+        SMARTWAIT_AUTH_MODE=off SMARTWAIT_LIMITS_MAX_CONNECTIONS=30000 SMARTWAIT_LIMITS_CONNECTIONS_PER_IP=30000 \
+        RUST_LOG=warn "${pin[@]}" $bin/smartwait-gateway &
+    gw_pid=$!; pids+=("$gw_pid"); wait_port "$gw_port"
+    "${gen_pin[@]}" $bin/smartwait-bench fanout --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --clients 10000 --rate 2 --seconds $seconds --label "gateway-$cores-cores" | tee -a "$out"
+    stop "$gw_pid"
+  done
+fi
 
 # --- the gateway replicating to a local Redis ----------------------------------------------
 redis_port=$(free_port)
