@@ -90,6 +90,7 @@ start_gateway ""
 bench targeted --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --clients "$targeted" --rate $rate --seconds $seconds --label gateway
 bench burst --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --clients "${fanout_sizes%% *}" --rate $rate --seconds 1 --label gateway
 bench burst --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --clients "${fanout_sizes%% *}" --rate $rate --seconds 1 --connections 8 --label gateway-8-publishers
+bench burst --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --protocol socketio --clients "${fanout_sizes%% *}" --rate $rate --seconds 1 --connections 8 --label gateway-8-publishers
 bench publish --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --rate $publish_rate --seconds $seconds --label gateway-durable
 bench publish --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --rate $publish_rate --seconds $seconds --connections 16 --label gateway-durable-16-concurrent
 stop "$gw_pid"
