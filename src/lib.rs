@@ -12,7 +12,8 @@
 //!   client), [`tls`], [`redirect`] (HTTP to HTTPS), [`peer_limit`],
 //!   [`http_deadlines`] (header and keep-alive timeouts).
 //! - Domain core: [`room`] (room, patient id and event name types),
-//!   [`rooms`] (membership and fan-out), [`outbound`] (a native
+//!   [`rooms`] (membership and fan-out), [`fanout`] (the thread that writes
+//!   broadcasts to native connections), [`outbound`] (a native
 //!   connection's outgoing bytes, written by the fan-out itself),
 //!   [`client_queue`] (a Socket.IO client's bounded queue of events), [`history`] (recovery and retained
 //!   state), [`realtime`] (the seed's notifications and the `get_ready`
@@ -31,7 +32,7 @@
 //! the [`store`] (and its outbox), then hands it to the rooms core. The
 //! frame is encoded once per framing and shared by all recipients: native
 //! WebSocket members get it written straight into their sockets by the
-//! writer thread (one `writev` per member per run of events, see
+//! [`fanout`] thread (one `writev` per member per run of events, see
 //! [`outbound`]); Socket.IO members get it through their bounded queue and
 //! session.
 
@@ -45,6 +46,7 @@ pub mod client_queue;
 pub mod config;
 pub mod eio_server;
 pub mod engineio;
+pub mod fanout;
 pub mod gateway;
 pub mod health;
 pub mod history;

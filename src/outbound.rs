@@ -142,7 +142,7 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    fn new(direct: Option<OwnedWriteHalf>, capacity: usize) -> Self {
+    pub(crate) fn new(direct: Option<OwnedWriteHalf>, capacity: usize) -> Self {
         Self {
             state: Mutex::new(State {
                 direct,

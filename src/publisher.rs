@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use crate::fanout::Fanout;
 use crate::metrics::Metrics;
 use crate::realtime::is_retained;
 use crate::room::{EventName, Room};
@@ -129,6 +130,7 @@ impl Publisher {
             trimmed_through: 0,
             pending_answers: Vec::new(),
             outbox: outbox.clone(),
+            fanout: Fanout::start()?,
             setup,
         };
         let thread = std::thread::Builder::new()
@@ -218,6 +220,9 @@ struct Writer {
     /// Answers with their delivered counts, written in the next transaction.
     pending_answers: Vec<(String, String)>,
     outbox: Arc<Outbox>,
+    /// Writes each batch's broadcasts to native connections; dropped (and
+    /// so finished) with the writer.
+    fanout: Fanout,
 }
 
 impl Writer {
@@ -392,9 +397,8 @@ impl Writer {
                 replayed,
             }));
         }
-        // After the answers: publishers' next events gather meanwhile and
-        // form the next batch, whose frames then leave together.
-        writes.write();
+        // Written by the fan-out thread while this one commits the next batch.
+        self.fanout.send(writes);
     }
 
     /// One transaction for the whole batch; returns each request's plan and

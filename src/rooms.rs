@@ -8,7 +8,7 @@
 //! history and retained state together, so a join sees exactly the events
 //! before it (replayed) and its queue exactly those after. Fan-out under the
 //! lock only does `try_send` into bounded per-client queues and collects the
-//! native connections to write to; their writes ([`crate::outbound`]) happen
+//! native connections to write to; their writes ([`crate::fanout`]) happen
 //! after the lock is released and never wait on a client. A client that
 //! falls too far behind is told to close (1013) through its overflow token
 //! instead of slowing the others.
@@ -23,9 +23,10 @@ use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
 use crate::client_queue::{self, SendError};
+use crate::fanout::DirectWrites;
 use crate::history::{History, Recovery, Retained, SavedHistory};
 use crate::metrics::Metrics;
-use crate::outbound::{Handed, Outbound};
+use crate::outbound::Outbound;
 use crate::realtime::is_retained;
 use crate::room::{EventName, Room, RoomKind};
 use crate::store::StoredEvent;
@@ -126,100 +127,6 @@ impl ClientLink {
         match self {
             Self::Queue { overflowed, .. } => overflowed,
             Self::Direct(outbound) => outbound.overflowed(),
-        }
-    }
-}
-
-/// Recipients of one run worth a core of their own: below this, starting a
-/// helper thread costs more than the writes it would take over (a socket
-/// write costs ~10 µs, a thread start ~50 µs on a small board).
-const RECIPIENTS_PER_CORE: usize = 512;
-
-/// Writes to native connections, collected under the rooms lock and done
-/// after it is released. Consecutive events of one room form a run, sent
-/// to each member in one write: the members cannot change while the lock
-/// is held, and a client gets its frames in seq order.
-#[must_use = "the frames are written by `write`"]
-pub struct DirectWrites<'a> {
-    runs: Vec<Run>,
-    metrics: &'a Metrics,
-    /// Cores the writes of one run may be spread over.
-    cores: usize,
-}
-
-struct Run {
-    room: Room,
-    frames: Vec<Bytes>,
-    recipients: Vec<Arc<Outbound>>,
-    oldest: Instant,
-}
-
-impl<'a> DirectWrites<'a> {
-    fn new(metrics: &'a Metrics, cores: usize) -> Self {
-        Self {
-            runs: Vec::new(),
-            metrics,
-            cores,
-        }
-    }
-
-    fn add(&mut self, event: &RoomEvent, members: &HashMap<ClientId, ClientLink>) {
-        if let Some(run) = self.runs.last_mut().filter(|run| run.room == event.room) {
-            run.frames.push(event.native_frame());
-            return;
-        }
-        let recipients = members
-            .values()
-            .filter_map(|link| match link {
-                ClientLink::Direct(outbound) => Some(outbound.clone()),
-                ClientLink::Queue { .. } => None,
-            })
-            .collect();
-        self.runs.push(Run {
-            room: event.room.clone(),
-            frames: vec![event.native_frame()],
-            recipients,
-            oldest: event.published_at,
-        });
-    }
-
-    /// Writes the frames to their connections, without waiting on any.
-    pub fn write(self) {
-        for run in self.runs {
-            // A large room is split among the cores: each part's writes are
-            // independent, and every part is done before the next run starts,
-            // so each client still gets its frames in order.
-            let parts = self
-                .cores
-                .min(run.recipients.len() / RECIPIENTS_PER_CORE)
-                .max(1);
-            let part_len = run.recipients.len().div_ceil(parts);
-            let mut chunks = run.recipients.chunks(part_len.max(1));
-            let here = chunks.next().unwrap_or_default();
-            std::thread::scope(|scope| {
-                for chunk in chunks {
-                    let helper = std::thread::Builder::new()
-                        .name("fan-out".into())
-                        .spawn_scoped(scope, || write_run(chunk, &run.frames, self.metrics));
-                    if helper.is_err() {
-                        // No thread to be had: write that part here.
-                        write_run(chunk, &run.frames, self.metrics);
-                    }
-                }
-                write_run(here, &run.frames, self.metrics);
-            });
-            // One sample per run: the oldest frame, at its last recipient.
-            self.metrics
-                .publish_to_send_seconds
-                .observe(run.oldest.elapsed().as_secs_f64());
-        }
-    }
-}
-
-fn write_run(recipients: &[Arc<Outbound>], frames: &[Bytes], metrics: &Metrics) {
-    for outbound in recipients {
-        if outbound.broadcast(frames) == Handed::Overflowed {
-            metrics.slow_consumer_disconnects.inc();
         }
     }
 }
@@ -339,10 +246,9 @@ impl Rooms {
     /// Delivers committed events, in order, to the members of their rooms,
     /// and records them in the rooms' history and retained state. Returns
     /// each event's count of recipients, and the writes to native
-    /// connections, to be done by the caller (after it has answered the
-    /// publishers, so that new events gather while the sockets are written).
-    pub fn deliver(&self, events: &[(&StoredEvent, Instant)]) -> (Vec<usize>, DirectWrites<'_>) {
-        let mut writes = DirectWrites::new(&self.0.metrics, self.0.cores);
+    /// connections, for the caller to hand to the [`crate::fanout`] thread.
+    pub fn deliver(&self, events: &[(&StoredEvent, Instant)]) -> (Vec<usize>, DirectWrites) {
+        let mut writes = DirectWrites::new(self.0.metrics.clone(), self.0.cores);
         let mut counts = Vec::with_capacity(events.len());
         {
             let mut state = self.state();
@@ -390,7 +296,7 @@ impl Rooms {
                 Instant::now(),
             );
             // The canary room has no native members: nothing to write.
-            let mut writes = DirectWrites::new(&self.0.metrics, self.0.cores);
+            let mut writes = DirectWrites::new(self.0.metrics.clone(), self.0.cores);
             self.fan_out(&state, &Arc::new(canary), &mut writes);
             writes.write();
         }
@@ -438,7 +344,15 @@ impl Rooms {
             }
         }
         if direct > 0 {
-            writes.add(room_event, members);
+            writes.add(room_event, || {
+                members
+                    .values()
+                    .filter_map(|link| match link {
+                        ClientLink::Direct(outbound) => Some(outbound.clone()),
+                        ClientLink::Queue { .. } => None,
+                    })
+                    .collect()
+            });
         }
         delivered + direct
     }
