@@ -231,8 +231,8 @@ mod tests {
         assert_eq!(writes.runs.len(), 1);
         assert_eq!(writes.runs[0].frames.len(), 3);
         // Someone left in between: another run, after the first.
-        writes.merge(batch(&[event(4, Room::Patients)], &[a.clone()]));
-        writes.merge(batch(&[event(5, Room::Staff)], &[a.clone()]));
+        writes.merge(batch(&[event(4, Room::Patients)], std::slice::from_ref(&a)));
+        writes.merge(batch(&[event(5, Room::Staff)], std::slice::from_ref(&a)));
         let shape: Vec<_> = writes
             .runs
             .iter()
