@@ -1,6 +1,9 @@
 //! One client's bounded queue of room events, from the rooms core's fan-out
 //! (many senders: one per room the client is in) to the client's session
-//! (one receiver).
+//! (one receiver). Socket.IO sessions (whose framing and transport — polling
+//! or WebSocket — is the session's business) and the readiness probe use it;
+//! native WebSocket connections are written to directly
+//! ([`crate::outbound`]).
 //!
 //! A `VecDeque` behind a mutex and a waker, not tokio's `mpsc`: an idle
 //! client — most of them, most of the time — holds an empty deque, which
