@@ -58,6 +58,9 @@ struct State {
     /// live events, broadcasts wait here.
     held: Option<Vec<Bytes>>,
     closed: bool,
+    /// `overflowed` was cancelled (kept here too: the token's own check
+    /// takes a lock of its own on every broadcast).
+    overflowed: bool,
 }
 
 impl State {
@@ -149,6 +152,7 @@ impl Outbound {
                 pending: VecDeque::new(),
                 held: None,
                 closed: false,
+                overflowed: false,
             }),
             session: AtomicWaker::new(),
             overflowed: CancellationToken::new(),
@@ -171,13 +175,13 @@ impl Outbound {
     /// session to write.
     pub fn broadcast(&self, frames: &[Bytes]) -> Handed {
         let mut state = self.state();
-        if state.closed || self.overflowed.is_cancelled() {
+        if state.closed || state.overflowed {
             return Handed::Closed;
         }
         let pending = state.pending.len();
         if let Some(held) = &mut state.held {
             if held.len() + frames.len() + pending > self.capacity {
-                return self.overflow();
+                return self.overflow(&mut state);
             }
             held.extend_from_slice(frames);
             return Handed::Accepted;
@@ -201,7 +205,7 @@ impl Outbound {
             // Only the rest of a frame already started may stay: the stream
             // must stay well-framed for the Close frame that follows.
             state.pending.truncate(before + usize::from(partial));
-            self.overflow()
+            self.overflow(&mut state)
         } else {
             Handed::Accepted
         };
@@ -212,7 +216,8 @@ impl Outbound {
         handed
     }
 
-    fn overflow(&self) -> Handed {
+    fn overflow(&self, state: &mut State) -> Handed {
+        state.overflowed = true;
         self.overflowed.cancel();
         Handed::Overflowed
     }
@@ -420,6 +425,7 @@ mod tests {
             pending: VecDeque::new(),
             held: None,
             closed: false,
+            overflowed: false,
         }
     }
 
