@@ -5,8 +5,9 @@
 //! Concurrent publishes are batched into one SQLite transaction (group
 //! commit), so durability costs one disk flush per batch, not per event.
 //! Because one thread both assigns `seq` and calls the rooms core, local
-//! clients see events in exactly seq order. Local delivery waits for that
-//! commit and nothing else — never for Redis.
+//! clients see events in exactly seq order (native connections' writes are
+//! then done, in the same order, by the [`crate::fanout`] thread). Local
+//! delivery waits for that commit and nothing else — never for Redis.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
