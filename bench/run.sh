@@ -121,16 +121,14 @@ PY
 
 # --- more cores: one large room, the gateway on one core vs both (generator on both) -----
 if [ "$mode" = full ] && [ "$(nproc)" -ge 2 ]; then
+  one_core=("${server_pin[@]}")
   for cores in 1 2; do
-    if [ "$cores" = 1 ]; then pin=(taskset -c 0); gen_pin=(taskset -c 1); else pin=(taskset -c 0,1); gen_pin=(taskset -c 0,1); fi
-    gw_port=$(free_port)
-    env SMARTWAIT_SERVER_LISTEN="127.0.0.1:$gw_port" SMARTWAIT_SERVER_STATE_DIR="$work/cores-$cores" \
-        SMARTWAIT_AUTH_MODE=off SMARTWAIT_LIMITS_MAX_CONNECTIONS=30000 SMARTWAIT_LIMITS_CONNECTIONS_PER_IP=30000 \
-        RUST_LOG=warn "${pin[@]}" $bin/smartwait-gateway &
-    gw_pid=$!; pids+=("$gw_pid"); wait_port "$gw_port"
+    if [ "$cores" = 1 ]; then server_pin=("${one_core[@]}"); gen_pin=(taskset -c 1); else server_pin=(taskset -c 0,1); gen_pin=(taskset -c 0,1); fi
+    start_gateway ""
     "${gen_pin[@]}" $bin/smartwait-bench fanout --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --clients 10000 --rate 2 --seconds $seconds --label "gateway-$cores-cores" | tee -a "$out"
     stop "$gw_pid"
   done
+  server_pin=("${one_core[@]}")
 fi
 
 # --- the gateway replicating to a local Redis ----------------------------------------------

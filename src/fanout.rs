@@ -112,22 +112,25 @@ impl DirectWrites {
                 .cores
                 .min(run.recipients.len() / RECIPIENTS_PER_CORE)
                 .max(1);
-            let part_len = run.recipients.len().div_ceil(parts).max(1);
-            let mut chunks = run.recipients.chunks(part_len);
-            let here = chunks.next().unwrap_or_default();
             let metrics = &self.metrics;
-            std::thread::scope(|scope| {
-                for chunk in chunks {
-                    let helper = std::thread::Builder::new()
-                        .name("fan-out-part".into())
-                        .spawn_scoped(scope, || write_run(chunk, &run.frames, metrics));
-                    if helper.is_err() {
-                        // No thread to be had: write that part here.
-                        write_run(chunk, &run.frames, metrics);
+            if parts == 1 {
+                write_run(&run.recipients, &run.frames, metrics);
+            } else {
+                let mut chunks = run.recipients.chunks(run.recipients.len().div_ceil(parts));
+                let here = chunks.next().unwrap_or_default();
+                std::thread::scope(|scope| {
+                    for chunk in chunks {
+                        let helper = std::thread::Builder::new()
+                            .name("fan-out-part".into())
+                            .spawn_scoped(scope, || write_run(chunk, &run.frames, metrics));
+                        if helper.is_err() {
+                            // No thread to be had: write that part here.
+                            write_run(chunk, &run.frames, metrics);
+                        }
                     }
-                }
-                write_run(here, &run.frames, metrics);
-            });
+                    write_run(here, &run.frames, metrics);
+                });
+            }
             // One sample per run: the oldest frame, at its last recipient.
             metrics
                 .publish_to_send_seconds
