@@ -19,7 +19,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::config::{AuthConfig, AuthMode};
-use crate::room::Room;
+use crate::core::room::Room;
 
 /// Clock skew tolerated on `exp`, for boxes whose clock drifts.
 const CLOCK_SKEW_SECS: u64 = 30;
@@ -34,16 +34,22 @@ const WEAK_SECRET_BYTES: usize = 16;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// A staff tablet: joins `staff`.
     Staff,
+    /// A patient's phone: joins its own `patient_{id}`.
     Patient,
+    /// A waiting-room display: joins `patients`.
     Display,
+    /// The queue system: publishes through the HTTP API.
     Service,
 }
 
 /// The claims of a gateway token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
+    /// Who the token is for (a nurse, a display, the queue system).
     pub sub: String,
+    /// What the token may do.
     pub role: Role,
     /// The patient this token belongs to (role patient). Other systems may
     /// write it as a JSON number; it means its decimal string.
@@ -53,8 +59,10 @@ pub struct Claims {
         skip_serializing_if = "Option::is_none"
     )]
     pub patient_id: Option<String>,
+    /// Expiry, Unix seconds.
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Issue time, Unix seconds, when the issuer wrote one.
     pub iat: Option<u64>,
 }
 
@@ -73,12 +81,15 @@ fn string_or_number<'de, D: Deserializer<'de>>(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     #[error("the token is malformed, wrongly signed or uses another algorithm")]
+    /// Malformed, wrongly signed, or another algorithm.
     Invalid,
     #[error("the token has expired")]
+    /// Past its `exp` (beyond the allowed clock skew).
     Expired,
 }
 
 impl TokenError {
+    /// The wire code (`invalid_token`, `expired_token`).
     pub fn code(self) -> &'static str {
         match self {
             Self::Invalid => "invalid_token",
@@ -91,12 +102,15 @@ impl TokenError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {
     #[error("this needs a token")]
+    /// A token is needed.
     Unauthorized,
     #[error("this token may not do that")]
+    /// The token's role may not do it.
     Forbidden,
 }
 
 impl Denied {
+    /// The wire code (`unauthorized`, `forbidden`).
     pub fn code(self) -> &'static str {
         match self {
             Self::Unauthorized => "unauthorized",
@@ -136,6 +150,7 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
+    /// An authenticator with `secret` as the HS256 key.
     pub fn new(config: &AuthConfig, secret: &[u8]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = CLOCK_SKEW_SECS;
@@ -155,6 +170,7 @@ impl Authenticator {
         Ok(Self::new(config, secret.as_bytes()))
     }
 
+    /// Whether tokens are checked (`auth.mode`).
     pub fn mode(&self) -> AuthMode {
         self.mode
     }
@@ -170,6 +186,7 @@ impl Authenticator {
         }
     }
 
+    /// Checks a token's signature, algorithm and expiry.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         // The algorithm list is HS256 alone, so `alg: none` and RS/ES tokens fail here.
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
@@ -288,7 +305,7 @@ fn create_secret(path: &Path) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::room::PatientId;
+    use crate::core::room::PatientId;
 
     fn authenticator(public: bool) -> Authenticator {
         let config = AuthConfig {

@@ -26,15 +26,25 @@ pub const DEFAULT_CONFIG_PATHS: [&str; 2] = [
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// `[server]`: listening, TLS, state directory, shutdown.
     pub server: ServerConfig,
+    /// `[auth]`: tokens and access.
     pub auth: AuthConfig,
+    /// `[limits]`: every bound on clients and requests.
     pub limits: LimitsConfig,
+    /// `[ws]`: the native WebSocket heartbeat.
     pub ws: WsConfig,
+    /// `[queue]`: the `get_ready` rule.
     pub queue: QueueConfig,
+    /// `[api]`: the publish API.
     pub api: ApiConfig,
+    /// `[history]`: what rooms remember for reconnects.
     pub history: HistoryConfig,
+    /// `[clinic]`: which clinic and box this is.
     pub clinic: ClinicConfig,
+    /// `[redis]`: replication to central Redis.
     pub redis: RedisConfig,
+    /// `[socketio]`: the Engine.IO heartbeat.
     pub socketio: SocketIoConfig,
 }
 
@@ -52,6 +62,7 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// PEM certificate chain and private key; both set turns on HTTPS/WSS.
     pub tls_cert: PathBuf,
+    /// PEM private key of `tls_cert`.
     pub tls_key: PathBuf,
     /// Browser origins allowed to open WebSockets; empty means only pages
     /// served by the box itself (the Origin's host:port equals the Host).
@@ -97,6 +108,7 @@ pub enum AuthMode {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
+    /// `on` checks tokens; `off` is the seed's open behaviour.
     pub mode: AuthMode,
     /// File holding the HS256 secret; empty means `<state_dir>/jwt-secret`.
     pub secret_file: PathBuf,
@@ -118,14 +130,21 @@ impl Default for AuthConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
+    /// Open client connections of every protocol.
     pub max_connections: usize,
+    /// Rooms one connection may be in at once.
     pub rooms_per_connection: usize,
     /// Frames waiting for one client; overflow closes that client with 1013.
     pub client_queue: usize,
+    /// Largest client frame answered with an error event (16x that closes).
     pub max_client_frame_bytes: usize,
+    /// Bad messages a client may send before it is closed.
     pub client_errors_before_close: u32,
+    /// Client messages per second, sustained.
     pub client_msgs_per_sec: u32,
+    /// Client messages in a burst.
     pub client_msgs_burst: u32,
+    /// Largest API request body.
     pub max_body_bytes: usize,
     /// Open TCP connections from one IP address (a TV wall behind NAT fits).
     pub connections_per_ip: usize,
@@ -162,6 +181,7 @@ impl Default for LimitsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct WsConfig {
     #[serde(with = "duration_text")]
+    /// How often the server pings a native client.
     pub ping_interval: Duration,
     /// A connection that sent nothing, not even a pong, for this long is closed.
     #[serde(with = "duration_text")]
@@ -198,6 +218,7 @@ impl Default for QueueConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct SocketIoConfig {
     #[serde(with = "duration_text")]
+    /// Engine.IO's `pingInterval`.
     pub ping_interval: Duration,
     /// A client that has not answered a ping within this is disconnected.
     #[serde(with = "duration_text")]
@@ -260,10 +281,12 @@ pub struct ClinicConfig {
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port[/db]` or `rediss://...`; empty = off.
     pub url: String,
+    /// Approximate length the clinic's stream is trimmed to.
     pub stream_maxlen: u64,
     /// Events older than this when replicated go to the stream only, not live.
     #[serde(with = "duration_text")]
     pub live_window: Duration,
+    /// Outbox entries kept while Redis is unreachable; beyond, the oldest are dropped (counted).
     pub outbox_max_events: u64,
     /// Outbox events per MULTI/EXEC round trip.
     pub batch_events: usize,
@@ -286,6 +309,7 @@ impl Default for RedisConfig {
 }
 
 impl RedisConfig {
+    /// Whether replication is configured (`redis.url` set).
     pub fn enabled(&self) -> bool {
         !self.url.is_empty()
     }
@@ -495,10 +519,12 @@ pub mod duration_text {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// Writes a duration as `"5s"`.
     pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&humantime::format_duration(*value).to_string())
     }
 
+    /// Reads a duration written `"500ms"`, `"5s"`, `"10m"`, `"12h"`.
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(deserializer)?;
         humantime::parse_duration(&text).map_err(|err| {

@@ -3,75 +3,71 @@
 //! HTTP.
 //!
 //! # Layout
-//! - Transports: [`http`] (routes, errors as statuses), [`ws`] (upgrade,
-//!   origin check, close codes), [`session`] (one native client),
-//!   [`protocol`] (the native wire format), [`engineio`] / [`socketio`]
-//!   (Socket.IO's wire formats), [`eio_server`] / [`sio_session`] (Socket.IO
-//!   clients), [`client`] (what both kinds of session share), [`api`] (the
-//!   publish endpoints), [`health`], [`screens`] (the embedded pages and JS
-//!   client), [`tls`], [`redirect`] (HTTP to HTTPS), [`peer_limit`],
-//!   [`http_deadlines`] (header and keep-alive timeouts).
-//! - Domain core: [`room`] (room, patient id and event name types),
-//!   [`rooms`] (membership and fan-out), [`fanout`] (the thread that writes
-//!   broadcasts to native connections), [`outbound`] (a native
-//!   connection's outgoing bytes, written by the fan-out itself),
-//!   [`client_queue`] (a Socket.IO client's bounded queue of events), [`history`] (recovery and retained
-//!   state), [`realtime`] (the seed's notifications and the `get_ready`
-//!   rule), [`auth`] (tokens and access rules), [`client_budget`]
-//!   (per-client rate and error limits).
-//! - Durability and replication: [`store`] (SQLite), [`publisher`] (the
-//!   single writer that numbers, commits, then delivers), [`replication`]
-//!   (outbox to Redis), [`subscription`] (other nodes' events),
-//!   [`redis_keys`].
-//! - Infrastructure: [`config`], [`metrics`], [`systemd`], and [`gateway`]
-//!   which assembles them and runs the server.
+//! The folders are the layers; imports run downwards only.
 //!
-//! One broadcast flows like this: the queue system `POST`s to [`api`], which
-//! checks the token with [`auth`] and shapes the payload with [`realtime`];
-//! the [`publisher`]'s writer thread gives it the next `seq`, commits it to
-//! the [`store`] (and its outbox), then hands it to the rooms core. The
-//! frame is encoded once per framing and shared by all recipients: native
+//! | layer | owns |
+//! |---|---|
+//! | [`gateway`] | the assembly: builds every part from the config, the route table, the accept loop, background tasks, three-phase shutdown, systemd |
+//! | `transport` | client sessions: the framing-neutral client, `transport::native` (`/ws`) and `transport::socketio` (`/socket.io/`) |
+//! | `http` | the HTTP vocabulary (errors as statuses, bodies, queries, deadlines) and the plain-HTTP handlers: API, health, screens, redirect |
+//! | `replication` | the link to central Redis: outbox drain, live fan-in, key layout, link status |
+//! | `publish` | the single writer (numbering, group commit, idempotency) and the seed's notifications |
+//! | `store` | `state.db`: schema, migrations, one function per query |
+//! | `net` | TLS, the plain-or-TLS stream, per-IP caps, connection slots, panic isolation |
+//! | `core` | rooms, membership, history, retained state, client queues, fan-out; no transport, no store |
+//! | leaves | [`config`], `metrics`, `clock`, [`auth`] (tokens and access rules) |
+//!
+//! Rules, held by `tests/layers.rs` from the `use crate::` lines:
+//! - `core` imports none of `store`, `publish`, `replication`, `transport`,
+//!   `http`, `net`, `gateway` (nor `auth`);
+//! - `store` imports no `publish`, `replication`, `transport`, `http`,
+//!   `net`, `gateway`;
+//! - `publish` imports no `replication`, `transport`, `http`, `net`, `gateway`;
+//! - `transport`, `http`, `replication` and `net` import no `gateway`;
+//!   `http` and `replication` import no `transport`;
+//! - no two modules import each other.
+//!
+//! One broadcast flows like this: the queue system `POST`s to `http::api`,
+//! which checks the token with [`auth`] and shapes the payload with
+//! `publish::notifications`; the `publish::publisher`'s writer thread gives
+//! it the next `seq`, commits it to the `store` (and its outbox), then hands
+//! it to `core::rooms`. The frame is encoded once per framing (by the
+//! encoder the transport gave the core) and shared by all recipients: native
 //! WebSocket members get it written straight into their sockets by the
-//! [`fanout`] thread (one `writev` per member per run of events, see
-//! [`outbound`]); Socket.IO members get it through their bounded queue and
-//! session.
+//! `core::fanout` thread through their `DirectLink` (one `writev` per member
+//! per run of events, `transport::native::outbound`); Socket.IO members get
+//! it through their bounded queue and session. `replication::link` then
+//! drains the outbox to Redis; other boxes' events come back through
+//! `replication::subscription` and the same writer.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
-pub mod api;
 pub mod auth;
-pub mod client;
-pub mod client_budget;
-pub mod client_queue;
+pub(crate) mod clock;
 pub mod config;
-pub mod eio_server;
-pub mod engineio;
-pub mod fanout;
-pub mod gateway;
-pub mod health;
-pub mod history;
-pub mod http;
-pub mod http_deadlines;
-pub mod metrics;
-pub mod outbound;
-pub mod peer_limit;
-pub mod protocol;
-pub mod publisher;
-pub mod realtime;
-pub mod redirect;
-pub mod redis_keys;
-pub mod replication;
-pub mod room;
-pub mod rooms;
-pub mod screens;
-pub mod session;
-pub mod sio_session;
-pub mod socketio;
-pub mod store;
-pub mod subscription;
-pub mod systemd;
-pub mod tls;
-pub mod ws;
+pub(crate) mod core;
+mod gateway;
+pub(crate) mod http;
+pub(crate) mod metrics;
+pub(crate) mod net;
+pub(crate) mod publish;
+pub(crate) mod replication;
+pub(crate) mod store;
+pub(crate) mod transport;
 
 pub use config::Config;
-pub use gateway::Gateway;
+pub use gateway::{bind, Gateway, TlsReloader};
+
+/// The parsers of what arrives from the network, public for the fuzz
+/// targets in `fuzz/` (each finding becomes a unit test where the parser
+/// lives).
+pub mod wire {
+    pub use crate::core::room::{EventName, PatientId, Room, RoomKind};
+    pub use crate::http::api::{notifications_for, parse_json_body, publication, Endpoint};
+    pub use crate::http::query::query_param;
+    pub use crate::publish::notifications::GetReadyTracker;
+    pub use crate::transport::native::protocol::{parse_client_message, ServerMessage};
+    pub use crate::transport::socketio::engineio::{split_payload, Packet};
+    pub use crate::transport::socketio::packet::parse as parse_socketio_packet;
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use smartwait_gateway::auth::{Authenticator, Role};
-use smartwait_gateway::{gateway, Config, Gateway};
+use smartwait_gateway::{Config, Gateway, TlsReloader};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -120,7 +120,7 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         }
         let shutdown = CancellationToken::new();
         let gateway = Gateway::new(config.clone(), shutdown.clone())?;
-        let listener = gateway::bind(&config).await?;
+        let listener = smartwait_gateway::bind(&config).await?;
         let address = listener.local_addr().context("cannot read the listen address")?;
         let health_host = if address.ip().is_unspecified() {
             format!("127.0.0.1:{}", address.port())
@@ -134,8 +134,7 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
              mint a token: smartwait-gateway token --role staff --sub nurse-1"
         );
         tokio::spawn(stop_on_signal(shutdown));
-        tokio::spawn(reload_on_hangup(gateway.clone()));
-        smartwait_gateway::systemd::ready();
+        tokio::spawn(reload_on_hangup(gateway.tls_reloader()));
         gateway.run(listener).await?;
         tracing::info!("stopped");
         Ok(())
@@ -143,14 +142,14 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 /// Re-reads the TLS certificate on SIGHUP (a clinic rotates its certificate).
-async fn reload_on_hangup(gateway: Gateway) {
+async fn reload_on_hangup(tls: TlsReloader) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hangup) = signal(SignalKind::hangup()) else {
         tracing::error!("cannot listen for SIGHUP");
         return;
     };
     while hangup.recv().await.is_some() {
-        match gateway.reload_tls() {
+        match tls.reload() {
             Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
             Err(err) => tracing::error!(
                 error = format!("{err:#}"),

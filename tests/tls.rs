@@ -242,12 +242,12 @@ async fn reload_swaps_the_certificate_without_dropping_connections() {
 
     // A broken certificate file is refused by a reload, and the old one stays.
     std::fs::write(dir.path().join("cert.pem"), "not a certificate").unwrap();
-    assert!(gateway.gateway.reload_tls().is_err());
+    assert!(gateway.tls.reload().is_err());
     assert!(tls_stream(gateway.addr, &first_ca).await.is_ok());
 
     let second_ca = ca("second ca");
     server_cert(&second_ca, dir.path());
-    gateway.gateway.reload_tls().unwrap();
+    gateway.tls.reload().unwrap();
     assert!(
         tls_stream(gateway.addr, &second_ca).await.is_ok(),
         "new connections get the new certificate"

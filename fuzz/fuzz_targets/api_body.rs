@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use smartwait_gateway::api::{notifications_for, parse_json_body, publication, Endpoint};
-use smartwait_gateway::realtime::GetReadyTracker;
+use smartwait_gateway::wire::{notifications_for, parse_json_body, publication, Endpoint};
+use smartwait_gateway::wire::GetReadyTracker;
 
 const PATIENTS: [&str; 4] = ["123", "a-b_C", "", "bad id"];
 

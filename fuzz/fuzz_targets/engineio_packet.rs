@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use smartwait_gateway::engineio::{split_payload, Packet};
+use smartwait_gateway::wire::{split_payload, Packet};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(body) = std::str::from_utf8(data) else {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use smartwait_gateway::protocol::{parse_client_message, ServerMessage};
+use smartwait_gateway::wire::{parse_client_message, ServerMessage};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

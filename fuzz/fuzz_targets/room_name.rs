@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use smartwait_gateway::room::{EventName, PatientId, Room};
+use smartwait_gateway::wire::{EventName, PatientId, Room};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Some(id) = PatientId::parse(text) {
         assert_eq!(id.to_string(), text);
-        assert_eq!(Room::parse(&format!("patient_{id}")).map(|room| room.kind()), Some(smartwait_gateway::room::RoomKind::Patient));
+        assert_eq!(Room::parse(&format!("patient_{id}")).map(|room| room.kind()), Some(smartwait_gateway::wire::RoomKind::Patient));
     }
     if let Some(event) = EventName::parse(text) {
         assert_eq!(event.as_str(), text);

@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use smartwait_gateway::auth::Authenticator;
 use smartwait_gateway::config::AuthConfig;
-use smartwait_gateway::ws::query_param;
+use smartwait_gateway::wire::query_param;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(query) = std::str::from_utf8(data) else {

@@ -1,0 +1,112 @@
+//! Health and metrics endpoints: `/health` (the seed's fields first),
+//! `/health/live`, `/health/ready` (a canary really travels through the rooms
+//! core) and `/metrics`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::response::{json_response, HttpResponse};
+use crate::clock::timestamp_now;
+use crate::core::rooms::Rooms;
+use crate::metrics::Metrics;
+use crate::net::slots::ConnectionSlots;
+use crate::publish::Outbox;
+use crate::replication::status::{LinkState, ReplicationStatus};
+
+/// How long the readiness canary may take through the rooms core.
+const CANARY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the health endpoints look at; built by the gateway.
+#[derive(Debug)]
+pub struct Health {
+    pub rooms: Rooms,
+    pub outbox: Arc<Outbox>,
+    pub replication: Arc<ReplicationStatus>,
+    pub slots: ConnectionSlots,
+    pub metrics: Metrics,
+    pub started: Instant,
+    pub shutdown: CancellationToken,
+}
+
+impl Health {
+    /// `GET /health`: 200 while serving (`degraded` while a configured Redis
+    /// is not connected: the clinic is still served), 503 while shutting down.
+    pub fn status(&self) -> HttpResponse {
+        let stopping = self.shutdown.is_cancelled();
+        let link = self.replication.status();
+        let redis_connected = link.state == LinkState::Connected;
+        let status = match (stopping, link.state) {
+            (true, _) => "shutting_down",
+            (false, LinkState::Connecting | LinkState::Unreachable) => "degraded",
+            (false, LinkState::Connected | LinkState::Disabled) => "healthy",
+        };
+        let outbox = &self.outbox;
+        let body = json!({
+            "status": status,
+            "connectedClients": self.slots.connected_clients(),
+            "redisAdapter": redis_connected,
+            "redis": {
+                "state": link.state,
+                "backlog": outbox.backlog.load(Ordering::Relaxed),
+                "lastReplicatedSeq": link.last_replicated_seq,
+                "droppedEvents": outbox.dropped.load(Ordering::Relaxed),
+                "lastError": link.last_error,
+            },
+            "rooms": self.rooms.counts(),
+            "lastSeq": self.rooms.last_seq(),
+            "slowConsumerDisconnects": self.metrics.slow_consumer_disconnects.get(),
+            "uptimeSeconds": self.started.elapsed().as_secs(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "timestamp": timestamp_now(),
+        });
+        let status = if stopping {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        json_response(status, &body)
+    }
+
+    /// `GET /health/ready`: listening, not stopping, and a canary event reaches
+    /// a subscriber through the rooms core within a second.
+    pub async fn ready(&self) -> HttpResponse {
+        if self.shutdown.is_cancelled() {
+            return json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "shutting_down"}),
+            );
+        }
+        if self.rooms.probe(CANARY_TIMEOUT).await {
+            json_response(StatusCode::OK, &json!({"status": "ready"}))
+        } else {
+            tracing::error!("readiness canary did not travel through the rooms core in time");
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "not_ready", "reason": "canary event was not delivered within 1 s"}),
+            )
+        }
+    }
+
+    /// `GET /metrics` in the Prometheus text format.
+    pub fn metrics(&self) -> HttpResponse {
+        let mut response = Response::new(Full::new(Bytes::from(self.metrics.render())));
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        response
+    }
+}
+
+/// `GET /health/live`: the process and its runtime answer.
+pub fn live() -> HttpResponse {
+    json_response(StatusCode::OK, &json!({"status": "alive"}))
+}

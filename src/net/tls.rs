@@ -1,0 +1,166 @@
+//! TLS termination with rustls (ring provider): loading the PEM certificate
+//! and key with clear errors, swapping them on SIGHUP without touching open
+//! connections, and the client stream that is either plain TCP or TLS.
+//!
+//! Off unless both `server.tls_cert` and `server.tls_key` are set.
+
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::task::{Context, Poll};
+
+use anyhow::{bail, Context as _};
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use super::peer_limit::CountedStream;
+use crate::config::ServerConfig as ServerSection;
+
+/// Reads the certificate chain and key and checks that they belong together.
+pub fn load(cert_path: &Path, key_path: &Path) -> anyhow::Result<TlsAcceptor> {
+    let certs = CertificateDer::pem_file_iter(cert_path)
+        .with_context(|| format!("cannot read the TLS certificate {}", cert_path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{} is not a PEM certificate chain", cert_path.display()))?;
+    if certs.is_empty() {
+        bail!("{} holds no certificate", cert_path.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .with_context(|| format!("cannot read a PEM private key from {}", key_path.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("no TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .with_context(|| {
+            format!(
+                "the TLS key {} does not fit the certificate {}",
+                key_path.display(),
+                cert_path.display()
+            )
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The current certificate, replaceable while the gateway runs.
+pub struct Tls {
+    cert_path: std::path::PathBuf,
+    key_path: std::path::PathBuf,
+    /// Read per accepted connection, written on reload; held only to clone.
+    acceptor: RwLock<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("cert_path", &self.cert_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tls {
+    /// TLS as configured: `None` when off, an error when half-configured or unusable.
+    pub fn from_config(server: &ServerSection) -> anyhow::Result<Option<Self>> {
+        match (
+            server.tls_cert.as_os_str().is_empty(),
+            server.tls_key.as_os_str().is_empty(),
+        ) {
+            (true, true) => Ok(None),
+            (false, false) => Ok(Some(Self {
+                acceptor: RwLock::new(load(&server.tls_cert, &server.tls_key)?),
+                cert_path: server.tls_cert.clone(),
+                key_path: server.tls_key.clone(),
+            })),
+            _ => bail!("set both server.tls_cert and server.tls_key, or neither"),
+        }
+    }
+
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.acceptor
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Re-reads the files; on error the current certificate stays in use.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let acceptor = load(&self.cert_path, &self.key_path)?;
+        *self
+            .acceptor
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = acceptor;
+        Ok(())
+    }
+}
+
+/// A client connection: plain TCP, or TLS over TCP.
+#[derive(Debug)]
+pub enum ClientStream {
+    Plain(CountedStream),
+    Tls(Box<TlsStream<CountedStream>>),
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(stream) => stream.is_write_vectored(),
+            Self::Tls(stream) => stream.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Publishing: the single writer that numbers events, commits them to the
+//! store in groups and hands each committed batch to the rooms core
+//! ([`publisher`]), and what each of the queue system's calls turns into
+//! ([`notifications`], the seed's RealtimeService and its `get_ready` rule).
+//!
+//! Imports the core, the store and the leaves; nothing of the transports,
+//! HTTP, replication or the gateway.
+
+pub mod notifications;
+pub mod publisher;
+
+pub use publisher::{Origin, Outbox, Publication, Publisher, WriterSetup};

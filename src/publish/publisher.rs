@@ -1,0 +1,492 @@
+//! The single writer: every event, local or from another node, passes
+//! through one thread that numbers it, commits it to the store and only then
+//! fans it out to local rooms.
+//!
+//! Concurrent publishes are batched into one SQLite transaction (group
+//! commit), so durability costs one disk flush per batch, not per event.
+//! Because one thread both assigns `seq` and calls the rooms core, local
+//! clients see events in exactly seq order (native connections' writes are
+//! then done, in the same order, by the [`crate::core::fanout`] thread). Local
+//! delivery waits for that commit and nothing else — never for Redis.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::clock::unix_ms;
+use crate::core::event::CommittedEvent;
+use crate::core::fanout::Fanout;
+use crate::core::room::{is_retained, EventName, Room};
+use crate::core::rooms::Rooms;
+use crate::metrics::Metrics;
+use crate::store;
+
+/// Commands waiting for the writer; senders wait when it is this far behind.
+const COMMAND_QUEUE: usize = 4096;
+
+/// Most commands folded into one transaction.
+const MAX_BATCH: usize = 512;
+
+/// Retained state of a patient room older than this is forgotten.
+const PATIENT_RETAINED_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// One event to publish.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    pub rooms: Vec<Room>,
+    pub event: EventName,
+    pub data: Arc<RawValue>,
+}
+
+/// Where an event comes from: only local events are replicated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Published on this gateway's API: stored in the outbox for Redis.
+    Local,
+    /// Received from another node through Redis: never sent back.
+    Remote,
+}
+
+/// What one publication became.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    pub seq: u64,
+    pub delivered: usize,
+}
+
+/// The answer to a publish request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub published: Vec<Published>,
+    /// A repeated `Idempotency-Key`: the first answer, nothing published.
+    pub replayed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    #[error("the event could not be stored")]
+    StoreUnavailable,
+}
+
+/// Outbox figures shared with replication and health.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    pub backlog: AtomicU64,
+    pub dropped: AtomicU64,
+    /// Woken after a commit that added outbox entries.
+    pub added: Notify,
+}
+
+enum Command {
+    Publish {
+        publications: Vec<Publication>,
+        key: Option<String>,
+        origin: Origin,
+        accepted_at: Instant,
+        reply: oneshot::Sender<Result<Receipt, PublishError>>,
+    },
+    /// Outbox entries up to this seq are in Redis.
+    Replicated(u64),
+    /// Expire old idempotency keys and patient retained state.
+    Housekeep,
+    /// Save the rooms' history and close the store (graceful stop).
+    Close(oneshot::Sender<()>),
+}
+
+/// Cheap-to-clone handle to the writer thread.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    commands: mpsc::Sender<Command>,
+    outbox: Arc<Outbox>,
+}
+
+/// What the writer starts from.
+pub struct WriterSetup {
+    pub connection: Connection,
+    pub last_seq: u64,
+    pub outbox_len: u64,
+    /// Whether local events go to the outbox (replication configured).
+    pub outbox_enabled: bool,
+    pub outbox_max_events: u64,
+    pub idempotency_window: Duration,
+    pub rooms: Rooms,
+    pub metrics: Metrics,
+}
+
+impl Publisher {
+    /// Starts the writer thread; it ends when every handle is dropped.
+    pub fn start(setup: WriterSetup) -> anyhow::Result<(Self, std::thread::JoinHandle<()>)> {
+        let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
+        let outbox = Arc::new(Outbox::default());
+        outbox.backlog.store(setup.outbox_len, Ordering::Relaxed);
+        setup.metrics.outbox_backlog.set(setup.outbox_len as i64);
+        let writer = Writer {
+            last_seq: setup.last_seq,
+            replicated_through: 0,
+            trimmed_through: 0,
+            pending_answers: Vec::new(),
+            outbox: outbox.clone(),
+            fanout: Fanout::start()?,
+            setup,
+        };
+        let thread = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer.run(receiver))?;
+        Ok((Self { commands, outbox }, thread))
+    }
+
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// Stores, numbers and delivers `publications` as one unit.
+    pub async fn publish(
+        &self,
+        publications: Vec<Publication>,
+        key: Option<String>,
+        origin: Origin,
+    ) -> Result<Receipt, PublishError> {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Publish {
+            publications,
+            key,
+            origin,
+            accepted_at: Instant::now(),
+            reply,
+        };
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| PublishError::StoreUnavailable)?;
+        answer.await.map_err(|_| PublishError::StoreUnavailable)?
+    }
+
+    /// Tells the writer that the outbox is in Redis up to `seq`.
+    pub async fn replicated(&self, seq: u64) {
+        let _ = self.commands.send(Command::Replicated(seq)).await;
+    }
+
+    pub async fn housekeep(&self) {
+        let _ = self.commands.send(Command::Housekeep).await;
+    }
+
+    /// Saves the rooms' history for the next start and closes the store
+    /// (which checkpoints its WAL); later publishes answer `StoreUnavailable`.
+    /// Called once nothing publishes any more.
+    pub async fn close(&self) {
+        let (done, closed) = oneshot::channel();
+        if self.commands.send(Command::Close(done)).await.is_ok() {
+            let _ = closed.await;
+        }
+    }
+}
+
+/// A publish request as planned inside one transaction.
+enum Plan {
+    /// New events, committed in this batch.
+    Fresh(Vec<CommittedEvent>),
+    /// A key seen before: its stored answer.
+    Replay(Vec<Published>),
+    /// A key first seen earlier in this same batch.
+    SameAs(usize),
+}
+
+struct Request {
+    publications: Vec<Publication>,
+    key: Option<String>,
+    origin: Origin,
+    accepted_at: Instant,
+    reply: oneshot::Sender<Result<Receipt, PublishError>>,
+}
+
+struct Writer {
+    setup: WriterSetup,
+    last_seq: u64,
+    /// Redis has the outbox up to here...
+    replicated_through: u64,
+    /// ...and the rows up to here are deleted.
+    trimmed_through: u64,
+    /// Answers with their delivered counts, written in the next transaction.
+    pending_answers: Vec<(String, String)>,
+    outbox: Arc<Outbox>,
+    /// Writes each batch's broadcasts to native connections; dropped (and
+    /// so finished) with the writer.
+    fanout: Fanout,
+}
+
+impl Writer {
+    fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        while let Some(first) = commands.blocking_recv() {
+            let mut requests = Vec::new();
+            let mut replicated = None;
+            let mut housekeep = false;
+            let mut close = None;
+            let mut next = Some(first);
+            while let Some(command) = next {
+                match command {
+                    Command::Publish {
+                        publications,
+                        key,
+                        origin,
+                        accepted_at,
+                        reply,
+                    } => requests.push(Request {
+                        publications,
+                        key,
+                        origin,
+                        accepted_at,
+                        reply,
+                    }),
+                    Command::Replicated(seq) => replicated = replicated.max(Some(seq)),
+                    Command::Housekeep => housekeep = true,
+                    Command::Close(done) => close = Some(done),
+                }
+                next = if requests.len() < MAX_BATCH && close.is_none() {
+                    commands.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            if let Some(seq) = replicated {
+                self.forget_replicated(seq);
+            }
+            if housekeep {
+                self.housekeep();
+            }
+            if !requests.is_empty() {
+                self.commit_and_deliver(requests);
+            }
+            if let Some(done) = close {
+                self.close();
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+
+    fn close(self) {
+        let Writer { setup, .. } = self;
+        let WriterSetup {
+            mut connection,
+            rooms,
+            ..
+        } = setup;
+        let history = rooms.save_history();
+        let rooms_saved = history.rooms.len();
+        match store::save_history(&mut connection, &history) {
+            Ok(()) => tracing::info!(
+                rooms = rooms_saved,
+                last_seq = history.last_seq,
+                "saved the rooms' history for the next start"
+            ),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot save the rooms' history; screens will get retained state after the restart")
+            }
+        }
+        if let Err((_, err)) = connection.close() {
+            tracing::warn!(error = %err, "cannot close the store cleanly");
+        }
+    }
+
+    /// Records that Redis has the outbox up to `seq`. The rows are deleted
+    /// in the next transaction, so replication costs no disk flush of its own.
+    fn forget_replicated(&mut self, seq: u64) {
+        if seq <= self.replicated_through {
+            return;
+        }
+        self.replicated_through = seq;
+        match store::count_outbox_after(&self.setup.connection, seq) {
+            Ok(backlog) => {
+                self.outbox.backlog.store(backlog, Ordering::Relaxed);
+                self.setup.metrics.outbox_backlog.set(backlog as i64);
+            }
+            Err(err) => tracing::error!(error = %err, "cannot count the outbox"),
+        }
+    }
+
+    fn adjust_backlog(&self, change: i64) {
+        let backlog = self.outbox.backlog.load(Ordering::Relaxed) as i64 + change;
+        let backlog = backlog.max(0) as u64;
+        self.outbox.backlog.store(backlog, Ordering::Relaxed);
+        self.setup.metrics.outbox_backlog.set(backlog as i64);
+    }
+
+    fn housekeep(&mut self) {
+        if self.replicated_through > self.trimmed_through {
+            match store::delete_outbox_through(&self.setup.connection, self.replicated_through) {
+                Ok(_) => self.trimmed_through = self.replicated_through,
+                Err(err) => tracing::error!(error = %err, "cannot trim the outbox"),
+            }
+        }
+        let now = unix_ms();
+        let window = self.setup.idempotency_window.as_millis() as u64;
+        let connection = &self.setup.connection;
+        if let Err(err) = store::expire_idempotency(connection, now.saturating_sub(window)) {
+            tracing::warn!(error = %err, "cannot expire idempotency keys");
+        }
+        let ttl = PATIENT_RETAINED_TTL.as_millis() as u64;
+        if let Err(err) = store::expire_patient_retained(connection, now.saturating_sub(ttl)) {
+            tracing::warn!(error = %err, "cannot expire retained patient state");
+        }
+    }
+
+    fn commit_and_deliver(&mut self, requests: Vec<Request>) {
+        let committed = self.commit(&requests);
+        let (plans, added_to_outbox) = match committed {
+            Ok(committed) => committed,
+            Err(err) => {
+                tracing::error!(
+                    error = format!("{err:#}"),
+                    "cannot commit events; answering 503"
+                );
+                self.setup.metrics.store_errors.inc();
+                for request in requests {
+                    let _ = request.reply.send(Err(PublishError::StoreUnavailable));
+                }
+                return;
+            }
+        };
+        if added_to_outbox > 0 {
+            self.outbox.added.notify_one();
+        }
+        // The batch's fresh events go to the rooms in one pass, so that a
+        // client in a room gets consecutive events of it in one write.
+        let mut fresh = Vec::new();
+        for (request, plan) in requests.iter().zip(&plans) {
+            if let Plan::Fresh(events) = plan {
+                fresh.extend(events.iter().map(|event| (event, request.accepted_at)));
+            }
+        }
+        let (delivered, writes) = self.setup.rooms.deliver(&fresh);
+        let mut delivered = delivered.into_iter();
+        let mut answers: Vec<Vec<Published>> = Vec::with_capacity(plans.len());
+        for (request, plan) in requests.iter().zip(&plans) {
+            let answer = match plan {
+                Plan::Fresh(events) => events
+                    .iter()
+                    .map(|event| Published {
+                        seq: event.seq,
+                        delivered: delivered.next().unwrap_or(0),
+                    })
+                    .collect(),
+                Plan::Replay(answer) => answer.clone(),
+                Plan::SameAs(index) => answers[*index].clone(),
+            };
+            if let (Plan::Fresh(_), Some(key)) = (plan, &request.key) {
+                if let Ok(text) = serde_json::to_string(&answer) {
+                    self.pending_answers.push((key.clone(), text));
+                }
+            }
+            answers.push(answer);
+        }
+        for ((request, plan), published) in requests.into_iter().zip(plans).zip(answers) {
+            let replayed = !matches!(plan, Plan::Fresh(_));
+            let _ = request.reply.send(Ok(Receipt {
+                published,
+                replayed,
+            }));
+        }
+        // Written by the fan-out thread while this one commits the next batch.
+        self.fanout.send(writes);
+    }
+
+    /// One transaction for the whole batch; returns each request's plan and
+    /// how many entries went to the outbox.
+    fn commit(&mut self, requests: &[Request]) -> anyhow::Result<(Vec<Plan>, u64)> {
+        let now = unix_ms();
+        let since = now.saturating_sub(self.setup.idempotency_window.as_millis() as u64);
+        let transaction = self.setup.connection.transaction()?;
+        let trim_through = self.replicated_through;
+        if trim_through > self.trimmed_through {
+            store::delete_outbox_through(&transaction, trim_through)?;
+        }
+        for (key, answer) in self.pending_answers.drain(..) {
+            store::remember_answer(&transaction, &key, &answer, now)?;
+        }
+        let mut next_seq = self.last_seq;
+        let mut added = 0u64;
+        let mut plans = Vec::with_capacity(requests.len());
+        let mut first_in_batch: HashMap<&str, usize> = HashMap::new();
+        for (index, request) in requests.iter().enumerate() {
+            if let Some(key) = request.key.as_deref() {
+                if let Some(first) = first_in_batch.get(key) {
+                    plans.push(Plan::SameAs(*first));
+                    continue;
+                }
+                if let Some(answer) = store::idempotent_answer(&transaction, key, since)? {
+                    plans.push(Plan::Replay(serde_json::from_str(&answer)?));
+                    continue;
+                }
+                first_in_batch.insert(key, index);
+            }
+            let mut events = Vec::with_capacity(request.publications.len());
+            for publication in &request.publications {
+                next_seq += 1;
+                let event = CommittedEvent {
+                    seq: next_seq,
+                    rooms: publication.rooms.clone(),
+                    event: publication.event.clone(),
+                    data: publication.data.clone(),
+                    ts_ms: now,
+                };
+                if request.origin == Origin::Local && self.setup.outbox_enabled {
+                    store::insert_outbox(&transaction, &event)?;
+                    added += 1;
+                }
+                for room in event
+                    .rooms
+                    .iter()
+                    .filter(|room| is_retained(room, &event.event))
+                {
+                    store::upsert_retained(&transaction, room, &event)?;
+                }
+                events.push(event);
+            }
+            if let Some(key) = request.key.as_deref() {
+                // Delivered counts are filled in by the next transaction.
+                let placeholder: Vec<Published> = events
+                    .iter()
+                    .map(|event| Published {
+                        seq: event.seq,
+                        delivered: 0,
+                    })
+                    .collect();
+                store::remember_answer(
+                    &transaction,
+                    key,
+                    &serde_json::to_string(&placeholder)?,
+                    now,
+                )?;
+            }
+            plans.push(Plan::Fresh(events));
+        }
+        store::set_last_seq(&transaction, next_seq)?;
+        let backlog = self.outbox.backlog.load(Ordering::Relaxed) + added;
+        let excess = backlog.saturating_sub(self.setup.outbox_max_events);
+        let dropped = if excess > 0 {
+            store::drop_oldest_outbox(&transaction, excess)?
+        } else {
+            0
+        };
+        transaction.commit()?;
+        self.last_seq = next_seq;
+        self.trimmed_through = trim_through;
+        self.adjust_backlog(added as i64 - dropped as i64);
+        if dropped > 0 {
+            self.outbox.dropped.fetch_add(dropped, Ordering::Relaxed);
+            self.setup.metrics.outbox_dropped.inc_by(dropped);
+            tracing::warn!(
+                dropped,
+                limit = self.setup.outbox_max_events,
+                "replication outbox full: dropped the oldest events; they will never reach Redis"
+            );
+        }
+        Ok((plans, added))
+    }
+}

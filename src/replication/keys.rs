@@ -1,0 +1,61 @@
+//! The central Redis layout (docs/replication.md): one function per key and
+//! the live envelope, so no key template is repeated at a call site.
+//!
+//! Every key of a clinic carries the hash tag `{<clinic>}`, so they share one
+//! Redis Cluster slot and MULTI/EXEC over them works on a cluster too.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::core::room::{EventName, Room};
+
+/// The stream of every event of the clinic, in each node's seq order.
+pub fn events_stream(clinic: &str) -> String {
+    format!("smartwait:{{{clinic}}}:events")
+}
+
+/// The Pub/Sub channel for live fan-out between the clinic's nodes.
+pub fn broadcast_channel(clinic: &str) -> String {
+    format!("smartwait:{{{clinic}}}:broadcast")
+}
+
+/// The last seq of `node` that is in the stream.
+pub fn replicated_seq(clinic: &str, node: &str) -> String {
+    format!("smartwait:{{{clinic}}}:nodes:{node}:replicated")
+}
+
+/// `node`'s health snapshot, refreshed while it runs (expires after a crash).
+pub fn node_health(clinic: &str, node: &str) -> String {
+    format!("smartwait:{{{clinic}}}:nodes:{node}:health")
+}
+
+/// What goes over the broadcast channel: one event of one node.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope<'a> {
+    pub node: String,
+    pub seq: u64,
+    pub rooms: Vec<Room>,
+    pub event: EventName,
+    #[serde(borrow)]
+    pub data: &'a RawValue,
+    pub ts: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_carry_the_clinic_hash_tag() {
+        assert_eq!(events_stream("clinic-001"), "smartwait:{clinic-001}:events");
+        assert_eq!(broadcast_channel("c"), "smartwait:{c}:broadcast");
+        assert_eq!(
+            replicated_seq("c", "box-1"),
+            "smartwait:{c}:nodes:box-1:replicated"
+        );
+        assert_eq!(
+            node_health("c", "box-1"),
+            "smartwait:{c}:nodes:box-1:health"
+        );
+    }
+}

@@ -1,0 +1,235 @@
+//! Replication to the clinic's central Redis: drains the store's outbox, in
+//! seq order and in pipelined batches, into the clinic's stream, publishes
+//! fresh events live, and keeps the node's health key.
+//!
+//! Each batch's `XADD`s and the node's `replicated` seq are written in one
+//! MULTI/EXEC, and Redis's `replicated` seq is read back after every
+//! reconnect, so a crash or a lost answer at any point neither skips nor
+//! repeats an event. Nothing here is on the delivery path: local clients
+//! never wait for Redis.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant as StdInstant};
+
+use anyhow::Context;
+use redis::aio::MultiplexedConnection;
+use rusqlite::Connection;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::Backoff;
+use super::keys::{self, Envelope};
+use super::status::{LinkState, ReplicationStatus};
+use crate::clock::{rfc3339_ms, unix_ms};
+use crate::config::{ClinicConfig, RedisConfig};
+use crate::core::event::CommittedEvent;
+use crate::core::rooms::Rooms;
+use crate::metrics::Metrics;
+use crate::net::slots::ConnectionSlots;
+use crate::publish::Publisher;
+use crate::store;
+
+/// How often the node's health key is refreshed, and how long it lives.
+const HEALTH_REFRESH: Duration = Duration::from_secs(10);
+const HEALTH_TTL_SECS: u64 = 30;
+
+/// The outbox drain: what it reads, where it writes, what it reports.
+#[derive(Debug)]
+pub struct Replicator {
+    pub redis: RedisConfig,
+    pub clinic: ClinicConfig,
+    /// Its own read connection to `state.db`; locked by the blocking read only.
+    pub reader: Arc<Mutex<Connection>>,
+    pub publisher: Publisher,
+    pub status: Arc<ReplicationStatus>,
+    pub metrics: Metrics,
+    pub shutdown: CancellationToken,
+    /// For the node's health key.
+    pub rooms: Rooms,
+    pub slots: ConnectionSlots,
+    pub started: StdInstant,
+}
+
+/// Replicates until shutdown, reconnecting with backoff after any failure.
+pub async fn run(replicator: Replicator) {
+    let mut backoff = Backoff::default();
+    loop {
+        // Not raced against shutdown: the session notices it itself, so it can
+        // remove the health key; every Redis call in it has a timeout.
+        match replicator.replicate(&mut backoff).await {
+            Ok(()) => return,
+            Err(err) => {
+                let message = format!("{err:#}");
+                tracing::warn!(error = %message, "redis replication interrupted; events stay in the outbox");
+                replicator.status.update(|status| {
+                    status.state = LinkState::Unreachable;
+                    status.last_error = Some(message);
+                });
+                replicator.status.lost.notify_waiters();
+                replicator.metrics.redis_reconnects.inc();
+            }
+        }
+        tokio::select! {
+            () = replicator.shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff.delay()) => {}
+        }
+    }
+}
+
+impl Replicator {
+    /// One connected session: catch up from Redis's `replicated` seq, then
+    /// follow the outbox. Returns `Ok` only at shutdown.
+    async fn replicate(&self, backoff: &mut Backoff) -> anyhow::Result<()> {
+        let clinic = &self.clinic;
+        let mut connection = super::connect(&self.redis).await?;
+        let replicated_key = keys::replicated_seq(&clinic.id, &clinic.node);
+        let stored: Option<u64> = redis::cmd("GET")
+            .arg(&replicated_key)
+            .query_async(&mut connection)
+            .await
+            .context("cannot read this node's replicated seq")?;
+        let mut cursor = stored.unwrap_or(0);
+        self.publisher.replicated(cursor).await;
+        self.status.update(|status| {
+            status.state = LinkState::Connected;
+            status.last_error = None;
+            status.last_replicated_seq = cursor;
+        });
+        backoff.reset();
+        tracing::info!(replicated_seq = cursor, "connected to redis");
+        let mut next_health = Instant::now();
+        loop {
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            if Instant::now() >= next_health {
+                self.write_health(&mut connection).await?;
+                next_health = Instant::now() + HEALTH_REFRESH;
+            }
+            let batch = self.read_batch(cursor).await?;
+            if let Some(last) = batch.last() {
+                let lag_ms = unix_ms().saturating_sub(batch[0].ts_ms);
+                self.metrics
+                    .replication_lag_seconds
+                    .set(lag_ms as f64 / 1000.0);
+                self.write_batch(&mut connection, &batch, &replicated_key)
+                    .await?;
+                cursor = last.seq;
+                self.publisher.replicated(cursor).await;
+                self.metrics.replicated_events.inc_by(batch.len() as u64);
+                self.status
+                    .update(|status| status.last_replicated_seq = cursor);
+                continue;
+            }
+            self.metrics.replication_lag_seconds.set(0.0);
+            tokio::select! {
+                () = self.shutdown.cancelled() => {}
+                () = self.publisher.outbox().added.notified() => {}
+                () = tokio::time::sleep_until(next_health) => {}
+            }
+        }
+        // Central operations see the box leave at once, not after the TTL.
+        redis::cmd("DEL")
+            .arg(keys::node_health(&clinic.id, &clinic.node))
+            .query_async::<()>(&mut connection)
+            .await
+            .context("cannot remove this node's health key")
+    }
+
+    async fn read_batch(&self, after: u64) -> anyhow::Result<Vec<CommittedEvent>> {
+        let reader = self.reader.clone();
+        let batch = self.redis.batch_events;
+        tokio::task::spawn_blocking(move || {
+            let connection = reader.lock().unwrap_or_else(PoisonError::into_inner);
+            store::read_outbox(&connection, after, batch)
+        })
+        .await
+        .context("outbox reader stopped")?
+    }
+
+    /// One MULTI/EXEC: every event of the batch into the stream, fresh ones
+    /// published live, and the node's `replicated` seq.
+    async fn write_batch(
+        &self,
+        connection: &mut MultiplexedConnection,
+        batch: &[CommittedEvent],
+        replicated_key: &str,
+    ) -> anyhow::Result<()> {
+        let clinic = &self.clinic;
+        let redis = &self.redis;
+        let stream = keys::events_stream(&clinic.id);
+        let channel = keys::broadcast_channel(&clinic.id);
+        let live_after = unix_ms().saturating_sub(redis.live_window.as_millis() as u64);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for event in batch {
+            let rooms = store::rooms_json(&event.rooms);
+            let ts = rfc3339_ms(event.ts_ms);
+            pipe.cmd("XADD")
+                .arg(&stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(redis.stream_maxlen)
+                .arg("*")
+                .arg("node")
+                .arg(&clinic.node)
+                .arg("seq")
+                .arg(event.seq)
+                .arg("rooms")
+                .arg(&rooms)
+                .arg("event")
+                .arg(event.event.as_str())
+                .arg("data")
+                .arg(event.data.get())
+                .arg("ts")
+                .arg(&ts)
+                .ignore();
+            if event.ts_ms >= live_after {
+                let envelope = Envelope {
+                    node: clinic.node.clone(),
+                    seq: event.seq,
+                    rooms: event.rooms.clone(),
+                    event: event.event.clone(),
+                    data: &event.data,
+                    ts,
+                };
+                pipe.cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(serde_json::to_string(&envelope)?)
+                    .ignore();
+            }
+        }
+        pipe.cmd("SET")
+            .arg(replicated_key)
+            .arg(batch[batch.len() - 1].seq)
+            .ignore();
+        pipe.query_async::<()>(connection)
+            .await
+            .context("cannot write a batch to the Redis stream")
+    }
+
+    async fn write_health(&self, connection: &mut MultiplexedConnection) -> anyhow::Result<()> {
+        let clinic = &self.clinic;
+        let status = self.status.status();
+        let health = serde_json::json!({
+            "node": clinic.node,
+            "version": env!("CARGO_PKG_VERSION"),
+            "connectedClients": self.slots.connected_clients(),
+            "backlog": self.publisher.outbox().backlog.load(Ordering::Relaxed),
+            "droppedEvents": self.publisher.outbox().dropped.load(Ordering::Relaxed),
+            "lastReplicatedSeq": status.last_replicated_seq,
+            "lastSeq": self.rooms.last_seq(),
+            "uptimeSeconds": self.started.elapsed().as_secs(),
+            "timestamp": rfc3339_ms(unix_ms()),
+        });
+        redis::cmd("SET")
+            .arg(keys::node_health(&clinic.id, &clinic.node))
+            .arg(health.to_string())
+            .arg("EX")
+            .arg(HEALTH_TTL_SECS)
+            .query_async::<()>(connection)
+            .await
+            .context("cannot write this node's health key")
+    }
+}

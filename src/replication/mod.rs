@@ -1,0 +1,33 @@
+//! The link to the clinic's central Redis: the outbox drained into the
+//! clinic's stream ([`link`]), live events of the clinic's other boxes
+//! ([`subscription`]), the key layout ([`keys`]), the link's state as
+//! `/health` shows it ([`status`]) and reconnect [`backoff`].
+//!
+//! Nothing here is on the delivery path: local screens never wait for
+//! Redis. Imports the core, the store, the publisher and the leaves; never
+//! the transports, HTTP or the gateway.
+
+pub mod backoff;
+pub mod keys;
+pub mod link;
+pub mod status;
+pub mod subscription;
+
+use anyhow::Context;
+use redis::aio::MultiplexedConnection;
+use redis::AsyncConnectionConfig;
+
+use crate::config::RedisConfig;
+
+/// Opens a multiplexed connection with the configured timeouts.
+pub async fn connect(redis: &RedisConfig) -> anyhow::Result<MultiplexedConnection> {
+    let timeout = redis.command_timeout;
+    let client = redis::Client::open(redis.url.as_str()).context("invalid redis.url")?;
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .context("cannot connect to Redis")
+}

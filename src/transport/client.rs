@@ -1,0 +1,262 @@
+//! One client as the rooms see it, whatever its framing: its identity, its
+//! memberships (guards that leave their room when dropped), its queue of
+//! room events and its message budget. The native session and the
+//! Socket.IO session both hand it parsed requests and encode its answers in
+//! their own framing.
+
+use std::sync::Arc;
+
+use super::budget::{ClientBudget, Exhausted};
+use super::requests::{ErrorCode, JoinState, Outcome, Request, Resume, RoomRequest};
+use super::sessions::Sessions;
+use crate::auth::{Denied, Identity};
+use crate::core::event::RoomEvent;
+use crate::core::room::Room;
+use crate::core::rooms::{Membership, Subscriber};
+use crate::metrics::{CodeLabel, RoomKindLabel};
+
+/// An accepted join: where the room stands and what to send first.
+pub struct JoinGrant {
+    pub latest_seq: u64,
+    pub recovered: bool,
+    pub backlog: Vec<Arc<RoomEvent>>,
+}
+
+pub fn outcome<'a>(room: &'a str, result: Result<Option<JoinState<'a>>, Refusal>) -> Outcome<'a> {
+    match result {
+        Ok(joined) => Outcome::Ok { room, joined },
+        Err(refusal) => Outcome::Refused {
+            room,
+            code: refusal.code(),
+            message: refusal.message(),
+        },
+    }
+}
+
+/// What a join or leave was refused for, as the protocol's codes.
+#[derive(Debug, Clone, Copy)]
+pub enum Refusal {
+    InvalidRoom,
+    Denied(Denied),
+    TooManyRooms,
+    NotJoined,
+}
+
+impl Refusal {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::InvalidRoom => "invalid_room",
+            Self::Denied(denied) => denied.code(),
+            Self::TooManyRooms => "too_many_rooms",
+            Self::NotJoined => "not_joined",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::InvalidRoom => {
+                "not a room: use patient_{id} (id: 1-64 of A-Z a-z 0-9 _ -), staff or patients"
+            }
+            // Both framings read this: name both ways of passing a token.
+            Self::Denied(Denied::Unauthorized) => {
+                "this room needs a token: connect with ?token=... (Socket.IO: auth: {token})"
+            }
+            Self::Denied(Denied::Forbidden) => "this token may not join this room",
+            Self::TooManyRooms => "this connection is already in limits.rooms_per_connection rooms",
+            Self::NotJoined => "this connection is not in that room",
+        }
+    }
+}
+
+/// Whether a request was a join or a leave: the framings answer them differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    Join,
+    Leave,
+    Ping,
+}
+
+/// The result of one request, to be encoded by the session.
+pub struct Answer {
+    pub kind: RequestKind,
+    /// The room name as the client wrote it (shortened for echoing back).
+    pub room_name: String,
+    pub result: Result<JoinGrant, Refusal>,
+}
+
+impl Answer {
+    /// The reply in protocol terms; `epoch` is the store's.
+    pub fn outcome<'a>(&'a self, epoch: &'a str) -> Outcome<'a> {
+        let state = match (&self.result, self.kind) {
+            (Ok(grant), RequestKind::Join) => Ok(Some(JoinState {
+                epoch,
+                seq: grant.latest_seq,
+                recovered: grant.recovered,
+            })),
+            (Ok(_), RequestKind::Leave | RequestKind::Ping) => Ok(None),
+            (Err(refusal), _) => Err(*refusal),
+        };
+        outcome(&self.room_name, state)
+    }
+
+    /// Events to send right after the reply: missed ones or the retained one.
+    pub fn take_backlog(&mut self) -> Vec<Arc<RoomEvent>> {
+        match &mut self.result {
+            Ok(grant) => std::mem::take(&mut grant.backlog),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+pub struct Client {
+    sessions: Sessions,
+    identity: Identity,
+    subscriber: Subscriber,
+    memberships: Vec<Membership>,
+    budget: ClientBudget,
+}
+
+impl Client {
+    /// A client whose room events reach it as `subscriber` (see
+    /// [`crate::core::rooms::Rooms::connect`] and `connect_direct`).
+    pub fn new(sessions: Sessions, identity: Identity, subscriber: Subscriber) -> Self {
+        tracing::Span::current().record("conn", subscriber.id().0);
+        Self {
+            budget: ClientBudget::new(sessions.limits()),
+            sessions,
+            identity,
+            subscriber,
+            memberships: Vec::new(),
+        }
+    }
+
+    pub fn subscriber(&mut self) -> &mut Subscriber {
+        &mut self.subscriber
+    }
+
+    /// Spends one inbound message from the rate budget.
+    pub fn spend_message(&mut self) -> Result<(), Exhausted> {
+        self.budget.spend_message()
+    }
+
+    /// Counts a message that changed nothing, in metrics and in the budget.
+    pub fn count_error(&mut self, code: ErrorCode) -> Result<(), Exhausted> {
+        self.sessions
+            .metrics()
+            .client_errors
+            .get_or_create(&CodeLabel {
+                code: code.as_str(),
+            })
+            .inc();
+        self.budget.record_error()
+    }
+
+    /// Leaves every room (before a possibly slow close handshake).
+    pub fn leave_all(&mut self) {
+        self.memberships.clear();
+    }
+
+    /// Carries out a join or leave.
+    pub fn handle(&mut self, request: Request) -> Answer {
+        let (kind, name, result) = match request {
+            Request::Join {
+                room: RoomRequest { room, named },
+                resume,
+                staff_id,
+            } => {
+                if let Some(staff_id) = staff_id {
+                    tracing::debug!(staff_id, "staff join");
+                }
+                (RequestKind::Join, named, self.join(room, &resume))
+            }
+            Request::Leave {
+                room: RoomRequest { room, named },
+            } => {
+                let result = self.leave(room).map(|()| JoinGrant {
+                    latest_seq: 0,
+                    recovered: false,
+                    backlog: Vec::new(),
+                });
+                (RequestKind::Leave, named, result)
+            }
+            Request::Ping => (
+                RequestKind::Ping,
+                String::new(),
+                Ok(JoinGrant {
+                    latest_seq: 0,
+                    recovered: false,
+                    backlog: Vec::new(),
+                }),
+            ),
+        };
+        Answer {
+            kind,
+            room_name: name,
+            result,
+        }
+    }
+
+    fn join(&mut self, room: Option<Room>, resume: &Resume) -> Result<JoinGrant, Refusal> {
+        let result = self.try_join(room, resume);
+        if let Err(refusal) = &result {
+            self.sessions
+                .metrics()
+                .joins_denied
+                .get_or_create(&CodeLabel {
+                    code: refusal.code(),
+                })
+                .inc();
+        }
+        result
+    }
+
+    fn try_join(&mut self, room: Option<Room>, resume: &Resume) -> Result<JoinGrant, Refusal> {
+        // The room name is checked first, whatever the token.
+        let room = room.ok_or(Refusal::InvalidRoom)?;
+        self.sessions
+            .auth()
+            .may_join(&self.identity, &room)
+            .map_err(Refusal::Denied)?;
+        if self.memberships.iter().any(|member| *member.room() == room) {
+            let latest_seq = self.sessions.rooms().latest_seq(&room);
+            return Ok(JoinGrant {
+                latest_seq,
+                recovered: false,
+                backlog: Vec::new(),
+            });
+        }
+        if self.memberships.len() >= self.sessions.limits().rooms_per_connection {
+            return Err(Refusal::TooManyRooms);
+        }
+        // A `since` from another epoch counts from another history: ignore it.
+        let since = resume
+            .since
+            .filter(|_| resume.epoch.as_deref() == Some(self.sessions.rooms().epoch()));
+        tracing::debug!(%room, since, "joined");
+        self.sessions
+            .metrics()
+            .joins
+            .get_or_create(&RoomKindLabel {
+                room_kind: room.kind().as_str(),
+            })
+            .inc();
+        let joined = self.subscriber.join(room, since);
+        self.memberships.push(joined.membership);
+        Ok(JoinGrant {
+            latest_seq: joined.latest_seq,
+            recovered: joined.recovered,
+            backlog: joined.backlog,
+        })
+    }
+
+    fn leave(&mut self, room: Option<Room>) -> Result<(), Refusal> {
+        let room = room.ok_or(Refusal::InvalidRoom)?;
+        let position = self
+            .memberships
+            .iter()
+            .position(|member| *member.room() == room)
+            .ok_or(Refusal::NotJoined)?;
+        self.memberships.swap_remove(position);
+        Ok(())
+    }
+}

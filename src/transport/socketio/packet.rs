@@ -1,0 +1,259 @@
+//! Socket.IO v5 packets, carried in Engine.IO message packets: parsing of
+//! what clients send and encoding of what the gateway answers.
+//!
+//! A packet is `<type>[<attachments>-][<namespace>,][<ack id>][<JSON>]`
+//! with types `0` CONNECT, `1` DISCONNECT, `2` EVENT, `3` ACK, `4`
+//! CONNECT_ERROR, `5` BINARY_EVENT, `6` BINARY_ACK. Binary packets are
+//! refused: the gateway's payloads are JSON.
+
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use bytes::Bytes;
+
+use crate::core::event::RoomEvent;
+
+/// The only namespace the gateway serves.
+pub const MAIN_NAMESPACE: &str = "/";
+
+/// A packet from a client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientPacket {
+    /// CONNECT to `namespace`, with the client's `auth` payload if any.
+    Connect {
+        namespace: String,
+        auth: Option<Value>,
+    },
+    /// DISCONNECT from `namespace`.
+    Disconnect { namespace: String },
+    /// EVENT `name` with its first argument (`null` when none) and ack id.
+    Event {
+        namespace: String,
+        ack: Option<u64>,
+        name: String,
+        data: Value,
+    },
+    /// ACK of a server event; the gateway asks for none, so it is ignored.
+    Ack,
+}
+
+/// Why a message is not a usable Socket.IO packet.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PacketError {
+    #[error("binary Socket.IO packets are not supported; emit JSON data")]
+    Binary,
+    #[error("not a Socket.IO packet: {0}")]
+    Malformed(&'static str),
+}
+
+/// Parses the data of one Engine.IO message packet.
+pub fn parse(text: &str) -> Result<ClientPacket, PacketError> {
+    let mut rest = text;
+    let kind = rest
+        .chars()
+        .next()
+        .ok_or(PacketError::Malformed("empty packet"))?;
+    rest = &rest[kind.len_utf8()..];
+    if matches!(kind, '5' | '6') {
+        return Err(PacketError::Binary);
+    }
+    let namespace = match rest.strip_prefix('/') {
+        Some(_) => {
+            let (namespace, after) = rest.split_once(',').unwrap_or((rest, ""));
+            rest = after;
+            namespace.to_owned()
+        }
+        None => MAIN_NAMESPACE.to_owned(),
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let ack = if digits > 0 {
+        let id = rest[..digits]
+            .parse::<u64>()
+            .map_err(|_| PacketError::Malformed("ack id out of range"))?;
+        rest = &rest[digits..];
+        Some(id)
+    } else {
+        None
+    };
+    let payload = if rest.is_empty() {
+        None
+    } else {
+        Some(
+            serde_json::from_str::<Value>(rest)
+                .map_err(|_| PacketError::Malformed("invalid JSON payload"))?,
+        )
+    };
+    match kind {
+        '0' => Ok(ClientPacket::Connect {
+            namespace,
+            auth: payload,
+        }),
+        '1' => Ok(ClientPacket::Disconnect { namespace }),
+        '2' => {
+            let Some(Value::Array(mut args)) = payload else {
+                return Err(PacketError::Malformed(
+                    "an event is a JSON array [name, ...args]",
+                ));
+            };
+            if args.is_empty() {
+                return Err(PacketError::Malformed("an event needs a name"));
+            }
+            let Value::String(name) = args.remove(0) else {
+                return Err(PacketError::Malformed("an event name is a string"));
+            };
+            let data = args.into_iter().next().unwrap_or(Value::Null);
+            Ok(ClientPacket::Event {
+                namespace,
+                ack,
+                name,
+                data,
+            })
+        }
+        '3' => Ok(ClientPacket::Ack),
+        _ => Err(PacketError::Malformed("unknown packet type")),
+    }
+}
+
+/// CONNECT accepted: `0{"sid": ...}` as an Engine.IO message.
+pub fn connect(sid: &str) -> String {
+    format!("40{}", serde_json::json!({ "sid": sid }))
+}
+
+/// CONNECT_ERROR with a message and data, for `namespace`.
+pub fn connect_error(namespace: &str, message: &str, data: &Value) -> String {
+    let body = serde_json::json!({ "message": message, "data": data });
+    if namespace == MAIN_NAMESPACE {
+        format!("44{body}")
+    } else {
+        format!("44{namespace},{body}")
+    }
+}
+
+/// An EVENT with one argument, as an Engine.IO message.
+pub fn event(name: &str, data: &Value) -> String {
+    format!("42{}", serde_json::json!([name, data]))
+}
+
+/// An ACK of the client's event `id` with one argument.
+pub fn ack(id: u64, data: &Value) -> String {
+    format!("43{id}{}", serde_json::json!([data]))
+}
+
+/// `42["event", data]`: a room event as Socket.IO clients receive it,
+/// with the seed's payload and nothing else.
+pub fn encode_room_event(event: &RoomEvent) -> Bytes {
+    #[derive(serde::Serialize)]
+    struct Args<'a>(&'a str, &'a RawValue);
+    let args = serde_json::to_string(&Args(event.event.as_str(), &event.data)).unwrap_or_default();
+    let mut frame = String::with_capacity(args.len() + 2);
+    frame.push_str("42");
+    frame.push_str(&args);
+    Bytes::from(frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    // Examples from the Socket.IO v5 protocol document.
+    #[test]
+    fn packets_from_the_protocol_document() {
+        assert_eq!(
+            parse("0"),
+            Ok(ClientPacket::Connect {
+                namespace: "/".into(),
+                auth: None
+            })
+        );
+        assert_eq!(
+            parse(r#"0{"token":"123"}"#),
+            Ok(ClientPacket::Connect {
+                namespace: "/".into(),
+                auth: Some(json!({"token": "123"}))
+            })
+        );
+        assert_eq!(
+            parse(r#"0/admin,{"token":"123"}"#),
+            Ok(ClientPacket::Connect {
+                namespace: "/admin".into(),
+                auth: Some(json!({"token": "123"}))
+            })
+        );
+        assert_eq!(
+            parse("1/admin,"),
+            Ok(ClientPacket::Disconnect {
+                namespace: "/admin".into()
+            })
+        );
+        assert_eq!(
+            parse("1"),
+            Ok(ClientPacket::Disconnect {
+                namespace: "/".into()
+            })
+        );
+        assert_eq!(
+            parse(r#"2["foo"]"#),
+            Ok(ClientPacket::Event {
+                namespace: "/".into(),
+                ack: None,
+                name: "foo".into(),
+                data: Value::Null
+            })
+        );
+        assert_eq!(
+            parse(r#"2/admin,456["project:delete",123]"#),
+            Ok(ClientPacket::Event {
+                namespace: "/admin".into(),
+                ack: Some(456),
+                name: "project:delete".into(),
+                data: json!(123)
+            })
+        );
+        assert_eq!(parse(r#"3/admin,456[]"#), Ok(ClientPacket::Ack));
+        assert_eq!(
+            parse(r#"51-["hello",{"_placeholder":true,"num":0}]"#),
+            Err(PacketError::Binary)
+        );
+        assert_eq!(
+            parse(r#"61-/admin,456[{"_placeholder":true,"num":0}]"#),
+            Err(PacketError::Binary)
+        );
+    }
+
+    #[test]
+    fn malformed_packets_are_errors_not_panics() {
+        for text in [
+            "",
+            "2",
+            "2{}",
+            "2[]",
+            "2[1]",
+            "2[\"x\"",
+            "9",
+            "2/ns",
+            "299999999999999999999999[\"x\"]",
+            "€",
+        ] {
+            assert!(parse(text).is_err(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn encodings_match_what_socket_io_client_reads() {
+        assert_eq!(connect("abc"), r#"40{"sid":"abc"}"#);
+        assert_eq!(
+            connect_error("/", "invalid_token", &json!({"code": "invalid_token"})),
+            r#"44{"message":"invalid_token","data":{"code":"invalid_token"}}"#
+        );
+        assert_eq!(
+            connect_error("/admin", "Invalid namespace", &Value::Null),
+            r#"44/admin,{"message":"Invalid namespace","data":null}"#
+        );
+        assert_eq!(
+            event("joined", &json!({"room": "staff"})),
+            r#"42["joined",{"room":"staff"}]"#
+        );
+        assert_eq!(ack(12, &json!({"ok": true})), r#"4312[{"ok":true}]"#);
+    }
+}

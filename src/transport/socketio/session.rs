@@ -1,0 +1,539 @@
+//! One Socket.IO client: an Engine.IO session (long-polling, WebSocket, or
+//! polling upgraded to WebSocket) carrying Socket.IO packets, served by one
+//! task with one `select!`, on the same rooms core, auth and limits as the
+//! native protocol (through [`Client`]).
+//!
+//! HTTP requests of the polling transport do not touch the session's state:
+//! they hand it [`Inbound`] messages and wait for its answer. While polling,
+//! room events are taken from the client's bounded queue only when a GET is
+//! waiting for them, so a client that stops polling overflows that queue and
+//! is closed like any slow consumer.
+
+use std::collections::VecDeque;
+use std::future::pending;
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{interval_at, sleep_until, Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use super::engineio::{self, Packet};
+use super::packet::{self as socketio, ClientPacket};
+use super::registry::{Inbound, PollAnswer, Registration};
+use crate::core::event::{Framing, RoomEvent};
+use crate::net::slots::ClientSlot;
+use crate::transport::budget::Exhausted;
+use crate::transport::client::{Client, RequestKind};
+use crate::transport::requests::{self, ErrorCode, ProtocolError};
+use crate::transport::sessions::Sessions;
+use crate::transport::websocket::{close, CloseReason, Socket};
+
+/// An encoded packet: UTF-8 text, which a WebSocket write takes as it is.
+type TextFrame = Utf8Bytes;
+
+/// A session's sid, and whether requests can name it.
+#[derive(Debug)]
+pub enum SessionId {
+    /// A polling session, in the registry while it lives.
+    Registered(Registration),
+    /// Opened over WebSocket, or no longer reachable by sid.
+    Unregistered(String),
+}
+
+impl SessionId {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Registered(registration) => registration.sid(),
+            Self::Unregistered(sid) => sid,
+        }
+    }
+
+    /// Leaves the registry (before the transport's possibly slow close).
+    fn deregister(&mut self) {
+        if let Self::Registered(registration) = self {
+            *self = Self::Unregistered(registration.sid().to_owned());
+        }
+    }
+}
+
+/// A room event in Socket.IO's framing, encoded once per event.
+fn room_event_text(event: &RoomEvent) -> Option<TextFrame> {
+    let text = event.encoded(Framing::SocketIo, socketio::encode_room_event);
+    // Always UTF-8 (the encoder writes a `String`); checked, not assumed.
+    TextFrame::try_from(text).ok()
+}
+
+/// Room events taken per poll answer or WebSocket flush.
+const MAX_EVENTS_PER_WRITE: usize = 64;
+
+/// Why a session ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The client closed or disconnected.
+    ClientLeft,
+    /// We close it, with this reason.
+    Closed(CloseReason),
+    /// No pong within the ping timeout.
+    PingTimeout,
+}
+
+enum Transport {
+    Polling,
+    WebSocket(Box<Socket>),
+}
+
+pub struct EngineSession {
+    sessions: Sessions,
+    id: SessionId,
+    /// Requests that name this session's sid (polling, the upgrade probe);
+    /// `None` for a session opened over WebSocket, which takes none (as in
+    /// engine.io) and so carries no channel.
+    inbound: Option<mpsc::Receiver<Inbound>>,
+    transport: Transport,
+    /// A WebSocket being probed for the upgrade, and whether `2probe` was answered.
+    probe: Option<(Box<Socket>, bool)>,
+    /// Encoded packets waiting for a polling GET.
+    outbox: VecDeque<TextFrame>,
+    waiting_poll: Option<oneshot::Sender<PollAnswer>>,
+    /// Present once the client connected to the main namespace.
+    client: Option<Client>,
+    query_token: Option<String>,
+    pong_deadline: Option<Instant>,
+    _slot: ClientSlot,
+}
+
+impl EngineSession {
+    pub fn new(
+        sessions: Sessions,
+        id: SessionId,
+        inbound: Option<mpsc::Receiver<Inbound>>,
+        websocket: Option<Socket>,
+        query_token: Option<String>,
+        slot: ClientSlot,
+    ) -> Self {
+        Self {
+            sessions,
+            id,
+            inbound,
+            transport: websocket.map_or(Transport::Polling, |socket| {
+                Transport::WebSocket(Box::new(socket))
+            }),
+            probe: None,
+            outbox: VecDeque::new(),
+            waiting_poll: None,
+            client: None,
+            query_token,
+            pong_deadline: None,
+            _slot: slot,
+        }
+    }
+
+    /// Serves the session until it ends; `open` is the handshake packet,
+    /// already sent for polling, sent here first for WebSocket.
+    ///
+    /// A plain function returning an `async move` block: an `async fn`
+    /// taking `mut self` would keep `self` twice in every session's future.
+    pub fn run(self, open: String) -> impl std::future::Future<Output = ()> {
+        let mut session = self;
+        if let Transport::WebSocket(_) = session.transport {
+            session.queue(TextFrame::from(open));
+        }
+        async move {
+            // The first flush and the close are boxed: they happen once, and
+            // the future is as large as its largest await point.
+            let end = match Box::pin(session.flush()).await {
+                Ok(()) => session.serve().await,
+                Err(end) => Err(end),
+            };
+            tracing::debug!(?end, "socket.io session ended");
+            if let Some(client) = &mut session.client {
+                client.leave_all();
+            }
+            session.id.deregister();
+            Box::pin(session.close_transport(end)).await;
+        }
+    }
+
+    async fn serve(&mut self) -> Result<(), End> {
+        let socketio = self.sessions.socketio();
+        let mut ping = interval_at(
+            Instant::now() + socketio.ping_interval,
+            socketio.ping_interval,
+        );
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Created once, not per loop turn (see session.rs).
+        let shutdown_token = self.sessions.shutdown().clone();
+        let mut shutdown = std::pin::pin!(shutdown_token.cancelled());
+        // The client's overflow signal exists once the client has connected;
+        // its future is then created once, not per loop turn (see session.rs).
+        let mut overflowed: Option<
+            std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+        > = None;
+        loop {
+            if overflowed.is_none() {
+                overflowed = self.client.as_mut().map(|client| {
+                    Box::pin(client.subscriber().overflowed().clone().cancelled_owned())
+                });
+            }
+            let can_deliver =
+                matches!(self.transport, Transport::WebSocket(_)) || self.waiting_poll.is_some();
+            let pong_deadline = self.pong_deadline;
+            tokio::select! {
+                biased;
+                () = &mut shutdown => return Err(End::Closed(CloseReason::Shutdown)),
+                () = async { match overflowed.as_mut() { Some(wait) => wait.await, None => pending().await } } => {
+                    return Err(End::Closed(CloseReason::SlowConsumer));
+                }
+                () = async { match pong_deadline { Some(at) => sleep_until(at).await, None => pending().await } } => {
+                    return Err(End::PingTimeout);
+                }
+                _ = ping.tick() => {
+                    self.queue(TextFrame::from(Packet::Ping("").encode()));
+                    if self.pong_deadline.is_none() {
+                        self.pong_deadline = Some(Instant::now() + self.sessions.socketio().ping_timeout);
+                    }
+                }
+                inbound = async { match &mut self.inbound { Some(inbound) => inbound.recv().await, None => pending().await } } => match inbound {
+                    Some(inbound) => self.on_inbound(inbound).await?,
+                    None => return Err(End::ClientLeft),
+                },
+                message = async { match &mut self.transport { Transport::WebSocket(socket) => socket.next().await, Transport::Polling => pending().await } } => {
+                    match message {
+                        Some(Ok(Message::Text(text))) => self.on_packet(&text).await?,
+                        Some(Ok(Message::Binary(_))) => self.reject(ErrorCode::BinaryNotSupported, "binary frames are not supported")?,
+                        Some(Ok(_)) => {}
+                        None | Some(Err(_)) => return Err(End::ClientLeft),
+                    }
+                }
+                message = async { match &mut self.probe { Some((socket, _)) => socket.next().await, None => pending().await } } => {
+                    self.on_probe(message).await?;
+                }
+                event = async {
+                    match self.client.as_mut() {
+                        Some(client) if can_deliver => client.subscriber().recv().await,
+                        _ => pending().await,
+                    }
+                } => self.take_events(event),
+            }
+            self.flush().await?;
+        }
+    }
+
+    /// Queues `first` and what else is waiting, encoded once per room event.
+    fn take_events(&mut self, first: Arc<RoomEvent>) {
+        // One latency sample per batch: its oldest event.
+        self.sessions
+            .metrics()
+            .publish_to_send_seconds
+            .observe(first.published_at.elapsed().as_secs_f64());
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(event) = next {
+            self.outbox.extend(room_event_text(&event));
+            taken += 1;
+            next = match &mut self.client {
+                Some(client) if taken < MAX_EVENTS_PER_WRITE => client.subscriber().try_recv(),
+                _ => None,
+            };
+        }
+    }
+
+    fn queue(&mut self, packet: TextFrame) {
+        self.outbox.push_back(packet);
+    }
+
+    /// Sends what is queued: over the WebSocket, or to a waiting GET.
+    async fn flush(&mut self) -> Result<(), End> {
+        if self.outbox.is_empty() {
+            return Ok(());
+        }
+        if self.outbox.len() > self.sessions.limits().client_queue {
+            // A polling client that stopped fetching: the same policy as a full queue.
+            return Err(End::Closed(CloseReason::SlowConsumer));
+        }
+        match &mut self.transport {
+            Transport::WebSocket(socket) => {
+                let deadline = self.sessions.socketio().ping_timeout;
+                let packets: Vec<TextFrame> = self.outbox.drain(..).collect();
+                let write = async {
+                    for packet in packets {
+                        socket.feed(Message::Text(packet)).await?;
+                    }
+                    socket.flush().await
+                };
+                // Most writes complete at once: a timer only for one that waits.
+                let mut write = std::pin::pin!(write);
+                let written = match futures_util::FutureExt::now_or_never(write.as_mut()) {
+                    Some(written) => Ok(written),
+                    None => tokio::time::timeout(deadline, write).await,
+                };
+                match written {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(End::ClientLeft),
+                    Err(_) => Err(End::Closed(CloseReason::SlowConsumer)),
+                }
+            }
+            Transport::Polling => {
+                if let Some(waiting) = self.waiting_poll.take() {
+                    let packets: Vec<TextFrame> = self.outbox.drain(..).collect();
+                    let texts: Vec<&str> = packets.iter().map(TextFrame::as_str).collect();
+                    if let Err(PollAnswer::Payload(_)) =
+                        waiting.send(PollAnswer::Payload(engineio::join_payload(&texts)))
+                    {
+                        // The GET went away before its answer: keep the packets for the next one.
+                        for packet in packets.into_iter().rev() {
+                            self.outbox.push_front(packet);
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_inbound(&mut self, inbound: Inbound) -> Result<(), End> {
+        match inbound {
+            Inbound::Payload(body) => {
+                for packet in engineio::split_payload(&body) {
+                    self.on_packet(packet).await?;
+                }
+                Ok(())
+            }
+            Inbound::Poll(answer) => {
+                if matches!(self.transport, Transport::WebSocket(_)) {
+                    let _ = answer.send(PollAnswer::Closed);
+                    return Ok(());
+                }
+                if let Some(previous) = self.waiting_poll.take() {
+                    let _ = previous.send(PollAnswer::Overlap);
+                    let _ = answer.send(PollAnswer::Overlap);
+                    return Err(End::ClientLeft);
+                }
+                self.waiting_poll = Some(answer);
+                Ok(())
+            }
+            Inbound::Probe(socket) => {
+                if matches!(self.transport, Transport::Polling) && self.probe.is_none() {
+                    self.probe = Some((socket, false));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The upgrade: `2probe` → `3probe` (and a noop to end the pending poll),
+    /// then `5` switches every later packet to the WebSocket.
+    async fn on_probe(
+        &mut self,
+        message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Result<(), End> {
+        let Some((mut socket, probed)) = self.probe.take() else {
+            return Ok(());
+        };
+        let text = match message {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(_)) => {
+                self.probe = Some((socket, probed));
+                return Ok(());
+            }
+            // The probe failed; the client stays on polling.
+            None | Some(Err(_)) => return Ok(()),
+        };
+        match Packet::decode(&text) {
+            Ok(Packet::Ping("probe")) => {
+                if socket
+                    .send(Message::Text(Packet::Pong("probe").encode().into()))
+                    .await
+                    .is_ok()
+                {
+                    self.queue(TextFrame::from(Packet::Noop.encode()));
+                    self.probe = Some((socket, true));
+                }
+            }
+            Ok(Packet::Upgrade) if probed => {
+                if let Some(waiting) = self.waiting_poll.take() {
+                    let _ = waiting.send(PollAnswer::Payload(Packet::Noop.encode()));
+                }
+                self.transport = Transport::WebSocket(socket);
+                tracing::debug!("upgraded to websocket");
+            }
+            _ => self.probe = Some((socket, probed)),
+        }
+        Ok(())
+    }
+
+    async fn on_packet(&mut self, text: &str) -> Result<(), End> {
+        match Packet::decode(text) {
+            Ok(Packet::Message(data)) => self.on_message(data).await,
+            Ok(Packet::Pong(_)) => {
+                self.pong_deadline = None;
+                Ok(())
+            }
+            Ok(Packet::Ping(data)) => {
+                let pong = Packet::Pong(data).encode();
+                self.queue(TextFrame::from(pong));
+                Ok(())
+            }
+            Ok(Packet::Close) => Err(End::ClientLeft),
+            Ok(Packet::Open(_) | Packet::Upgrade | Packet::Noop) => Ok(()),
+            Err(engineio::PacketError::Binary) => self.reject(
+                ErrorCode::BinaryNotSupported,
+                "binary packets are not supported",
+            ),
+            Err(_) => self.reject(ErrorCode::InvalidMessage, "not an Engine.IO packet"),
+        }
+    }
+
+    async fn on_message(&mut self, data: &str) -> Result<(), End> {
+        if let Some(client) = &mut self.client {
+            client.spend_message().map_err(budget_end)?;
+        }
+        let limit = self.sessions.limits().max_client_frame_bytes;
+        if data.len() > limit {
+            return self.reject(
+                ErrorCode::FrameTooLarge,
+                &format!("packets are limited to {limit} bytes"),
+            );
+        }
+        match socketio::parse(data) {
+            Ok(ClientPacket::Connect { namespace, auth }) => {
+                self.on_connect(&namespace, auth);
+                Ok(())
+            }
+            Ok(ClientPacket::Disconnect { namespace }) if namespace == socketio::MAIN_NAMESPACE => {
+                Err(End::ClientLeft)
+            }
+            Ok(ClientPacket::Event {
+                namespace,
+                ack,
+                name,
+                data,
+            }) if namespace == socketio::MAIN_NAMESPACE => self.on_event(ack, &name, data),
+            Ok(
+                ClientPacket::Disconnect { .. } | ClientPacket::Event { .. } | ClientPacket::Ack,
+            ) => Ok(()),
+            Err(socketio::PacketError::Binary) => self.reject(
+                ErrorCode::BinaryNotSupported,
+                "binary Socket.IO packets are not supported; emit JSON data",
+            ),
+            Err(err) => self.reject(ErrorCode::InvalidMessage, &err.to_string()),
+        }
+    }
+
+    fn on_connect(&mut self, namespace: &str, auth: Option<Value>) {
+        if namespace != socketio::MAIN_NAMESPACE {
+            let packet = socketio::connect_error(namespace, "Invalid namespace", &Value::Null);
+            self.queue(TextFrame::from(packet));
+            return;
+        }
+        if self.client.is_some() {
+            return;
+        }
+        let token = auth
+            .as_ref()
+            .and_then(|auth| auth.get("token"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| self.query_token.clone())
+            .filter(|token| !token.is_empty());
+        match self.sessions.auth().identify(token.as_deref()) {
+            Ok(identity) => {
+                let subscriber = self.sessions.rooms().connect();
+                let client = Client::new(self.sessions.clone(), identity, subscriber);
+                self.client = Some(client);
+                self.queue(TextFrame::from(socketio::connect(self.id.as_str())));
+            }
+            Err(refused) => {
+                let packet = socketio::connect_error(
+                    namespace,
+                    refused.code(),
+                    &serde_json::json!({"code": refused.code(), "message": refused.to_string()}),
+                );
+                self.queue(TextFrame::from(packet));
+            }
+        }
+    }
+
+    fn on_event(&mut self, ack: Option<u64>, name: &str, data: Value) -> Result<(), End> {
+        let request = match requests::parse_request(name, data) {
+            Ok(request) => request,
+            Err(mut error) => {
+                error.ack = ack;
+                return self.reject_error(&error);
+            }
+        };
+        let Some(client) = &mut self.client else {
+            return Ok(());
+        };
+        let mut answer = client.handle(request);
+        let outcome = answer.outcome(self.sessions.rooms().epoch());
+        let packet = match ack {
+            Some(id) if answer.kind == RequestKind::Ping => {
+                socketio::ack(id, &requests::pong_data(true))
+            }
+            Some(id) => socketio::ack(id, &requests::reply_data(&outcome, true)),
+            None if answer.kind == RequestKind::Ping => {
+                socketio::event("pong", &requests::pong_data(false))
+            }
+            None => {
+                let is_join = answer.kind == RequestKind::Join;
+                let event = requests::reply_event(is_join, answer.result.is_ok());
+                socketio::event(event, &requests::reply_data(&outcome, false))
+            }
+        };
+        self.queue(TextFrame::from(packet));
+        let backlog = answer.take_backlog();
+        for event in backlog {
+            self.outbox.extend(room_event_text(&event));
+        }
+        Ok(())
+    }
+
+    fn reject(&mut self, code: ErrorCode, message: &str) -> Result<(), End> {
+        self.reject_error(&ProtocolError::new(code, message))
+    }
+
+    /// Answers a packet that changed nothing and counts it against the budget.
+    fn reject_error(&mut self, error: &ProtocolError) -> Result<(), End> {
+        let packet = match error.ack {
+            Some(id) => socketio::ack(id, &requests::error_data(error, true)),
+            None => socketio::event("error", &requests::error_data(error, false)),
+        };
+        self.queue(TextFrame::from(packet));
+        match &mut self.client {
+            Some(client) => client.count_error(error.code).map_err(budget_end),
+            None => Ok(()),
+        }
+    }
+
+    /// Ends the transport without a Socket.IO DISCONNECT, so that
+    /// `socket.io-client` reconnects by itself, as after a Node restart.
+    async fn close_transport(&mut self, end: Result<(), End>) {
+        let reason = match end {
+            Err(End::Closed(reason)) => Some(reason),
+            Err(End::PingTimeout) => Some(CloseReason::Idle),
+            Ok(()) | Err(End::ClientLeft) => None,
+        };
+        if let Some((mut socket, _)) = self.probe.take() {
+            close(&mut socket, reason.unwrap_or(CloseReason::Shutdown)).await;
+        }
+        match std::mem::replace(&mut self.transport, Transport::Polling) {
+            Transport::WebSocket(mut socket) => {
+                if let Some(reason) = reason {
+                    close(&mut socket, reason).await;
+                }
+            }
+            Transport::Polling => {
+                if let Some(waiting) = self.waiting_poll.take() {
+                    let _ = waiting.send(PollAnswer::Payload(Packet::Close.encode()));
+                }
+            }
+        }
+    }
+}
+
+fn budget_end(exhausted: Exhausted) -> End {
+    End::Closed(CloseReason::Budget(exhausted))
+}
