@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 2 ] || { echo "usage: bench/compare.sh BEFORE_BINARY AFTER_BINARY [runs]" >&2; exit 2; }
-before=$1; after=$2; runs=${3:-3}
+before=$(realpath "$1"); after=$(realpath "$2"); runs=${3:-3}
 for binary in "$before" "$after"; do [ -x "$binary" ] || { echo "not an executable: $binary" >&2; exit 2; }; done
 command -v python3 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3; }
 command -v taskset >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq util-linux; }
@@ -33,10 +33,11 @@ wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev
 one() {  # $1 label, $2 binary, then the generator's arguments
   local label=$1 binary=$2; shift 2
   local port; port=$(free_port)
-  env SMARTWAIT_SERVER_LISTEN="127.0.0.1:$port" SMARTWAIT_SERVER_STATE_DIR="$work/$label-$port" \
+  # From the work directory: neither build may read this checkout's config/gateway.toml.
+  (cd "$work" && exec env SMARTWAIT_SERVER_LISTEN="127.0.0.1:$port" SMARTWAIT_SERVER_STATE_DIR="$work/$label-$port" \
       SMARTWAIT_AUTH_MODE=off SMARTWAIT_LIMITS_MAX_CONNECTIONS=30000 SMARTWAIT_LIMITS_CONNECTIONS_PER_IP=30000 \
       SMARTWAIT_LIMITS_CLIENT_MSGS_PER_SEC=1000 SMARTWAIT_LIMITS_CLIENT_MSGS_BURST=1000 RUST_LOG=warn \
-      "${server_pin[@]}" "$binary" &
+      "${server_pin[@]}" "$binary") &
   local pid=$!; pids+=("$pid"); wait_port "$port"
   "${client_pin[@]}" $generator "$@" --addr "127.0.0.1:$port" --pid "$pid" --label "$label" | tee -a "$out"
   kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; sleep 0.5

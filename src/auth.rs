@@ -289,15 +289,41 @@ fn create_secret(path: &Path) -> anyhow::Result<String> {
     if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    // Written whole and fsynced under a temporary name, then linked into
+    // place (which fails if another start got there first), then the
+    // directory fsynced: a power cut leaves no file or the whole file,
+    // never an empty one.
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(".new-{}", std::process::id()));
+    let temporary = std::path::PathBuf::from(temporary);
+    let _ = fs::remove_file(&temporary);
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create the JWT secret file {}", path.display()))?;
+        .open(&temporary)
+        .with_context(|| format!("cannot create the JWT secret file {}", temporary.display()))?;
     writeln!(file, "{secret}")
         .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write the JWT secret file {}", path.display()))?;
+        .with_context(|| format!("cannot write the JWT secret file {}", temporary.display()))?;
+    drop(file);
+    let linked = fs::hard_link(&temporary, path);
+    let _ = fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            return load_or_create_secret(path);
+        }
+        Err(err) => {
+            return Err(err)
+                .with_context(|| format!("cannot create the JWT secret file {}", path.display()))
+        }
+    }
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        if let Ok(dir) = fs::File::open(dir) {
+            let _ = dir.sync_all();
+        }
+    }
     tracing::info!(path = %path.display(), "created a new JWT secret; give this file's text to the systems that mint tokens");
     Ok(secret)
 }

@@ -40,6 +40,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// `[history]`: what rooms remember for reconnects.
     pub history: HistoryConfig,
+    /// `[store]`: what happens while `state.db` cannot be written.
+    pub store: StoreConfig,
     /// `[clinic]`: which clinic and box this is.
     pub clinic: ClinicConfig,
     /// `[redis]`: replication to central Redis.
@@ -251,6 +253,23 @@ impl Default for ApiConfig {
     }
 }
 
+/// `[store]`: the state database under disk faults.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Events numbered and delivered while `state.db` cannot be written,
+    /// held in memory until it can; beyond, publishes are refused (503).
+    pub memory_journal_events: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            memory_journal_events: 10_000,
+        }
+    }
+}
+
 /// `[history]`: what rooms remember for reconnecting screens.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -416,6 +435,10 @@ impl Config {
             ),
             ("limits.max_body_bytes", limits.max_body_bytes),
             ("limits.connections_per_ip", limits.connections_per_ip),
+            (
+                "store.memory_journal_events",
+                self.store.memory_journal_events,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -472,8 +495,9 @@ impl Config {
 
 /// Sections that environment overrides may address. Section names have no
 /// underscore, so `SMARTWAIT_LIMITS_CLIENT_QUEUE` splits unambiguously.
-const SECTIONS: [&str; 10] = [
-    "server", "auth", "limits", "ws", "queue", "api", "history", "clinic", "redis", "socketio",
+const SECTIONS: [&str; 11] = [
+    "server", "auth", "limits", "ws", "queue", "api", "history", "store", "clinic", "redis",
+    "socketio",
 ];
 
 fn apply_env_override(

@@ -7,7 +7,7 @@
 //!
 //! | layer | owns |
 //! |---|---|
-//! | [`gateway`] | the assembly: builds every part from the config, the route table, the accept loop, background tasks, three-phase shutdown, systemd |
+//! | `gateway` | the assembly: builds every part from the config, the route table, the accept loop, background tasks, three-phase shutdown, systemd |
 //! | `transport` | client sessions: the framing-neutral client, `transport::native` (`/ws`) and `transport::socketio` (`/socket.io/`) |
 //! | `http` | the HTTP vocabulary (errors as statuses, bodies, queries, deadlines) and the plain-HTTP handlers: API, health, screens, redirect |
 //! | `replication` | the link to central Redis: outbox drain, live fan-in, key layout, link status |

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub http_requests: Family<HttpLabels, Counter>,
     pub publish_to_send_seconds: Histogram,
     pub store_errors: Counter,
+    pub store_in_memory: Gauge,
+    pub store_refused: Counter,
     pub outbox_backlog: Gauge,
     pub outbox_dropped: Counter,
     pub replicated_events: Counter,
@@ -73,6 +75,8 @@ impl Metrics {
         let publish_to_send_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
 
         let store_errors = Counter::default();
+        let store_in_memory = Gauge::default();
+        let store_refused = Counter::default();
         let outbox_backlog = Gauge::default();
         let outbox_dropped = Counter::default();
         let replicated_events = Counter::default();
@@ -83,8 +87,18 @@ impl Metrics {
         let mut registry = Registry::with_prefix("smartwait");
         registry.register(
             "store_errors",
-            "Publish batches that could not be committed",
+            "Commits to state.db that failed (the events were held in memory)",
             store_errors.clone(),
+        );
+        registry.register(
+            "store_in_memory",
+            "Events delivered but not yet committed (the store fails)",
+            store_in_memory.clone(),
+        );
+        registry.register(
+            "store_refused",
+            "Publishes refused: the store fails and the memory journal is full",
+            store_refused.clone(),
         );
         registry.register(
             "outbox_backlog",
@@ -176,6 +190,8 @@ impl Metrics {
             http_requests,
             publish_to_send_seconds,
             store_errors,
+            store_in_memory,
+            store_refused,
             outbox_backlog,
             outbox_dropped,
             replicated_events,

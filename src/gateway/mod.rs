@@ -43,6 +43,9 @@ use crate::transport::sessions::{Sessions, SessionsSetup};
 use crate::transport::socketio::endpoint::SocketIo;
 use routes::Routes;
 
+/// How often the writer is nudged to retry a failing store.
+const STORE_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How often old idempotency keys and stale retained state are expired.
 const HOUSEKEEPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -116,6 +119,19 @@ impl Gateway {
             },
             metrics.clone(),
         );
+        let journal = config.store.memory_journal_events;
+        let skip_seqs = match store::begin_run(&opened.connection, journal) {
+            Ok(skip) => {
+                if skip > 0 {
+                    tracing::warn!(skip, "the last run did not stop cleanly; seqs it may have handed out from memory are skipped");
+                }
+                skip
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot record the start in the store; skipping seqs to be safe");
+                journal as u64
+            }
+        };
         let (publisher, _writer_thread) = Publisher::start(WriterSetup {
             connection: opened.connection,
             last_seq: opened.last_seq,
@@ -123,6 +139,9 @@ impl Gateway {
             outbox_enabled: config.redis.enabled(),
             outbox_max_events: config.redis.outbox_max_events,
             idempotency_window: config.api.idempotency_window,
+            memory_journal_events: journal,
+            skip_seqs,
+            recovered: opened.recovered.clone(),
             rooms: rooms.clone(),
             metrics: metrics.clone(),
         })?;
@@ -182,6 +201,8 @@ impl Gateway {
                 rooms: rooms.clone(),
                 outbox: publisher.outbox().clone(),
                 replication: replication_status,
+                store: publisher.store_health().clone(),
+                state_dir: config.server.state_dir.clone(),
                 slots,
                 metrics: metrics.clone(),
                 started,
@@ -277,10 +298,13 @@ impl Gateway {
 
 async fn housekeeping(publisher: Publisher, shutdown: CancellationToken) {
     let mut interval = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+    // The writer backs off by itself; this only wakes it when nothing is published.
+    let mut retry = tokio::time::interval(STORE_RETRY_INTERVAL);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = interval.tick() => publisher.housekeep().await,
+            _ = retry.tick() => publisher.retry_store(),
         }
     }
 }

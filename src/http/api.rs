@@ -119,6 +119,7 @@ impl Api {
             "seq": first.seq,
             "rooms": notifications[0].rooms,
             "delivered": first.delivered,
+            "durable": receipt.durable,
         });
         // Only `position` yields a second notification: the `get_ready` of a crossing.
         if let Some(get_ready) = receipt.published.get(1) {

@@ -18,8 +18,10 @@ use crate::clock::timestamp_now;
 use crate::core::rooms::Rooms;
 use crate::metrics::Metrics;
 use crate::net::slots::ConnectionSlots;
+use crate::publish::store_health::{StoreHealth, StoreState};
 use crate::publish::Outbox;
 use crate::replication::status::{LinkState, ReplicationStatus};
+use crate::store;
 
 /// How long the readiness canary may take through the rooms core.
 const CANARY_TIMEOUT: Duration = Duration::from_secs(1);
@@ -30,6 +32,9 @@ pub struct Health {
     pub rooms: Rooms,
     pub outbox: Arc<Outbox>,
     pub replication: Arc<ReplicationStatus>,
+    pub store: Arc<StoreHealth>,
+    /// Where `state.db` is, for its size and the free space beside it.
+    pub state_dir: std::path::PathBuf,
     pub slots: ConnectionSlots,
     pub metrics: Metrics,
     pub started: Instant,
@@ -38,16 +43,25 @@ pub struct Health {
 
 impl Health {
     /// `GET /health`: 200 while serving (`degraded` while a configured Redis
-    /// is not connected: the clinic is still served), 503 while shutting down.
+    /// is not connected or the store cannot write: the clinic is still
+    /// served), 503 while shutting down.
     pub fn status(&self) -> HttpResponse {
         let stopping = self.shutdown.is_cancelled();
         let link = self.replication.status();
         let redis_connected = link.state == LinkState::Connected;
-        let status = match (stopping, link.state) {
-            (true, _) => "shutting_down",
-            (false, LinkState::Connecting | LinkState::Unreachable) => "degraded",
-            (false, LinkState::Connected | LinkState::Disabled) => "healthy",
+        let store_status = self.store.status();
+        let redis_ok = matches!(link.state, LinkState::Connected | LinkState::Disabled);
+        let status = if stopping {
+            "shutting_down"
+        } else if redis_ok && store_status.state == StoreState::Ok {
+            "healthy"
+        } else {
+            "degraded"
         };
+        let mut store_json = serde_json::to_value(&store_status).unwrap_or_default();
+        let disk = store::disk_usage(&self.state_dir);
+        store_json["freeBytes"] = json!(disk.free_bytes);
+        store_json["sizeBytes"] = json!(disk.size_bytes);
         let outbox = &self.outbox;
         let body = json!({
             "status": status,
@@ -60,7 +74,8 @@ impl Health {
                 "droppedEvents": outbox.dropped.load(Ordering::Relaxed),
                 "lastError": link.last_error,
             },
-            "rooms": self.rooms.counts(),
+            "store": store_json,
+        "rooms": self.rooms.counts(),
             "lastSeq": self.rooms.last_seq(),
             "slowConsumerDisconnects": self.metrics.slow_consumer_disconnects.get(),
             "uptimeSeconds": self.started.elapsed().as_secs(),
@@ -82,6 +97,12 @@ impl Health {
             return json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &json!({"status": "shutting_down"}),
+            );
+        }
+        if self.store.refusing() {
+            return json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "not_ready", "reason": "the store cannot write and the memory journal is full: publishes are refused"}),
             );
         }
         if self.rooms.probe(CANARY_TIMEOUT).await {

@@ -6,7 +6,9 @@
 //! Imports the core, the store and the leaves; nothing of the transports,
 //! HTTP, replication or the gateway.
 
+mod journal;
 pub mod notifications;
 pub mod publisher;
+pub mod store_health;
 
 pub use publisher::{Origin, Outbox, Publication, Publisher, WriterSetup};

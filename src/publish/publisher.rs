@@ -14,11 +14,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rusqlite::Connection;
+use rusqlite::{Connection, Transaction};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use super::journal::Journal;
+use super::store_health::StoreHealth;
 use crate::clock::unix_ms;
 use crate::core::event::CommittedEvent;
 use crate::core::fanout::Fanout;
@@ -66,6 +68,8 @@ pub struct Receipt {
     pub published: Vec<Published>,
     /// A repeated `Idempotency-Key`: the first answer, nothing published.
     pub replayed: bool,
+    /// Committed to `state.db`; `false` while held in memory (the store fails).
+    pub durable: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -95,6 +99,8 @@ enum Command {
     Replicated(u64),
     /// Expire old idempotency keys and patient retained state.
     Housekeep,
+    /// Try to commit the events held in memory.
+    RetryStore,
     /// Save the rooms' history and close the store (graceful stop).
     Close(oneshot::Sender<()>),
 }
@@ -104,6 +110,7 @@ enum Command {
 pub struct Publisher {
     commands: mpsc::Sender<Command>,
     outbox: Arc<Outbox>,
+    store_health: Arc<StoreHealth>,
 }
 
 /// What the writer starts from.
@@ -115,6 +122,12 @@ pub struct WriterSetup {
     pub outbox_enabled: bool,
     pub outbox_max_events: u64,
     pub idempotency_window: Duration,
+    /// `store.memory_journal_events`.
+    pub memory_journal_events: usize,
+    /// Seqs above `last_seq` that a run which died may have handed out.
+    pub skip_seqs: u64,
+    /// What the start salvaged from a damaged file, if it found one.
+    pub recovered: Option<crate::store::recovery::Recovered>,
     pub rooms: Rooms,
     pub metrics: Metrics,
 }
@@ -124,25 +137,50 @@ impl Publisher {
     pub fn start(setup: WriterSetup) -> anyhow::Result<(Self, std::thread::JoinHandle<()>)> {
         let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
         let outbox = Arc::new(Outbox::default());
+        let store_health = Arc::new(StoreHealth::new(
+            setup.memory_journal_events,
+            setup.recovered.clone(),
+        ));
         outbox.backlog.store(setup.outbox_len, Ordering::Relaxed);
         setup.metrics.outbox_backlog.set(setup.outbox_len as i64);
         let writer = Writer {
-            last_seq: setup.last_seq,
+            // Numbers that may have been handed out from memory by a run
+            // that then died are skipped (see store::begin_run).
+            last_seq: setup.last_seq + setup.skip_seqs,
             replicated_through: 0,
             trimmed_through: 0,
             pending_answers: Vec::new(),
             outbox: outbox.clone(),
             fanout: Fanout::start()?,
+            journal: Journal::new(setup.memory_journal_events),
+            store_health: store_health.clone(),
             setup,
         };
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run(receiver))?;
-        Ok((Self { commands, outbox }, thread))
+        Ok((
+            Self {
+                commands,
+                outbox,
+                store_health,
+            },
+            thread,
+        ))
     }
 
     pub fn outbox(&self) -> &Arc<Outbox> {
         &self.outbox
+    }
+
+    pub fn store_health(&self) -> &Arc<StoreHealth> {
+        &self.store_health
+    }
+
+    /// Asks the writer to try the store again if it holds events in memory
+    /// (it backs off by itself; a full command queue skips the nudge).
+    pub fn retry_store(&self) {
+        let _ = self.commands.try_send(Command::RetryStore);
     }
 
     /// Stores, numbers and delivers `publications` as one unit.
@@ -195,6 +233,8 @@ enum Plan {
     Replay(Vec<Published>),
     /// A key first seen earlier in this same batch.
     SameAs(usize),
+    /// No room in the memory journal while the store fails: 503.
+    Refused,
 }
 
 struct Request {
@@ -218,6 +258,9 @@ struct Writer {
     /// Writes each batch's broadcasts to native connections; dropped (and
     /// so finished) with the writer.
     fanout: Fanout,
+    /// Events delivered while the store could not commit them.
+    journal: Journal,
+    store_health: Arc<StoreHealth>,
 }
 
 impl Writer {
@@ -226,6 +269,7 @@ impl Writer {
             let mut requests = Vec::new();
             let mut replicated = None;
             let mut housekeep = false;
+            let mut retry = false;
             let mut close = None;
             let mut next = Some(first);
             while let Some(command) = next {
@@ -245,6 +289,7 @@ impl Writer {
                     }),
                     Command::Replicated(seq) => replicated = replicated.max(Some(seq)),
                     Command::Housekeep => housekeep = true,
+                    Command::RetryStore => retry = true,
                     Command::Close(done) => close = Some(done),
                 }
                 next = if requests.len() < MAX_BATCH && close.is_none() {
@@ -256,7 +301,10 @@ impl Writer {
             if let Some(seq) = replicated {
                 self.forget_replicated(seq);
             }
-            if housekeep {
+            if retry && requests.is_empty() {
+                self.flush_journal(unix_ms());
+            }
+            if housekeep && self.journal.is_empty() {
                 self.housekeep();
             }
             if !requests.is_empty() {
@@ -270,7 +318,18 @@ impl Writer {
         }
     }
 
-    fn close(self) {
+    fn close(mut self) {
+        self.journal.next_try = Instant::now();
+        if self.flush_journal(unix_ms()) {
+            if let Err(err) = store::end_run(&self.setup.connection) {
+                tracing::warn!(error = %err, "cannot record the clean stop; the next start skips seqs");
+            }
+        } else {
+            tracing::error!(
+                lost = self.journal.events.len(),
+                "the store still cannot write: the events held in memory are lost (they were answered \"durable\": false)"
+            );
+        }
         let Writer { setup, .. } = self;
         let WriterSetup {
             mut connection,
@@ -337,20 +396,19 @@ impl Writer {
     }
 
     fn commit_and_deliver(&mut self, requests: Vec<Request>) {
-        let committed = self.commit(&requests);
-        let (plans, added_to_outbox) = match committed {
-            Ok(committed) => committed,
-            Err(err) => {
-                tracing::error!(
-                    error = format!("{err:#}"),
-                    "cannot commit events; answering 503"
-                );
-                self.setup.metrics.store_errors.inc();
-                for request in requests {
-                    let _ = request.reply.send(Err(PublishError::StoreUnavailable));
-                }
-                return;
+        let now = unix_ms();
+        let mut committed = None;
+        // Held events go first, in seq order: nothing new is committed before them.
+        if self.journal.is_empty() || self.flush_journal(now) {
+            match self.commit(&requests, now) {
+                Ok(result) => committed = Some(result),
+                Err(err) => self.store_failed(&err),
             }
+        }
+        let durable = committed.is_some();
+        let (plans, added_to_outbox) = match committed {
+            Some(committed) => committed,
+            None => (self.hold_in_memory(&requests, now), 0),
         };
         if added_to_outbox > 0 {
             self.outbox.added.notify_one();
@@ -377,8 +435,12 @@ impl Writer {
                     .collect(),
                 Plan::Replay(answer) => answer.clone(),
                 Plan::SameAs(index) => answers[*index].clone(),
+                Plan::Refused => Vec::new(),
             };
             if let (Plan::Fresh(_), Some(key)) = (plan, &request.key) {
+                if !durable {
+                    self.journal.answers.insert(key.clone(), answer.clone());
+                }
                 if let Ok(text) = serde_json::to_string(&answer) {
                     self.pending_answers.push((key.clone(), text));
                 }
@@ -386,31 +448,37 @@ impl Writer {
             answers.push(answer);
         }
         for ((request, plan), published) in requests.into_iter().zip(plans).zip(answers) {
-            let replayed = !matches!(plan, Plan::Fresh(_));
-            let _ = request.reply.send(Ok(Receipt {
-                published,
-                replayed,
-            }));
+            let reply = match plan {
+                Plan::Refused => Err(PublishError::StoreUnavailable),
+                Plan::Fresh(_) => Ok(Receipt {
+                    published,
+                    replayed: false,
+                    durable,
+                }),
+                Plan::Replay(_) | Plan::SameAs(_) => Ok(Receipt {
+                    published,
+                    replayed: true,
+                    durable,
+                }),
+            };
+            let _ = request.reply.send(reply);
         }
         // Written by the fan-out thread while this one commits the next batch.
         self.fanout.send(writes);
     }
 
-    /// One transaction for the whole batch; returns each request's plan and
-    /// how many entries went to the outbox.
-    fn commit(&mut self, requests: &[Request]) -> anyhow::Result<(Vec<Plan>, u64)> {
-        let now = unix_ms();
-        let since = now.saturating_sub(self.setup.idempotency_window.as_millis() as u64);
-        let transaction = self.setup.connection.transaction()?;
-        let trim_through = self.replicated_through;
-        if trim_through > self.trimmed_through {
-            store::delete_outbox_through(&transaction, trim_through)?;
-        }
-        for (key, answer) in self.pending_answers.drain(..) {
-            store::remember_answer(&transaction, &key, &answer, now)?;
-        }
+    /// Numbers the batch's fresh events from `last_seq` on, and finds each
+    /// repeated key's first answer with `lookup`. At most `room` events are
+    /// planned; requests beyond are refused. Changes nothing.
+    fn plan(
+        &self,
+        requests: &[Request],
+        now: u64,
+        room: usize,
+        mut lookup: impl FnMut(&str) -> anyhow::Result<Option<Vec<Published>>>,
+    ) -> anyhow::Result<(Vec<Plan>, u64)> {
         let mut next_seq = self.last_seq;
-        let mut added = 0u64;
+        let mut planned = 0;
         let mut plans = Vec::with_capacity(requests.len());
         let mut first_in_batch: HashMap<&str, usize> = HashMap::new();
         for (index, request) in requests.iter().enumerate() {
@@ -419,64 +487,195 @@ impl Writer {
                     plans.push(Plan::SameAs(*first));
                     continue;
                 }
-                if let Some(answer) = store::idempotent_answer(&transaction, key, since)? {
-                    plans.push(Plan::Replay(serde_json::from_str(&answer)?));
+                if let Some(answer) = lookup(key)? {
+                    plans.push(Plan::Replay(answer));
                     continue;
                 }
+            }
+            if planned + request.publications.len() > room {
+                plans.push(Plan::Refused);
+                continue;
+            }
+            if let Some(key) = request.key.as_deref() {
                 first_in_batch.insert(key, index);
             }
-            let mut events = Vec::with_capacity(request.publications.len());
-            for publication in &request.publications {
-                next_seq += 1;
-                let event = CommittedEvent {
-                    seq: next_seq,
-                    rooms: publication.rooms.clone(),
-                    event: publication.event.clone(),
-                    data: publication.data.clone(),
-                    ts_ms: now,
-                };
-                if request.origin == Origin::Local && self.setup.outbox_enabled {
-                    store::insert_outbox(&transaction, &event)?;
-                    added += 1;
-                }
-                for room in event
-                    .rooms
-                    .iter()
-                    .filter(|room| is_retained(room, &event.event))
-                {
-                    store::upsert_retained(&transaction, room, &event)?;
-                }
-                events.push(event);
+            let events = request
+                .publications
+                .iter()
+                .map(|publication| {
+                    next_seq += 1;
+                    CommittedEvent {
+                        seq: next_seq,
+                        rooms: publication.rooms.clone(),
+                        event: publication.event.clone(),
+                        data: publication.data.clone(),
+                        ts_ms: now,
+                    }
+                })
+                .collect::<Vec<_>>();
+            planned += events.len();
+            plans.push(Plan::Fresh(events));
+        }
+        Ok((plans, next_seq))
+    }
+
+    /// One transaction for the whole batch; returns each request's plan and
+    /// how many entries went to the outbox.
+    fn commit(&mut self, requests: &[Request], now: u64) -> anyhow::Result<(Vec<Plan>, u64)> {
+        let since = now.saturating_sub(self.setup.idempotency_window.as_millis() as u64);
+        // Unchecked (it takes `&Connection`): only this thread uses the connection.
+        let transaction = self.setup.connection.unchecked_transaction()?;
+        let trim_through = self.replicated_through;
+        if trim_through > self.trimmed_through {
+            store::delete_outbox_through(&transaction, trim_through)?;
+        }
+        for (key, answer) in &self.pending_answers {
+            store::remember_answer(&transaction, key, answer, now)?;
+        }
+        let (plans, next_seq) =
+            self.plan(
+                requests,
+                now,
+                usize::MAX,
+                |key| match store::idempotent_answer(&transaction, key, since)? {
+                    Some(answer) => Ok(Some(serde_json::from_str(&answer)?)),
+                    None => Ok(None),
+                },
+            )?;
+        let mut added = 0u64;
+        for (request, plan) in requests.iter().zip(&plans) {
+            let Plan::Fresh(events) = plan else {
+                continue;
+            };
+            let to_outbox = request.origin == Origin::Local && self.setup.outbox_enabled;
+            for event in events {
+                added += u64::from(to_outbox);
+                persist_event(&transaction, event, to_outbox)?;
             }
             if let Some(key) = request.key.as_deref() {
                 // Delivered counts are filled in by the next transaction.
-                let placeholder: Vec<Published> = events
-                    .iter()
-                    .map(|event| Published {
-                        seq: event.seq,
-                        delivered: 0,
-                    })
-                    .collect();
-                store::remember_answer(
-                    &transaction,
-                    key,
-                    &serde_json::to_string(&placeholder)?,
-                    now,
-                )?;
+                store::remember_answer(&transaction, key, &placeholder(events)?, now)?;
             }
-            plans.push(Plan::Fresh(events));
         }
         store::set_last_seq(&transaction, next_seq)?;
-        let backlog = self.outbox.backlog.load(Ordering::Relaxed) + added;
-        let excess = backlog.saturating_sub(self.setup.outbox_max_events);
-        let dropped = if excess > 0 {
-            store::drop_oldest_outbox(&transaction, excess)?
-        } else {
-            0
-        };
+        let dropped = self.bound_outbox(&transaction, added)?;
         transaction.commit()?;
+        self.pending_answers.clear();
         self.last_seq = next_seq;
         self.trimmed_through = trim_through;
+        self.outbox_committed(added, dropped);
+        Ok((plans, added))
+    }
+
+    /// Numbers and plans the batch without the store: its events are held
+    /// in the memory journal (while it has room) until the store writes.
+    fn hold_in_memory(&mut self, requests: &[Request], now: u64) -> Vec<Plan> {
+        let since = now.saturating_sub(self.setup.idempotency_window.as_millis() as u64);
+        let room = self.journal.room();
+        let journal = &self.journal;
+        let connection = &self.setup.connection;
+        let planned = self.plan(requests, now, room, |key| {
+            if let Some(answer) = journal.answers.get(key) {
+                return Ok(Some(answer.clone()));
+            }
+            // The file may still be readable; a failing read is "not seen".
+            let stored = store::idempotent_answer(connection, key, since)
+                .ok()
+                .flatten();
+            Ok(stored.and_then(|answer| serde_json::from_str(&answer).ok()))
+        });
+        let Ok((plans, next_seq)) = planned else {
+            return requests.iter().map(|_| Plan::Refused).collect();
+        };
+        for (request, plan) in requests.iter().zip(&plans) {
+            match plan {
+                Plan::Fresh(events) => {
+                    let to_outbox = request.origin == Origin::Local && self.setup.outbox_enabled;
+                    for event in events {
+                        self.journal.events.push((event.clone(), to_outbox));
+                    }
+                }
+                Plan::Refused => {
+                    self.store_health.refused();
+                    self.setup.metrics.store_refused.inc();
+                }
+                Plan::Replay(_) | Plan::SameAs(_) => {}
+            }
+        }
+        self.last_seq = next_seq;
+        self.store_health.holding(self.journal.events.len());
+        self.setup
+            .metrics
+            .store_in_memory
+            .set(self.journal.events.len() as i64);
+        plans
+    }
+
+    /// Commits the memory journal, when the backoff allows a try; returns
+    /// whether it is empty now.
+    fn flush_journal(&mut self, now: u64) -> bool {
+        if self.journal.is_empty() {
+            return true;
+        }
+        if Instant::now() < self.journal.next_try {
+            return false;
+        }
+        let result = (|| -> anyhow::Result<(u64, u64)> {
+            let transaction = self.setup.connection.unchecked_transaction()?;
+            let mut added = 0u64;
+            for (event, to_outbox) in &self.journal.events {
+                added += u64::from(*to_outbox);
+                persist_event(&transaction, event, *to_outbox)?;
+            }
+            for (key, answer) in &self.journal.answers {
+                store::remember_answer(&transaction, key, &serde_json::to_string(answer)?, now)?;
+            }
+            for (key, answer) in &self.pending_answers {
+                store::remember_answer(&transaction, key, answer, now)?;
+            }
+            store::set_last_seq(&transaction, self.last_seq)?;
+            let dropped = self.bound_outbox(&transaction, added)?;
+            transaction.commit()?;
+            Ok((added, dropped))
+        })();
+        match result {
+            Ok((added, dropped)) => {
+                let committed = self.journal.events.len();
+                self.journal.clear();
+                self.pending_answers.clear();
+                self.store_health.recovered(committed);
+                self.setup.metrics.store_in_memory.set(0);
+                self.outbox_committed(added, dropped);
+                if added > 0 {
+                    self.outbox.added.notify_one();
+                }
+                true
+            }
+            Err(err) => {
+                self.store_failed(&err);
+                false
+            }
+        }
+    }
+
+    fn store_failed(&mut self, error: &anyhow::Error) {
+        self.setup.metrics.store_errors.inc();
+        self.journal.back_off();
+        self.store_health.failed(error, self.journal.events.len());
+    }
+
+    /// Drops the oldest outbox entries beyond `redis.outbox_max_events`.
+    fn bound_outbox(&self, transaction: &Transaction<'_>, added: u64) -> anyhow::Result<u64> {
+        let backlog = self.outbox.backlog.load(Ordering::Relaxed) + added;
+        let excess = backlog.saturating_sub(self.setup.outbox_max_events);
+        Ok(if excess > 0 {
+            store::drop_oldest_outbox(transaction, excess)?
+        } else {
+            0
+        })
+    }
+
+    fn outbox_committed(&self, added: u64, dropped: u64) {
         self.adjust_backlog(added as i64 - dropped as i64);
         if dropped > 0 {
             self.outbox.dropped.fetch_add(dropped, Ordering::Relaxed);
@@ -487,6 +686,37 @@ impl Writer {
                 "replication outbox full: dropped the oldest events; they will never reach Redis"
             );
         }
-        Ok((plans, added))
     }
+}
+
+/// An event's rows: the outbox entry (when it is replicated) and the
+/// retained state of its retained rooms.
+fn persist_event(
+    transaction: &Transaction<'_>,
+    event: &CommittedEvent,
+    to_outbox: bool,
+) -> rusqlite::Result<()> {
+    if to_outbox {
+        store::insert_outbox(transaction, event)?;
+    }
+    for room in event
+        .rooms
+        .iter()
+        .filter(|room| is_retained(room, &event.event))
+    {
+        store::upsert_retained(transaction, room, event)?;
+    }
+    Ok(())
+}
+
+/// The answer stored for a key until the delivered counts are known.
+fn placeholder(events: &[CommittedEvent]) -> serde_json::Result<String> {
+    let answer: Vec<Published> = events
+        .iter()
+        .map(|event| Published {
+            seq: event.seq,
+            delivered: 0,
+        })
+        .collect();
+    serde_json::to_string(&answer)
 }

@@ -220,6 +220,7 @@ impl Replicator {
             "droppedEvents": self.publisher.outbox().dropped.load(Ordering::Relaxed),
             "lastReplicatedSeq": status.last_replicated_seq,
             "lastSeq": self.rooms.last_seq(),
+        "store": self.publisher.store_health().status(),
             "uptimeSeconds": self.started.elapsed().as_secs(),
             "timestamp": rfc3339_ms(unix_ms()),
         });

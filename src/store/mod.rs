@@ -47,10 +47,15 @@ const MIGRATIONS: &[&str] = &[
          event TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (room, seq));",
 ];
 
+/// The `meta` key present while a run is under way, holding how many events
+/// it may hold in memory uncommitted; removed by a clean stop.
+const RUNNING_KEY: &str = "running_with_journal";
+
 /// The `meta` key holding `"<last_seq> <floor>"` of the saved history.
 const HISTORY_SNAPSHOT_KEY: &str = "history_snapshot";
 
 mod queries;
+pub mod recovery;
 
 pub use queries::*;
 
@@ -79,16 +84,26 @@ pub struct Opened {
     /// The history saved at the last graceful stop, if nothing was
     /// committed after it (else it would have a hole).
     pub history: Option<SavedHistory>,
+    /// Set when the file was damaged and has been salvaged into a new one.
+    pub recovered: Option<recovery::Recovered>,
 }
 
-/// Opens (creating and migrating when needed) `state.db` for writing.
+/// Opens (creating and migrating when needed) `state.db` for writing; a
+/// damaged file is moved aside and salvaged ([`recovery`]).
 pub fn open(state_dir: &Path) -> anyhow::Result<Opened> {
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
-    let path = state_dir.join(DB_FILE);
+    match open_file(&state_dir.join(DB_FILE)) {
+        Err(err) if recovery::is_damage(&err) => recovery::recover(state_dir, &err),
+        opened => opened,
+    }
+}
+
+fn open_file(path: &Path) -> anyhow::Result<Opened> {
     let mut connection =
-        Connection::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        Connection::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     configure(&connection).with_context(|| format!("cannot configure {}", path.display()))?;
+    recovery::check(&connection).with_context(|| format!("cannot use {}", path.display()))?;
     migrate(&mut connection).with_context(|| format!("cannot migrate {}", path.display()))?;
     let epoch = match meta(&connection, "epoch")? {
         Some(epoch) => epoch,
@@ -116,7 +131,46 @@ pub fn open(state_dir: &Path) -> anyhow::Result<Opened> {
         outbox_len,
         retained,
         history,
+        recovered: None,
     })
+}
+
+/// The store's files and the room left beside them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DiskUsage {
+    /// Free bytes on the state directory's file system (`None`: unknown).
+    pub free_bytes: Option<u64>,
+    /// `state.db` and its WAL.
+    pub size_bytes: u64,
+}
+
+/// How much `state.db` takes and how much room its file system has left.
+pub fn disk_usage(state_dir: &Path) -> DiskUsage {
+    let size = |name: &str| std::fs::metadata(state_dir.join(name)).map_or(0, |meta| meta.len());
+    let free_bytes = rustix::fs::statvfs(state_dir)
+        .ok()
+        .map(|stats| stats.f_bavail.saturating_mul(stats.f_frsize));
+    DiskUsage {
+        free_bytes,
+        size_bytes: size(DB_FILE) + size(&format!("{DB_FILE}-wal")),
+    }
+}
+
+/// Records that a run begins that may hand out up to `journal_capacity`
+/// seqs from memory before they are committed. Returns how many seqs to
+/// skip: what the previous run may have handed out that way, if it did not
+/// stop cleanly (a crash or a power cut while the store was failing), so
+/// that no `(epoch, seq)` is ever given to two events.
+pub fn begin_run(connection: &Connection, journal_capacity: usize) -> rusqlite::Result<u64> {
+    let previous = meta(connection, RUNNING_KEY)?;
+    set_meta(connection, RUNNING_KEY, &journal_capacity.to_string())?;
+    Ok(previous.and_then(|text| text.parse().ok()).unwrap_or(0))
+}
+
+/// Records a clean stop: nothing was handed out that is not committed.
+pub fn end_run(connection: &Connection) -> rusqlite::Result<()> {
+    connection.execute("DELETE FROM meta WHERE key = ?1", [RUNNING_KEY])?;
+    Ok(())
 }
 
 /// Opens a second connection for reading (the replication drain).

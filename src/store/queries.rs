@@ -232,11 +232,11 @@ fn read_history(
 
 /// The first answer to an idempotency key seen since `since_ms`.
 pub fn idempotent_answer(
-    transaction: &Transaction<'_>,
+    connection: &Connection,
     key: &str,
     since_ms: u64,
 ) -> rusqlite::Result<Option<String>> {
-    transaction
+    connection
         .prepare_cached("SELECT answer FROM idempotency WHERE key = ?1 AND created_ms >= ?2")?
         .query_row(params![key, to_sql(since_ms)], |row| row.get(0))
         .optional()

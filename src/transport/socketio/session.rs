@@ -163,11 +163,11 @@ impl EngineSession {
             socketio.ping_interval,
         );
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        // Created once, not per loop turn (see session.rs).
+        // Created once, not per loop turn (see native/session.rs).
         let shutdown_token = self.sessions.shutdown().clone();
         let mut shutdown = std::pin::pin!(shutdown_token.cancelled());
         // The client's overflow signal exists once the client has connected;
-        // its future is then created once, not per loop turn (see session.rs).
+        // its future is then created once, not per loop turn (see native/session.rs).
         let mut overflowed: Option<
             std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
         > = None;

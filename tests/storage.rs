@@ -1,0 +1,310 @@
+//! The store under a real disk fault: the real binary with its state on a
+//! small tmpfs that the test fills until the kernel answers `ENOSPC`.
+//! Screens keep receiving, answers say `"durable": false`, `/health` says
+//! why, and the events held in memory are committed once space returns;
+//! a crash while they were held never makes a seq repeat.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use common::{http_request, wait_until, GatewayProcess, TestWsClient, PROMPTLY};
+use serde_json::{json, Value};
+
+/// A tmpfs of `bytes`, mounted by the test (it runs as root, as CI does)
+/// and unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(bytes: u64) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs (the suite runs as root)"
+        );
+        Self { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn filler(&self) -> PathBuf {
+        self.path().join("filler")
+    }
+
+    /// Writes a file until the file system is full.
+    fn fill(&self) {
+        let mut file = std::fs::File::create(self.filler()).expect("create filler");
+        let block = vec![0u8; 4096];
+        while file
+            .write_all(&block)
+            .and_then(|()| file.sync_all())
+            .is_ok()
+        {}
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.filler()).expect("remove filler");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+async fn health(gateway: &GatewayProcess) -> Value {
+    http_request(gateway.addr, "GET", "/health", None, Vec::new())
+        .await
+        .1
+}
+
+async fn publish(gateway: &GatewayProcess, token: &str, n: u64) -> (u16, Value) {
+    let body = json!({"waiting": n}).to_string().into_bytes();
+    http_request(gateway.addr, "POST", "/api/queue/update", Some(token), body).await
+}
+
+async fn join_display(gateway: &GatewayProcess) -> TestWsClient {
+    let mut display = TestWsClient::connect(gateway.addr, None).await;
+    display.join("join-patients-room", Value::Null).await;
+    display
+}
+
+/// Publishes until one is answered `"durable": false`, each one delivered.
+async fn publish_until_held(
+    gateway: &GatewayProcess,
+    token: &str,
+    display: &mut TestWsClient,
+) -> Vec<u64> {
+    let mut held = Vec::new();
+    for n in 0..2_000u64 {
+        let (status, answer) = publish(gateway, token, n).await;
+        assert_eq!(
+            status, 202,
+            "a full disk must not refuse publishes: {answer}"
+        );
+        let event = display.expect_event("queue_update").await;
+        assert_eq!(event["data"]["waiting"], n, "the screen gets every event");
+        if answer["durable"] == false {
+            held.push(answer["seq"].as_u64().expect("seq"));
+            if held.len() == 5 {
+                return held;
+            }
+        } else {
+            assert_eq!(answer["durable"], true, "{answer}");
+        }
+    }
+    panic!("the store never failed on a full disk");
+}
+
+#[tokio::test]
+async fn a_full_disk_keeps_screens_served_and_commits_the_held_events_once_space_returns() {
+    let disk = SmallDisk::mount(4 * 1024 * 1024);
+    let gateway = GatewayProcess::start(disk.path(), &[]).await;
+    let token = common::mint_token(disk.path(), &["--role", "service"]).await;
+    let mut display = join_display(&gateway).await;
+    let (status, answer) = publish(&gateway, &token, 1_000_000).await;
+    assert_eq!(
+        (status, &answer["durable"]),
+        (202, &json!(true)),
+        "{answer}"
+    );
+    display.expect_event("queue_update").await;
+
+    disk.fill();
+    let held = publish_until_held(&gateway, &token, &mut display).await;
+    let report = health(&gateway).await;
+    assert_eq!(report["status"], "degraded", "{report}");
+    assert_eq!(report["store"]["state"], "failing", "{report}");
+    assert!(report["store"]["inMemory"].as_u64() >= Some(1), "{report}");
+    assert!(report["store"]["lastError"].is_string(), "{report}");
+    let (ready, _) = http_request(gateway.addr, "GET", "/health/ready", None, Vec::new()).await;
+    assert_eq!(ready, 200, "still serving: ready");
+
+    disk.free();
+    wait_until(PROMPTLY, "the store to write again", || async {
+        let report = health(&gateway).await;
+        report["store"]["state"] == "ok" && report["store"]["inMemory"] == 0
+    })
+    .await;
+    let report = health(&gateway).await;
+    assert_eq!(report["status"], "healthy", "{report}");
+
+    // A clean stop, then a start on the same file: the held events were committed.
+    gateway.signal("TERM");
+    let mut gateway = gateway;
+    let _ = tokio::time::timeout(PROMPTLY, gateway.child.wait()).await;
+    let again = GatewayProcess::start(disk.path(), &[]).await;
+    let mut display = TestWsClient::connect(again.addr, None).await;
+    let reply = display.request("join-patients-room", Value::Null).await;
+    let last_held = *held.last().expect("held");
+    assert_eq!(reply["seq"], last_held, "{reply}");
+    let retained = display.expect_event("queue_update").await;
+    assert_eq!(
+        retained["seq"], last_held,
+        "the last held event is the retained state"
+    );
+    let (_, answer) = publish(&again, &token, 7).await;
+    assert_eq!(
+        answer["seq"].as_u64(),
+        Some(last_held + 1),
+        "after a clean stop the numbers simply continue"
+    );
+    assert_eq!(answer["durable"], true);
+}
+
+#[tokio::test]
+async fn a_full_memory_journal_refuses_publishes_and_readiness_says_so() {
+    let disk = SmallDisk::mount(4 * 1024 * 1024);
+    let env = [("SMARTWAIT_STORE_MEMORY_JOURNAL_EVENTS", "3")];
+    let gateway = GatewayProcess::start(disk.path(), &env).await;
+    let token = common::mint_token(disk.path(), &["--role", "service"]).await;
+    let (status, _) = publish(&gateway, &token, 0).await;
+    assert_eq!(status, 202);
+    disk.fill();
+    let mut refused = None;
+    for n in 1..2_000u64 {
+        let (status, answer) = publish(&gateway, &token, n).await;
+        if status == 503 {
+            refused = Some(answer);
+            break;
+        }
+        assert_eq!(status, 202, "{answer}");
+    }
+    let answer = refused.expect("publishes are refused once the journal is full");
+    assert_eq!(answer["error"]["code"], "store_unavailable", "{answer}");
+    let report = health(&gateway).await;
+    assert_eq!(report["store"]["inMemory"], 3, "{report}");
+    assert!(report["store"]["refused"].as_u64() >= Some(1), "{report}");
+    let (ready, body) = http_request(gateway.addr, "GET", "/health/ready", None, Vec::new()).await;
+    assert_eq!(ready, 503, "{body}");
+    disk.free();
+    wait_until(PROMPTLY, "the journal to be committed", || async {
+        health(&gateway).await["store"]["state"] == "ok"
+    })
+    .await;
+    let (ready, _) = http_request(gateway.addr, "GET", "/health/ready", None, Vec::new()).await;
+    assert_eq!(ready, 200);
+}
+
+#[tokio::test]
+async fn a_crash_while_events_were_held_in_memory_never_reuses_their_seqs() {
+    let disk = SmallDisk::mount(4 * 1024 * 1024);
+    let mut gateway = GatewayProcess::start(disk.path(), &[]).await;
+    let token = common::mint_token(disk.path(), &["--role", "service"]).await;
+    let mut display = join_display(&gateway).await;
+    disk.fill();
+    let held = publish_until_held(&gateway, &token, &mut display).await;
+    // The power goes: the held events were never on disk.
+    gateway.child.kill().await.expect("kill");
+    disk.free();
+    let again = GatewayProcess::start(disk.path(), &[]).await;
+    let (status, answer) = publish(&again, &token, 1).await;
+    assert_eq!(status, 202, "{answer}");
+    let seq = answer["seq"].as_u64().expect("seq");
+    let highest = *held.iter().max().expect("held");
+    assert!(
+        seq > highest,
+        "seq {seq} after {highest} was handed out from memory: (epoch, seq) would name two events"
+    );
+}
+
+/// Ways a power cut on a cheap card leaves `state.db`.
+fn damage(state_db: &Path, how: &str) {
+    match how {
+        "garbage pages" => {
+            use std::io::{Seek, SeekFrom};
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(state_db)
+                .expect("open state.db");
+            file.seek(SeekFrom::Start(0)).expect("seek");
+            file.write_all(&[0xA5; 8192]).expect("write garbage");
+        }
+        "truncated" => {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(state_db)
+                .expect("open state.db");
+            file.set_len(100).expect("truncate");
+        }
+        "not a database" => {
+            std::fs::write(state_db, b"this is not a database\n".repeat(400)).expect("overwrite")
+        }
+        other => panic!("unknown damage {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_damaged_state_db_is_moved_aside_and_the_gateway_starts_with_a_new_epoch() {
+    for how in ["garbage pages", "truncated", "not a database"] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut gateway = GatewayProcess::start(dir.path(), &[]).await;
+        let token = common::mint_token(dir.path(), &["--role", "service"]).await;
+        let mut last = 0;
+        for n in 0..20 {
+            let (status, answer) = publish(&gateway, &token, n).await;
+            assert_eq!(status, 202, "{answer}");
+            last = answer["seq"].as_u64().expect("seq");
+        }
+        let mut display = TestWsClient::connect(gateway.addr, None).await;
+        let old_epoch = display.request("join-patients-room", Value::Null).await["epoch"].clone();
+        gateway.signal("TERM");
+        let _ = tokio::time::timeout(PROMPTLY, gateway.child.wait()).await;
+        let state_dir = dir.path().join("data");
+        damage(&state_dir.join("state.db"), how);
+
+        let again = GatewayProcess::start(dir.path(), &[]).await;
+        let report = health(&again).await;
+        assert_eq!(report["store"]["state"], "recovered", "{how}: {report}");
+        assert_eq!(report["status"], "degraded", "{how}: {report}");
+        assert!(report["store"]["movedTo"].is_string(), "{how}: {report}");
+        let moved = std::fs::read_dir(&state_dir)
+            .expect("state dir")
+            .filter_map(Result::ok)
+            .filter(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                name.starts_with("state.db.corrupt-")
+                    && !name.ends_with("-wal")
+                    && !name.ends_with("-shm")
+            })
+            .count();
+        assert_eq!(moved, 1, "{how}: the damaged file is kept aside");
+        let mut display = TestWsClient::connect(again.addr, None).await;
+        let joined = display.request("join-patients-room", Value::Null).await;
+        assert_ne!(
+            joined["epoch"], old_epoch,
+            "{how}: a new epoch makes screens resync"
+        );
+        let salvaged = report["store"]["salvaged"]["lastSeq"]
+            .as_u64()
+            .expect("salvaged seq");
+        let (status, answer) = publish(&again, &token, 99).await;
+        assert_eq!(
+            (status, &answer["durable"]),
+            (202, &json!(true)),
+            "{how}: {answer}"
+        );
+        let seq = answer["seq"].as_u64().expect("seq");
+        assert!(
+            seq > salvaged,
+            "{how}: seq {seq} continues above what was salvaged ({salvaged})"
+        );
+        if how == "garbage pages" {
+            assert!(salvaged <= last, "{how}");
+        }
+    }
+}
