@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::publisher::Published;
+use super::receipt::Published;
 use crate::core::event::CommittedEvent;
 
 const RETRY_FIRST: Duration = Duration::from_millis(100);

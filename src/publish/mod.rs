@@ -9,6 +9,7 @@
 mod journal;
 pub mod notifications;
 pub mod publisher;
+pub mod receipt;
 pub mod store_health;
 
 pub use publisher::{Origin, Outbox, Publication, Publisher, WriterSetup};

@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, Transaction};
-use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::journal::Journal;
+use super::receipt::{Published, Receipt};
 use super::store_health::StoreHealth;
 use crate::clock::unix_ms;
 use crate::core::event::CommittedEvent;
@@ -53,23 +53,6 @@ pub enum Origin {
     Local,
     /// Received from another node through Redis: never sent back.
     Remote,
-}
-
-/// What one publication became.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Published {
-    pub seq: u64,
-    pub delivered: usize,
-}
-
-/// The answer to a publish request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Receipt {
-    pub published: Vec<Published>,
-    /// A repeated `Idempotency-Key`: the first answer, nothing published.
-    pub replayed: bool,
-    /// Committed to `state.db`; `false` while held in memory (the store fails).
-    pub durable: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
