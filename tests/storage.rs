@@ -308,3 +308,60 @@ async fn a_damaged_state_db_is_moved_aside_and_the_gateway_starts_with_a_new_epo
         }
     }
 }
+
+#[tokio::test]
+async fn after_a_recovery_the_new_history_reaches_redis_although_the_old_cursor_is_higher() {
+    let redis = common::TestRedis::start().await;
+    let url = redis.url();
+    let env = [
+        ("SMARTWAIT_REDIS_URL", url.as_str()),
+        ("SMARTWAIT_CLINIC_ID", "test-clinic"),
+        ("SMARTWAIT_CLINIC_NODE", "a"),
+    ];
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut gateway = GatewayProcess::start(dir.path(), &env).await;
+    let token = common::mint_token(dir.path(), &["--role", "service"]).await;
+    for n in 0..3 {
+        assert_eq!(publish(&gateway, &token, n).await.0, 202);
+    }
+    let drained =
+        |report: Value| report["redis"]["state"] == "connected" && report["redis"]["backlog"] == 0;
+    wait_until(PROMPTLY, "the first history to reach redis", || async {
+        drained(health(&gateway).await)
+    })
+    .await;
+    gateway.signal("TERM");
+    let _ = tokio::time::timeout(PROMPTLY, gateway.child.wait()).await;
+    damage(&dir.path().join("data/state.db"), "not a database");
+
+    // Nothing could be salvaged: the new epoch numbers from 1 again, below
+    // the node's cursor in redis (3), and must still be replicated.
+    let again = GatewayProcess::start(dir.path(), &env).await;
+    assert_eq!(health(&again).await["store"]["state"], "recovered");
+    for n in 10..12 {
+        let (status, answer) = publish(&again, &token, n).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    let arrived = tokio::time::timeout(PROMPTLY, async {
+        while redis.stream("test-clinic").await.len() < 5 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        arrived.is_ok(),
+        "the new history never reached redis: {:?} {}",
+        redis
+            .stream("test-clinic")
+            .await
+            .iter()
+            .map(|e| e.seq)
+            .collect::<Vec<_>>(),
+        health(&again).await
+    );
+    let entries = redis.stream("test-clinic").await;
+    let seqs: Vec<u64> = entries.iter().map(|entry| entry.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 1, 2], "old history, then the new one");
+    assert_eq!(entries[3].data["waiting"], 10);
+    assert_eq!(entries[4].data["waiting"], 11);
+}

@@ -165,6 +165,8 @@ impl Gateway {
                 rooms: rooms.clone(),
                 slots: slots.clone(),
                 started,
+                epoch: rooms.epoch().to_owned(),
+                history_base: opened.history_base,
             };
             let fan_in = FanIn {
                 redis: config.redis.clone(),

@@ -24,6 +24,12 @@ pub fn replicated_seq(clinic: &str, node: &str) -> String {
     format!("smartwait:{{{clinic}}}:nodes:{node}:replicated")
 }
 
+/// The store epoch that `node`'s `replicated` seq counts in: a store that
+/// starts over (a new epoch after a recovery) numbers from another history.
+pub fn replicated_epoch(clinic: &str, node: &str) -> String {
+    format!("smartwait:{{{clinic}}}:nodes:{node}:replicated_epoch")
+}
+
 /// `node`'s health snapshot, refreshed while it runs (expires after a crash).
 pub fn node_health(clinic: &str, node: &str) -> String {
     format!("smartwait:{{{clinic}}}:nodes:{node}:health")
@@ -52,6 +58,10 @@ mod tests {
         assert_eq!(
             replicated_seq("c", "box-1"),
             "smartwait:{c}:nodes:box-1:replicated"
+        );
+        assert_eq!(
+            replicated_epoch("c", "box-1"),
+            "smartwait:{c}:nodes:box-1:replicated_epoch"
         );
         assert_eq!(
             node_health("c", "box-1"),

@@ -49,6 +49,10 @@ pub struct Replicator {
     pub rooms: Rooms,
     pub slots: ConnectionSlots,
     pub started: StdInstant,
+    /// The store's epoch, which the stream entries and the cursor carry.
+    pub epoch: String,
+    /// Seqs up to this were numbered by the history before a recovery.
+    pub history_base: u64,
 }
 
 /// Replicates until shutdown, reconnecting with backoff after any failure.
@@ -84,12 +88,16 @@ impl Replicator {
         let clinic = &self.clinic;
         let mut connection = super::connect(&self.redis).await?;
         let replicated_key = keys::replicated_seq(&clinic.id, &clinic.node);
-        let stored: Option<u64> = redis::cmd("GET")
+        let epoch_key = keys::replicated_epoch(&clinic.id, &clinic.node);
+        let (stored, stored_epoch): (Option<u64>, Option<String>) = redis::pipe()
+            .cmd("GET")
             .arg(&replicated_key)
+            .cmd("GET")
+            .arg(&epoch_key)
             .query_async(&mut connection)
             .await
             .context("cannot read this node's replicated seq")?;
-        let mut cursor = stored.unwrap_or(0);
+        let mut cursor = self.resume_cursor(stored.unwrap_or(0), stored_epoch.as_deref());
         self.publisher.replicated(cursor).await;
         self.status.update(|status| {
             status.state = LinkState::Connected;
@@ -113,7 +121,7 @@ impl Replicator {
                 self.metrics
                     .replication_lag_seconds
                     .set(lag_ms as f64 / 1000.0);
-                self.write_batch(&mut connection, &batch, &replicated_key)
+                self.write_batch(&mut connection, &batch, &replicated_key, &epoch_key)
                     .await?;
                 cursor = last.seq;
                 self.publisher.replicated(cursor).await;
@@ -137,6 +145,29 @@ impl Replicator {
             .context("cannot remove this node's health key")
     }
 
+    /// Where to resume from, given the cursor in Redis and the epoch it counts
+    /// in. A cursor from another epoch (this store was recovered, or started
+    /// over) still says which of the seqs salvaged from the old history are in
+    /// the stream, but nothing of the new one: resume at the lower of it and
+    /// the history base. A cursor without an epoch predates the epoch key: it
+    /// counts in this store's history.
+    fn resume_cursor(&self, stored: u64, stored_epoch: Option<&str>) -> u64 {
+        match stored_epoch {
+            Some(epoch) if epoch != self.epoch => {
+                let cursor = stored.min(self.history_base);
+                tracing::warn!(
+                    stored,
+                    stored_epoch = epoch,
+                    epoch = %self.epoch,
+                    cursor,
+                    "the replicated cursor in redis is from another history; resuming from the history base"
+                );
+                cursor
+            }
+            _ => stored,
+        }
+    }
+
     async fn read_batch(&self, after: u64) -> anyhow::Result<Vec<CommittedEvent>> {
         let reader = self.reader.clone();
         let batch = self.redis.batch_events;
@@ -155,6 +186,7 @@ impl Replicator {
         connection: &mut MultiplexedConnection,
         batch: &[CommittedEvent],
         replicated_key: &str,
+        epoch_key: &str,
     ) -> anyhow::Result<()> {
         let clinic = &self.clinic;
         let redis = &self.redis;
@@ -174,6 +206,8 @@ impl Replicator {
                 .arg("*")
                 .arg("node")
                 .arg(&clinic.node)
+                .arg("epoch")
+                .arg(&self.epoch)
                 .arg("seq")
                 .arg(event.seq)
                 .arg("rooms")
@@ -204,6 +238,7 @@ impl Replicator {
             .arg(replicated_key)
             .arg(batch[batch.len() - 1].seq)
             .ignore();
+        pipe.cmd("SET").arg(epoch_key).arg(&self.epoch).ignore();
         pipe.query_async::<()>(connection)
             .await
             .context("cannot write a batch to the Redis stream")

@@ -51,6 +51,10 @@ const MIGRATIONS: &[&str] = &[
 /// it may hold in memory uncommitted; removed by a clean stop.
 const RUNNING_KEY: &str = "running_with_journal";
 
+/// The `meta` key holding the highest seq a recovered file took over from
+/// the damaged one: seqs up to it count in the old history's numbering.
+pub(crate) const HISTORY_BASE_KEY: &str = "history_base";
+
 /// The `meta` key holding `"<last_seq> <floor>"` of the saved history.
 const HISTORY_SNAPSHOT_KEY: &str = "history_snapshot";
 
@@ -86,6 +90,9 @@ pub struct Opened {
     pub history: Option<SavedHistory>,
     /// Set when the file was damaged and has been salvaged into a new one.
     pub recovered: Option<recovery::Recovered>,
+    /// Seqs up to this were numbered by an earlier history (salvaged from a
+    /// damaged file); 0 for a store that began with this epoch.
+    pub history_base: u64,
 }
 
 /// Opens (creating and migrating when needed) `state.db` for writing; a
@@ -119,6 +126,9 @@ fn open_file(path: &Path) -> anyhow::Result<Opened> {
             .with_context(|| format!("{} has a corrupt last_seq '{text}'", path.display()))?,
         None => 0,
     };
+    let history_base = meta(&connection, HISTORY_BASE_KEY)?
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(0);
     let outbox_len =
         from_sql(connection.query_row("SELECT COUNT(*) FROM outbox", [], |row| row.get(0))?);
     let retained = load_retained(&connection)?;
@@ -132,6 +142,7 @@ fn open_file(path: &Path) -> anyhow::Result<Opened> {
         retained,
         history,
         recovered: None,
+        history_base,
     })
 }
 

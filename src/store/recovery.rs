@@ -109,6 +109,7 @@ pub fn recover(state_dir: &Path, cause: &anyhow::Error) -> anyhow::Result<Opened
         super::upsert_retained(&transaction, room, event)?;
     }
     super::set_last_seq(&transaction, highest)?;
+    super::set_meta(&transaction, super::HISTORY_BASE_KEY, &highest.to_string())?;
     transaction.commit()?;
     let salvaged = Salvaged {
         outbox_events: outbox.len(),
@@ -126,6 +127,7 @@ pub fn recover(state_dir: &Path, cause: &anyhow::Error) -> anyhow::Result<Opened
         "state.db was damaged: moved aside and salvaged into a fresh file with a new epoch"
     );
     opened.last_seq = highest;
+    opened.history_base = highest;
     opened.outbox_len = outbox.len() as u64;
     opened.retained = retained;
     opened.recovered = Some(Recovered {
