@@ -644,7 +644,9 @@ impl Writer {
     fn store_failed(&mut self, error: &anyhow::Error) {
         self.setup.metrics.store_errors.inc();
         self.journal.back_off();
-        self.store_health.failed(error, self.journal.events.len());
+        let file_system_read_only = store::on_read_only_file_system(&self.setup.connection);
+        self.store_health
+            .failed(error, self.journal.events.len(), file_system_read_only);
     }
 
     /// Drops the oldest outbox entries beyond `redis.outbox_max_events`.

@@ -91,10 +91,17 @@ impl StoreHealth {
         self.status.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A commit failed with `error`.
-    pub(super) fn failed(&self, error: &anyhow::Error, in_memory: usize) {
+    /// A commit failed with `error`. SQLite reports a write refused by a
+    /// read-only file system as a plain I/O error, so the caller says
+    /// whether the file system is mounted read-only (a worn-out card).
+    pub(super) fn failed(
+        &self,
+        error: &anyhow::Error,
+        in_memory: usize,
+        file_system_read_only: bool,
+    ) {
         let message = format!("{error:#}");
-        let read_only = is_read_only(error);
+        let read_only = file_system_read_only || is_read_only(error);
         let was_ok = {
             let mut status = self.lock();
             let was_ok = matches!(status.state, StoreState::Ok | StoreState::Recovered);

@@ -167,6 +167,30 @@ pub fn disk_usage(state_dir: &Path) -> DiskUsage {
     }
 }
 
+/// Whether the file system holding `connection`'s database refuses writes
+/// as read-only: mounted so (the kernel remounts a card that reports write
+/// errors), or answering `EROFS` (a card that locked itself). Called after
+/// a failed commit only, since SQLite reports both as a plain I/O error.
+pub fn on_read_only_file_system(connection: &Connection) -> bool {
+    let Some(path) = connection.path().filter(|path| !path.is_empty()) else {
+        return false;
+    };
+    let path = Path::new(path);
+    if rustix::fs::statvfs(path)
+        .is_ok_and(|stats| stats.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY))
+    {
+        return true;
+    }
+    let probe = path.with_extension("write-probe");
+    match std::fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            false
+        }
+        Err(error) => error.kind() == std::io::ErrorKind::ReadOnlyFilesystem,
+    }
+}
+
 /// Records that a run begins that may hand out up to `journal_capacity`
 /// seqs from memory before they are committed. Returns how many seqs to
 /// skip: what the previous run may have handed out that way, if it did not

@@ -2,12 +2,14 @@
 //! in-process ([`gateway`]), the real binary ([`process`]), a native
 //! WebSocket client ([`ws_client`]), HTTP requests ([`http_client`]), a real Redis
 //! ([`redis_server`]), Node.js drivers ([`node`]) for the official socket.io-client
-//! ([`sio`]) and headless Chromium ([`browser`]). Everything uses real sockets.
+//! ([`sio`]) and headless Chromium ([`browser`]), and the fault-injecting
+//! file system ([`faultfs`]). Everything uses real sockets.
 
 // Each suite compiles this module and uses a part of it.
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod faultfs;
 pub mod gateway;
 pub mod http_client;
 pub mod node;
@@ -19,6 +21,8 @@ pub mod ws_client;
 use std::time::Duration;
 
 // Re-exported for the suites, each of which uses a part.
+#[allow(unused_imports)]
+pub use faultfs::*;
 #[allow(unused_imports)]
 pub use gateway::*;
 #[allow(unused_imports)]
