@@ -260,12 +260,20 @@ pub struct StoreConfig {
     /// Events numbered and delivered while `state.db` cannot be written,
     /// held in memory until it can; beyond, publishes are refused (503).
     pub memory_journal_events: usize,
+    /// Bound of `state.db` and its WAL together; beyond it the oldest
+    /// replication outbox entries are dropped.
+    pub max_bytes: u64,
+    /// Space left free on the state directory's file system; below it the
+    /// oldest replication outbox entries are dropped.
+    pub min_free_bytes: u64,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             memory_journal_events: 10_000,
+            max_bytes: 256 * 1024 * 1024,
+            min_free_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -439,6 +447,7 @@ impl Config {
                 "store.memory_journal_events",
                 self.store.memory_journal_events,
             ),
+            ("store.max_bytes", self.store.max_bytes as usize),
         ];
         for (key, value) in positive {
             if value == 0 {

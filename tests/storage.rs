@@ -365,3 +365,110 @@ async fn after_a_recovery_the_new_history_reaches_redis_although_the_old_cursor_
     assert_eq!(entries[3].data["waiting"], 10);
     assert_eq!(entries[4].data["waiting"], 11);
 }
+
+/// Publishes `count` events of about 30 KiB each.
+async fn publish_bulky(gateway: &GatewayProcess, token: &str, count: u64) {
+    let filler = "x".repeat(30 * 1024);
+    for n in 0..count {
+        let body = json!({"waiting": n, "message": filler})
+            .to_string()
+            .into_bytes();
+        let (status, answer) =
+            http_request(gateway.addr, "POST", "/api/queue/update", Some(token), body).await;
+        assert_eq!(status, 202, "{answer}");
+        assert_eq!(
+            answer["durable"], true,
+            "the bound keeps the store writing: {answer}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_store_keeps_within_max_bytes_and_min_free_bytes_by_dropping_the_oldest_outbox_entries()
+{
+    const MIB: u64 = 1024 * 1024;
+    // Redis unreachable: every event stays in the outbox, which grows.
+    let unreachable = format!("redis://127.0.0.1:{}", common::free_port());
+    for (bound, disk_size) in [("max_bytes", None), ("min_free_bytes", Some(24 * MIB))] {
+        let disk = disk_size.map(SmallDisk::mount);
+        let scratch = tempfile::tempdir().expect("temp dir");
+        let dir = disk.as_ref().map_or(scratch.path(), SmallDisk::path);
+        let limit = (8 * MIB).to_string();
+        let mut env = vec![
+            ("SMARTWAIT_REDIS_URL", unreachable.as_str()),
+            ("SMARTWAIT_CLINIC_ID", "test-clinic"),
+            ("SMARTWAIT_REDIS_OUTBOX_MAX_EVENTS", "1000000"),
+        ];
+        if bound == "max_bytes" {
+            env.push(("SMARTWAIT_STORE_MAX_BYTES", limit.as_str()));
+        } else {
+            // Leave 12 MiB of the 24 free: without the bound 20 MiB of
+            // events would fill it.
+            env.push(("SMARTWAIT_STORE_MIN_FREE_BYTES", "12582912"));
+        }
+        let gateway = GatewayProcess::start(dir, &env).await;
+        let token = common::mint_token(dir, &["--role", "service"]).await;
+        publish_bulky(&gateway, &token, 700).await;
+        let report = health(&gateway).await;
+        let store = &report["store"];
+        assert_eq!(store["state"], "ok", "{bound}: {report}");
+        assert_eq!(
+            store["failures"], 0,
+            "{bound}: never a failed commit: {report}"
+        );
+        assert!(
+            store["droppedForSpace"].as_u64() > Some(0),
+            "{bound}: the oldest entries went: {report}"
+        );
+        assert!(
+            report["redis"]["droppedEvents"].as_u64() >= store["droppedForSpace"].as_u64(),
+            "{bound}: counted with the outbox drops: {report}"
+        );
+        if bound == "max_bytes" {
+            let size = store["sizeBytes"].as_u64().expect("size");
+            assert!(
+                size <= 9 * MIB,
+                "{bound}: state.db + WAL is {size} bytes: {report}"
+            );
+        } else {
+            let free = store["freeBytes"].as_u64().expect("free");
+            assert!(
+                free >= 11 * MIB,
+                "{bound}: {free} bytes left free: {report}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn state_db_shrinks_again_once_redis_has_the_backlog() {
+    let mut redis = common::TestRedis::stopped(&[]);
+    let url = redis.url();
+    let env = [
+        ("SMARTWAIT_REDIS_URL", url.as_str()),
+        ("SMARTWAIT_CLINIC_ID", "test-clinic"),
+    ];
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gateway = GatewayProcess::start(dir.path(), &env).await;
+    let token = common::mint_token(dir.path(), &["--role", "service"]).await;
+    publish_bulky(&gateway, &token, 300).await;
+    let grown = health(&gateway).await["store"]["sizeBytes"]
+        .as_u64()
+        .expect("size");
+    assert!(
+        grown > 8 * 1024 * 1024,
+        "the backlog grew the file: {grown}"
+    );
+    redis.launch().await;
+    wait_until(
+        PROMPTLY * 3,
+        "the file to shrink after the backlog drained",
+        || async {
+            let report = health(&gateway).await;
+            report["redis"]["backlog"] == 0
+                && report["store"]["sizeBytes"].as_u64() < Some(grown / 2)
+        },
+    )
+    .await;
+    assert_eq!(redis.stream("test-clinic").await.len(), 300);
+}

@@ -33,7 +33,7 @@ use crate::metrics::Metrics;
 use crate::net::slots::ConnectionSlots;
 use crate::net::tls::Tls;
 use crate::publish::notifications::GetReadyTracker;
-use crate::publish::{Publisher, WriterSetup};
+use crate::publish::{DiskBound, Publisher, WriterSetup};
 use crate::replication::link::Replicator;
 use crate::replication::status::ReplicationStatus;
 use crate::replication::subscription::FanIn;
@@ -144,6 +144,11 @@ impl Gateway {
             recovered: opened.recovered.clone(),
             rooms: rooms.clone(),
             metrics: metrics.clone(),
+            disk_bound: DiskBound {
+                state_dir: config.server.state_dir.clone(),
+                max_bytes: config.store.max_bytes,
+                min_free_bytes: config.store.min_free_bytes,
+            },
         })?;
         let slots = ConnectionSlots::new(config.limits.max_connections, metrics.clone());
         let replication_status = Arc::new(ReplicationStatus::new(config.redis.enabled()));

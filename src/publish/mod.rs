@@ -12,4 +12,4 @@ pub mod publisher;
 pub mod receipt;
 pub mod store_health;
 
-pub use publisher::{Origin, Outbox, Publication, Publisher, WriterSetup};
+pub use publisher::{DiskBound, Origin, Outbox, Publication, Publisher, WriterSetup};

@@ -10,6 +10,7 @@
 //! delivery waits for that commit and nothing else — never for Redis.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -113,7 +114,36 @@ pub struct WriterSetup {
     pub recovered: Option<crate::store::recovery::Recovered>,
     pub rooms: Rooms,
     pub metrics: Metrics,
+    pub disk_bound: DiskBound,
 }
+
+/// `store.max_bytes` and `store.min_free_bytes`: what the store may take
+/// of the state directory's file system.
+#[derive(Debug, Clone)]
+pub struct DiskBound {
+    pub state_dir: PathBuf,
+    pub max_bytes: u64,
+    pub min_free_bytes: u64,
+}
+
+impl DiskBound {
+    fn crossed(&self) -> bool {
+        let usage = store::disk_usage(&self.state_dir);
+        usage.size_bytes > self.max_bytes
+            || usage
+                .free_bytes
+                .is_some_and(|free| free < self.min_free_bytes)
+    }
+}
+
+/// How often dropping for space is written to the log at most.
+const SPACE_WARNING_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Free pages worth giving back once the backlog drained (1 MiB of 4 KiB
+/// pages), and how many one housekeeping tick gives back at most, so that
+/// no step holds the writer long.
+const SHRINK_MIN_PAGES: u64 = 256;
+const SHRINK_STEP_PAGES: u64 = 2_048;
 
 impl Publisher {
     /// Starts the writer thread; it ends when every handle is dropped.
@@ -137,6 +167,7 @@ impl Publisher {
             fanout: Fanout::start()?,
             journal: Journal::new(setup.memory_journal_events),
             store_health: store_health.clone(),
+            space_warning: (None, 0),
             setup,
         };
         let thread = std::thread::Builder::new()
@@ -244,6 +275,8 @@ struct Writer {
     /// Events delivered while the store could not commit them.
     journal: Journal,
     store_health: Arc<StoreHealth>,
+    /// When dropping for space was last logged, and drops since.
+    space_warning: (Option<Instant>, u64),
 }
 
 impl Writer {
@@ -284,8 +317,8 @@ impl Writer {
             if let Some(seq) = replicated {
                 self.forget_replicated(seq);
             }
-            if retry && requests.is_empty() {
-                self.flush_journal(unix_ms());
+            if retry && requests.is_empty() && self.flush_journal(unix_ms()) {
+                self.shrink_when_drained();
             }
             if housekeep && self.journal.is_empty() {
                 self.housekeep();
@@ -375,6 +408,29 @@ impl Writer {
         let ttl = PATIENT_RETAINED_TTL.as_millis() as u64;
         if let Err(err) = store::expire_patient_retained(connection, now.saturating_sub(ttl)) {
             tracing::warn!(error = %err, "cannot expire retained patient state");
+        }
+    }
+
+    /// Once Redis has the whole backlog, trims the outbox and gives freed
+    /// pages back to the file system, a bounded step per tick.
+    fn shrink_when_drained(&mut self) {
+        if self.outbox.backlog.load(Ordering::Relaxed) > 0 {
+            return;
+        }
+        let connection = &self.setup.connection;
+        if self.replicated_through > self.trimmed_through
+            && store::delete_outbox_through(connection, self.replicated_through).is_ok()
+        {
+            self.trimmed_through = self.replicated_through;
+        }
+        match store::free_pages(connection) {
+            Ok(pages) if pages >= SHRINK_MIN_PAGES => {
+                if let Err(err) = store::vacuum_step(connection, SHRINK_STEP_PAGES) {
+                    tracing::warn!(error = %err, "cannot shrink state.db");
+                }
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "cannot read state.db's free pages"),
         }
     }
 
@@ -603,7 +659,7 @@ impl Writer {
         if Instant::now() < self.journal.next_try {
             return false;
         }
-        let result = (|| -> anyhow::Result<(u64, u64)> {
+        let result = (|| -> anyhow::Result<(u64, (u64, bool))> {
             let transaction = self.setup.connection.unchecked_transaction()?;
             let mut added = 0u64;
             for (event, to_outbox) in &self.journal.events {
@@ -649,20 +705,33 @@ impl Writer {
             .failed(error, self.journal.events.len(), file_system_read_only);
     }
 
-    /// Drops the oldest outbox entries beyond `redis.outbox_max_events`.
-    fn bound_outbox(&self, transaction: &Transaction<'_>, added: u64) -> anyhow::Result<u64> {
+    /// Drops the oldest outbox entries beyond `redis.outbox_max_events`,
+    /// and a tenth of the backlog (at least this batch) while the store is
+    /// past its disk bound. Returns how many, and whether for space.
+    fn bound_outbox(
+        &self,
+        transaction: &Transaction<'_>,
+        added: u64,
+    ) -> anyhow::Result<(u64, bool)> {
         let backlog = self.outbox.backlog.load(Ordering::Relaxed) + added;
-        let excess = backlog.saturating_sub(self.setup.outbox_max_events);
+        let mut excess = backlog.saturating_sub(self.setup.outbox_max_events);
+        // Two stats and a statvfs: nothing beside the commit's fsync.
+        let for_space = backlog > 0 && self.setup.disk_bound.crossed();
+        if for_space {
+            excess = excess.max((backlog / 10).max(added).max(1)).min(backlog);
+        }
         Ok(if excess > 0 {
-            store::drop_oldest_outbox(transaction, excess)?
+            (store::drop_oldest_outbox(transaction, excess)?, for_space)
         } else {
-            0
+            (0, false)
         })
     }
 
-    fn outbox_committed(&self, added: u64, dropped: u64) {
+    fn outbox_committed(&mut self, added: u64, (dropped, for_space): (u64, bool)) {
         self.adjust_backlog(added as i64 - dropped as i64);
-        if dropped > 0 {
+        if dropped > 0 && for_space {
+            self.dropped_for_space(dropped);
+        } else if dropped > 0 {
             self.outbox.dropped.fetch_add(dropped, Ordering::Relaxed);
             self.setup.metrics.outbox_dropped.inc_by(dropped);
             tracing::warn!(
@@ -670,6 +739,34 @@ impl Writer {
                 limit = self.setup.outbox_max_events,
                 "replication outbox full: dropped the oldest events; they will never reach Redis"
             );
+        }
+    }
+}
+
+impl Writer {
+    fn dropped_for_space(&mut self, dropped: u64) {
+        self.outbox.dropped.fetch_add(dropped, Ordering::Relaxed);
+        self.setup.metrics.outbox_dropped.inc_by(dropped);
+        self.store_health.dropped_for_space(dropped);
+        // The pages the dropped rows held go back to the file system now.
+        let connection = &self.setup.connection;
+        if let Err(err) =
+            store::free_pages(connection).and_then(|pages| store::vacuum_step(connection, pages))
+        {
+            tracing::warn!(error = %err, "cannot shrink state.db");
+        }
+        let (logged_at, since) = &mut self.space_warning;
+        *since += dropped;
+        if logged_at.is_none_or(|at| at.elapsed() >= SPACE_WARNING_INTERVAL) {
+            let bound = &self.setup.disk_bound;
+            tracing::warn!(
+                dropped = *since,
+                max_bytes = bound.max_bytes,
+                min_free_bytes = bound.min_free_bytes,
+                "the store reached its disk bound (store.max_bytes / store.min_free_bytes): dropped the oldest outbox events; they will never reach Redis"
+            );
+            *logged_at = Some(Instant::now());
+            *since = 0;
         }
     }
 }

@@ -40,6 +40,8 @@ pub struct StoreStatus {
     pub failures: u64,
     /// Publishes refused because the memory journal was full too.
     pub refused: u64,
+    /// Outbox entries dropped to keep `store.max_bytes`/`store.min_free_bytes`.
+    pub dropped_for_space: u64,
     /// What the start did with a damaged file, if it found one.
     #[serde(skip_serializing_if = "Option::is_none", flatten)]
     pub recovered: Option<Recovered>,
@@ -68,6 +70,7 @@ impl StoreHealth {
                 in_memory: 0,
                 failures: 0,
                 refused: 0,
+                dropped_for_space: 0,
                 recovered,
             }),
             log: Mutex::new((None, 0)),
@@ -131,6 +134,11 @@ impl StoreHealth {
     /// The journal holds `in_memory` events.
     pub(super) fn holding(&self, in_memory: usize) {
         self.lock().in_memory = in_memory;
+    }
+
+    /// `dropped` outbox entries went to keep the disk bound.
+    pub(super) fn dropped_for_space(&self, dropped: u64) {
+        self.lock().dropped_for_space += dropped;
     }
 
     /// A publish was refused: the journal is full.

@@ -111,6 +111,8 @@ fn open_file(path: &Path) -> anyhow::Result<Opened> {
         Connection::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     configure(&connection).with_context(|| format!("cannot configure {}", path.display()))?;
     recovery::check(&connection).with_context(|| format!("cannot use {}", path.display()))?;
+    ensure_incremental_vacuum(&connection)
+        .with_context(|| format!("cannot set incremental vacuum on {}", path.display()))?;
     migrate(&mut connection).with_context(|| format!("cannot migrate {}", path.display()))?;
     let epoch = match meta(&connection, "epoch")? {
         Some(epoch) => epoch,
@@ -222,7 +224,47 @@ fn configure(connection: &Connection) -> rusqlite::Result<()> {
     connection.pragma_update(None, "journal_mode", "WAL")?;
     // FULL: a commit is on disk (WAL fsynced) before the API answers 202.
     connection.pragma_update(None, "synchronous", "FULL")?;
+    // A checkpoint truncates the WAL back to this, so a burst that grew it
+    // does not keep its size on the card.
+    connection.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     Ok(())
+}
+
+/// What a checkpoint leaves of the WAL file (bytes).
+const WAL_SIZE_LIMIT: i64 = 4 * 1024 * 1024;
+
+/// Makes the file return freed pages to the file system on request
+/// (`auto_vacuum = INCREMENTAL`, see [`vacuum_step`]). A file made before
+/// that was the rule is rewritten once (`VACUUM`), at this start.
+fn ensure_incremental_vacuum(connection: &Connection) -> rusqlite::Result<()> {
+    let mode: i64 = connection.query_row("PRAGMA auto_vacuum", [], |row| row.get(0))?;
+    if mode != 2 {
+        connection.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+        connection.execute_batch("VACUUM")?;
+    }
+    Ok(())
+}
+
+/// Pages of the file that hold nothing (freed by deletes).
+pub fn free_pages(connection: &Connection) -> rusqlite::Result<u64> {
+    let pages: i64 = connection.query_row("PRAGMA freelist_count", [], |row| row.get(0))?;
+    Ok(from_sql(pages))
+}
+
+/// Gives up to `pages` free pages back to the file system: the file
+/// shrinks. Incremental vacuum rather than `VACUUM`, which rewrites the
+/// whole file (needing up to its size again in free space, the very thing
+/// missing when the disk is full) and holds the writer for seconds on a
+/// card; a step moves only free pages to the end and truncates them off.
+/// In WAL mode the file itself shrinks at the next checkpoint, so the step
+/// ends with a passive one (it waits for no reader).
+pub fn vacuum_step(connection: &Connection, pages: u64) -> rusqlite::Result<()> {
+    // Each step of the statement frees one page: run it to the end.
+    let mut statement = connection.prepare(&format!("PRAGMA incremental_vacuum({pages})"))?;
+    let mut steps = statement.query([])?;
+    while steps.next()?.is_some() {}
+    drop(steps);
+    connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
 }
 
 fn migrate(connection: &mut Connection) -> anyhow::Result<()> {
