@@ -472,3 +472,35 @@ async fn state_db_shrinks_again_once_redis_has_the_backlog() {
     .await;
     assert_eq!(redis.stream("test-clinic").await.len(), 300);
 }
+
+#[tokio::test]
+async fn a_stale_shm_beside_a_missing_wal_is_not_damage_the_history_continues() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut gateway = GatewayProcess::start(dir.path(), &[]).await;
+    let token = common::mint_token(dir.path(), &["--role", "service"]).await;
+    let mut last = 0;
+    for n in 0..5 {
+        let (status, answer) = publish(&gateway, &token, n).await;
+        assert_eq!(status, 202, "{answer}");
+        last = answer["seq"].as_u64().expect("seq");
+    }
+    gateway.signal("TERM");
+    let _ = tokio::time::timeout(PROMPTLY, gateway.child.wait()).await;
+    let state_dir = dir.path().join("data");
+    let _ = std::fs::remove_file(state_dir.join("state.db-wal"));
+    std::fs::write(state_dir.join("state.db-shm"), [0x5Au8; 32 * 1024]).expect("stale shm");
+
+    let again = GatewayProcess::start(dir.path(), &[]).await;
+    let report = health(&again).await;
+    assert_eq!(
+        report["store"]["state"], "ok",
+        "the file itself is intact: {report}"
+    );
+    let (status, answer) = publish(&again, &token, 9).await;
+    assert_eq!(
+        (status, &answer["durable"]),
+        (202, &json!(true)),
+        "{answer}"
+    );
+    assert_eq!(answer["seq"].as_u64(), Some(last + 1), "{answer}");
+}
