@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
+use crate::clock::Clock;
 use crate::config::{mask_url_password, AuthMode, Config};
 use crate::core::rooms::{Rooms, RoomsSetup};
 use crate::http::api::Api;
@@ -62,6 +63,7 @@ pub struct Gateway {
     redirect_listener: Option<std::net::TcpListener>,
     /// The replication tasks, when `redis.url` is set.
     replication: Option<(Replicator, FanIn)>,
+    clock: Clock,
     shutdown: CancellationToken,
 }
 
@@ -106,6 +108,7 @@ impl Gateway {
             );
         }
         let started = Instant::now();
+        let clock = Clock::default();
         let metrics = Metrics::new();
         let rooms = Rooms::new(
             RoomsSetup {
@@ -172,6 +175,7 @@ impl Gateway {
                 started,
                 epoch: rooms.epoch().to_owned(),
                 history_base: opened.history_base,
+                clock: clock.clone(),
             };
             let fan_in = FanIn {
                 redis: config.redis.clone(),
@@ -213,6 +217,7 @@ impl Gateway {
                 slots,
                 metrics: metrics.clone(),
                 started,
+                clock: clock.clone(),
                 shutdown: shutdown.clone(),
             },
             socket_io: SocketIo::new(sessions.clone()),
@@ -227,6 +232,7 @@ impl Gateway {
             tls,
             redirect_listener,
             replication,
+            clock,
             shutdown,
         })
     }
@@ -247,12 +253,14 @@ impl Gateway {
             tls,
             redirect_listener,
             replication,
+            clock,
             shutdown,
         } = self;
         systemd::ready();
         let workers = TaskTracker::new();
         workers.spawn(housekeeping(publisher.clone(), shutdown.clone()));
         workers.spawn(systemd::watchdog(rooms, shutdown.clone()));
+        workers.spawn(clock.watch(shutdown.clone()));
         if let Some((replicator, fan_in)) = replication {
             workers.spawn(crate::replication::link::run(replicator));
             workers.spawn(crate::replication::subscription::run(fan_in));

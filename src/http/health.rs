@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::response::{json_response, HttpResponse};
-use crate::clock::timestamp_now;
+use crate::clock::{timestamp_now, Clock};
 use crate::core::rooms::Rooms;
 use crate::metrics::Metrics;
 use crate::net::slots::ConnectionSlots;
@@ -38,22 +38,25 @@ pub struct Health {
     pub slots: ConnectionSlots,
     pub metrics: Metrics,
     pub started: Instant,
+    pub clock: Clock,
     pub shutdown: CancellationToken,
 }
 
 impl Health {
     /// `GET /health`: 200 while serving (`degraded` while a configured Redis
-    /// is not connected or the store cannot write: the clinic is still
-    /// served), 503 while shutting down.
+    /// is not connected, the store cannot write, or the clock is off from the
+    /// central Redis's by more than 2 s: the clinic is still served), 503
+    /// while shutting down.
     pub fn status(&self) -> HttpResponse {
         let stopping = self.shutdown.is_cancelled();
         let link = self.replication.status();
         let redis_connected = link.state == LinkState::Connected;
         let store_status = self.store.status();
+        let clock = self.clock.status();
         let redis_ok = matches!(link.state, LinkState::Connected | LinkState::Disabled);
         let status = if stopping {
             "shutting_down"
-        } else if redis_ok && store_status.state == StoreState::Ok {
+        } else if redis_ok && store_status.state == StoreState::Ok && !clock.off() {
             "healthy"
         } else {
             "degraded"
@@ -75,6 +78,7 @@ impl Health {
                 "lastError": link.last_error,
             },
             "store": store_json,
+            "clock": clock,
         "rooms": self.rooms.counts(),
             "lastSeq": self.rooms.last_seq(),
             "slowConsumerDisconnects": self.metrics.slow_consumer_disconnects.get(),

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::backoff::Backoff;
 use super::keys::{self, Envelope};
 use super::status::{LinkState, ReplicationStatus};
-use crate::clock::{rfc3339_ms, unix_ms};
+use crate::clock::{rfc3339_ms, unix_ms, Clock};
 use crate::config::{ClinicConfig, RedisConfig};
 use crate::core::event::CommittedEvent;
 use crate::core::rooms::Rooms;
@@ -53,6 +53,8 @@ pub struct Replicator {
     pub epoch: String,
     /// Seqs up to this were numbered by the history before a recovery.
     pub history_base: u64,
+    /// Told the offset from Redis's clock with each health heartbeat.
+    pub clock: Clock,
 }
 
 /// Replicates until shutdown, reconnecting with backoff after any failure.
@@ -71,6 +73,7 @@ pub async fn run(replicator: Replicator) {
                     status.last_error = Some(message);
                 });
                 replicator.status.lost.notify_waiters();
+                replicator.clock.set_offset(None);
                 replicator.metrics.redis_reconnects.inc();
             }
         }
@@ -244,7 +247,24 @@ impl Replicator {
             .context("cannot write a batch to the Redis stream")
     }
 
+    /// This clock minus Redis's (`TIME`), half the round trip taken off.
+    async fn measure_clock_offset(
+        &self,
+        connection: &mut MultiplexedConnection,
+    ) -> anyhow::Result<i64> {
+        let sent = unix_ms() as i64;
+        let (seconds, micros): (i64, i64) = redis::cmd("TIME")
+            .query_async(connection)
+            .await
+            .context("cannot read Redis's clock")?;
+        let received = unix_ms() as i64;
+        let redis_ms = seconds * 1000 + micros / 1000;
+        Ok((sent + received) / 2 - redis_ms)
+    }
+
     async fn write_health(&self, connection: &mut MultiplexedConnection) -> anyhow::Result<()> {
+        let offset = self.measure_clock_offset(connection).await?;
+        self.clock.set_offset(Some(offset));
         let clinic = &self.clinic;
         let status = self.status.status();
         let health = serde_json::json!({
@@ -256,6 +276,7 @@ impl Replicator {
             "lastReplicatedSeq": status.last_replicated_seq,
             "lastSeq": self.rooms.last_seq(),
         "store": self.publisher.store_health().status(),
+            "clock": self.clock.status(),
             "uptimeSeconds": self.started.elapsed().as_secs(),
             "timestamp": rfc3339_ms(unix_ms()),
         });

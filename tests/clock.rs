@@ -1,0 +1,102 @@
+//! A clock without a battery: the real binary under libfaketime (its wall
+//! clock read from a file the test rewrites; the monotonic clock left
+//! real), against a real Redis. A jump of the wall clock is logged once with
+//! its size and shown in `/health`; the offset from Redis's clock is
+//! measured with each heartbeat and makes `/health` degraded when it is
+//! off by more than 2 s; the screens keep being served across the jump.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{http_request, wait_until, GatewayProcess, TestRedis, TestWsClient, PROMPTLY};
+use serde_json::{json, Value};
+
+/// Debian's libfaketime (package faketime, installed by scripts/test).
+fn libfaketime() -> PathBuf {
+    let found = std::fs::read_dir("/usr/lib")
+        .expect("/usr/lib")
+        .filter_map(Result::ok)
+        .map(|entry| entry.path().join("faketime/libfaketime.so.1"))
+        .find(|path| path.exists());
+    found.expect("libfaketime.so.1 is missing: scripts/test installs the faketime package")
+}
+
+async fn health(gateway: &GatewayProcess) -> Value {
+    http_request(gateway.addr, "GET", "/health", None, Vec::new())
+        .await
+        .1
+}
+
+#[tokio::test]
+async fn a_wall_clock_jump_is_logged_once_and_an_offset_from_redis_makes_health_degraded() {
+    let redis = TestRedis::start().await;
+    let url = redis.url();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock_file = dir.path().join("faketime");
+    std::fs::write(&clock_file, "+0\n").expect("clock file");
+    let preload = libfaketime();
+    let env = [
+        ("LD_PRELOAD", preload.to_str().expect("path")),
+        (
+            "FAKETIME_TIMESTAMP_FILE",
+            clock_file.to_str().expect("path"),
+        ),
+        ("FAKETIME_NO_CACHE", "1"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ("SMARTWAIT_REDIS_URL", url.as_str()),
+        ("SMARTWAIT_CLINIC_ID", "test-clinic"),
+    ];
+    let token = common::mint_token(dir.path(), &["--role", "service"]).await;
+    let mut gateway = GatewayProcess::start(dir.path(), &env).await;
+    wait_until(PROMPTLY, "the offset from redis to be measured", || async {
+        health(&gateway).await["clock"]["offsetMs"].is_i64()
+    })
+    .await;
+    let before = health(&gateway).await;
+    let offset = before["clock"]["offsetMs"].as_i64().expect("offset");
+    assert!(offset.abs() < 2_000, "same machine, same clock: {before}");
+    assert_eq!(before["status"], "healthy", "{before}");
+    assert!(before["clock"]["lastJumpMs"].is_null(), "{before}");
+    let mut display = TestWsClient::connect(gateway.addr, None).await;
+    display.join("join-patients-room", Value::Null).await;
+
+    // NTP answers at last: the wall clock jumps three hours ahead.
+    std::fs::write(&clock_file, "+3h\n").expect("clock file");
+    let three_hours: i64 = 3 * 3600 * 1000;
+    wait_until(PROMPTLY * 3, "the jump and the offset to show", || async {
+        let report = health(&gateway).await;
+        report["clock"]["offsetMs"].as_i64() > Some(three_hours - 60_000)
+            && report["clock"]["lastJumpMs"].is_i64()
+    })
+    .await;
+    let after = health(&gateway).await;
+    assert_eq!(after["status"], "degraded", "the clock is 3 h off: {after}");
+    let jump = after["clock"]["lastJumpMs"].as_i64().expect("jump");
+    assert!(
+        (jump - three_hours).abs() < 5_000,
+        "the jump's size: {after}"
+    );
+
+    let body = json!({"waiting": 1}).to_string().into_bytes();
+    let (status, answer) = http_request(
+        gateway.addr,
+        "POST",
+        "/api/queue/update",
+        Some(&token),
+        body,
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    let event = display.expect_event("queue_update").await;
+    assert_eq!(
+        event["data"]["waiting"], 1,
+        "the screen is served across the jump"
+    );
+
+    let mut jump_lines = 0;
+    while let Ok(line) = gateway.log.try_recv() {
+        jump_lines += usize::from(line.contains("the wall clock jumped"));
+    }
+    assert_eq!(jump_lines, 1, "the jump is logged once");
+}
