@@ -504,3 +504,28 @@ async fn a_stale_shm_beside_a_missing_wal_is_not_damage_the_history_continues() 
     );
     assert_eq!(answer["seq"].as_u64(), Some(last + 1), "{answer}");
 }
+
+#[tokio::test]
+async fn the_wal_is_checkpointed_off_the_writer_and_stays_bounded() {
+    // The writer's own checkpoints are off; without the checkpoint thread
+    // these ~9 MiB of events would all stay in the WAL.
+    let unreachable = format!("redis://127.0.0.1:{}", common::free_port());
+    let env = [
+        ("SMARTWAIT_REDIS_URL", unreachable.as_str()),
+        ("SMARTWAIT_CLINIC_ID", "test-clinic"),
+    ];
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gateway = GatewayProcess::start(dir.path(), &env).await;
+    let token = common::mint_token(dir.path(), &["--role", "service"]).await;
+    publish_bulky(&gateway, &token, 300).await;
+    let wal = dir.path().join("data/state.db-wal");
+    wait_until(
+        PROMPTLY,
+        "the WAL to be checkpointed and truncated",
+        || async {
+            let size = std::fs::metadata(&wal).map_or(0, |meta| meta.len());
+            size <= 4 * 1024 * 1024
+        },
+    )
+    .await;
+}

@@ -1,11 +1,13 @@
 //! Publishing: the single writer that numbers events, commits them to the
 //! store in groups and hands each committed batch to the rooms core
 //! ([`publisher`]), and what each of the queue system's calls turns into
-//! ([`notifications`], the seed's RealtimeService and its `get_ready` rule).
+//! ([`notifications`], the seed's RealtimeService and its `get_ready` rule),
+//! with WAL checkpoints on a thread of their own (`checkpointer`).
 //!
 //! Imports the core, the store and the leaves; nothing of the transports,
 //! HTTP, replication or the gateway.
 
+mod checkpointer;
 mod journal;
 pub mod notifications;
 pub mod publisher;

@@ -19,6 +19,7 @@ use rusqlite::{Connection, Transaction};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use super::checkpointer::Checkpointer;
 use super::journal::Journal;
 use super::receipt::{Published, Receipt};
 use super::store_health::StoreHealth;
@@ -156,7 +157,20 @@ impl Publisher {
         ));
         outbox.backlog.store(setup.outbox_len, Ordering::Relaxed);
         setup.metrics.outbox_backlog.set(setup.outbox_len as i64);
+        // Checkpoints off the writer's path; without the thread, SQLite's own
+        // (inside a commit) goes on.
+        let checkpointer = match Checkpointer::start(&setup.disk_bound.state_dir) {
+            Ok(checkpointer) => {
+                store::disable_automatic_checkpoints(&setup.connection)?;
+                Some(checkpointer)
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot start the checkpoint thread; the writer checkpoints inside commits");
+                None
+            }
+        };
         let writer = Writer {
+            _checkpointer: checkpointer,
             // Numbers that may have been handed out from memory by a run
             // that then died are skipped (see store::begin_run).
             last_seq: setup.last_seq + setup.skip_seqs,
@@ -277,6 +291,8 @@ struct Writer {
     store_health: Arc<StoreHealth>,
     /// When dropping for space was last logged, and drops since.
     space_warning: (Option<Instant>, u64),
+    /// Stopped with the writer.
+    _checkpointer: Option<Checkpointer>,
 }
 
 impl Writer {

@@ -226,12 +226,9 @@ fn configure(connection: &Connection) -> rusqlite::Result<()> {
     connection.pragma_update(None, "synchronous", "FULL")?;
     // A checkpoint truncates the WAL back to this, so a burst that grew it
     // does not keep its size on the card.
-    connection.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
+    connection.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT as i64)?;
     Ok(())
 }
-
-/// What a checkpoint leaves of the WAL file (bytes).
-const WAL_SIZE_LIMIT: i64 = 4 * 1024 * 1024;
 
 /// Makes the file return freed pages to the file system on request
 /// (`auto_vacuum = INCREMENTAL`, see [`vacuum_step`]). A file made before
@@ -243,6 +240,34 @@ fn ensure_incremental_vacuum(connection: &Connection) -> rusqlite::Result<()> {
         connection.execute_batch("VACUUM")?;
     }
     Ok(())
+}
+
+/// Copies what the WAL holds into `state.db` as far as no reader needs it
+/// (`PRAGMA wal_checkpoint(PASSIVE)`: it never waits for a lock).
+pub fn checkpoint_passive(connection: &Connection) -> rusqlite::Result<()> {
+    connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+}
+
+/// Checkpoints everything and truncates the WAL to nothing
+/// (`PRAGMA wal_checkpoint(TRUNCATE)`); it waits for the writer's current
+/// transaction and holds the next one back until it is done, so it is run
+/// right after a passive checkpoint, when little is left to copy.
+pub fn checkpoint_truncate(connection: &Connection) -> rusqlite::Result<()> {
+    connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+}
+
+/// The size of `state_dir`'s WAL file (0 when there is none).
+pub fn wal_bytes(state_dir: &Path) -> u64 {
+    std::fs::metadata(state_dir.join(format!("{DB_FILE}-wal"))).map_or(0, |meta| meta.len())
+}
+
+/// What a checkpoint leaves of the WAL file (bytes).
+pub const WAL_SIZE_LIMIT: u64 = 4 * 1024 * 1024;
+
+/// Turns off SQLite's checkpoint inside the commit that crosses 1,000 WAL
+/// pages, for a connection whose WAL another one checkpoints.
+pub fn disable_automatic_checkpoints(connection: &Connection) -> rusqlite::Result<()> {
+    connection.pragma_update(None, "wal_autocheckpoint", 0)
 }
 
 /// Pages of the file that hold nothing (freed by deletes).
