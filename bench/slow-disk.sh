@@ -7,7 +7,7 @@
 # tests/faultfs/.venv). Compare two builds: farm-bench --vs 'bench/slow-disk.sh B' -- bench/slow-disk.sh A
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-binary="${1:-$root/target/release/smartwait-gateway}"
+binary="$(realpath "${1:-$root/target/release/smartwait-gateway}")"
 count="${2:-600}"
 delay="${DELAY_MS:-20}"
 work="$(mktemp -d)"
@@ -30,7 +30,7 @@ cleanup() {
 trap cleanup EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cd "$work/mnt"
-token=$("$binary" token --role service 2>/dev/null)
+token=$("$binary" token --role service 2>"$work/token.log") || { cat "$work/token.log" >&2; exit 1; }
 SMARTWAIT_SERVER_LISTEN="127.0.0.1:$port" RUST_LOG=warn "$binary" 2>"$work/gateway.log" &
 gateway=$!
 python3 - "$port" <<'PY'
