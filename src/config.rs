@@ -447,7 +447,11 @@ impl Config {
                 "store.memory_journal_events",
                 self.store.memory_journal_events,
             ),
-            ("store.max_bytes", self.store.max_bytes as usize),
+            // Saturating: on a 32-bit Pi a bound of 4 GiB must not read as 0.
+            (
+                "store.max_bytes",
+                usize::try_from(self.store.max_bytes).unwrap_or(usize::MAX),
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {

@@ -137,6 +137,14 @@ impl DiskBound {
     }
 }
 
+/// What a commit dropped from the outbox, and whether to keep the disk
+/// bound (else `redis.outbox_max_events`).
+#[derive(Debug, Clone, Copy, Default)]
+struct OutboxDrops {
+    dropped: u64,
+    for_space: bool,
+}
+
 /// How often dropping for space is written to the log at most.
 const SPACE_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -675,7 +683,7 @@ impl Writer {
         if Instant::now() < self.journal.next_try {
             return false;
         }
-        let result = (|| -> anyhow::Result<(u64, (u64, bool))> {
+        let result = (|| -> anyhow::Result<(u64, OutboxDrops)> {
             let transaction = self.setup.connection.unchecked_transaction()?;
             let mut added = 0u64;
             for (event, to_outbox) in &self.journal.events {
@@ -723,12 +731,12 @@ impl Writer {
 
     /// Drops the oldest outbox entries beyond `redis.outbox_max_events`,
     /// and a tenth of the backlog (at least this batch) while the store is
-    /// past its disk bound. Returns how many, and whether for space.
+    /// past its disk bound.
     fn bound_outbox(
         &self,
         transaction: &Transaction<'_>,
         added: u64,
-    ) -> anyhow::Result<(u64, bool)> {
+    ) -> anyhow::Result<OutboxDrops> {
         let backlog = self.outbox.backlog.load(Ordering::Relaxed) + added;
         let mut excess = backlog.saturating_sub(self.setup.outbox_max_events);
         // Two stats and a statvfs: nothing beside the commit's fsync.
@@ -736,20 +744,26 @@ impl Writer {
         if for_space {
             excess = excess.max((backlog / 10).max(added).max(1)).min(backlog);
         }
-        Ok(if excess > 0 {
-            (store::drop_oldest_outbox(transaction, excess)?, for_space)
-        } else {
-            (0, false)
+        if excess == 0 {
+            return Ok(OutboxDrops::default());
+        }
+        Ok(OutboxDrops {
+            dropped: store::drop_oldest_outbox(transaction, excess)?,
+            for_space,
         })
     }
 
-    fn outbox_committed(&mut self, added: u64, (dropped, for_space): (u64, bool)) {
+    fn outbox_committed(&mut self, added: u64, drops: OutboxDrops) {
+        let OutboxDrops { dropped, for_space } = drops;
         self.adjust_backlog(added as i64 - dropped as i64);
-        if dropped > 0 && for_space {
+        if dropped == 0 {
+            return;
+        }
+        self.outbox.dropped.fetch_add(dropped, Ordering::Relaxed);
+        self.setup.metrics.outbox_dropped.inc_by(dropped);
+        if for_space {
             self.dropped_for_space(dropped);
-        } else if dropped > 0 {
-            self.outbox.dropped.fetch_add(dropped, Ordering::Relaxed);
-            self.setup.metrics.outbox_dropped.inc_by(dropped);
+        } else {
             tracing::warn!(
                 dropped,
                 limit = self.setup.outbox_max_events,
@@ -757,18 +771,19 @@ impl Writer {
             );
         }
     }
-}
 
-impl Writer {
+    /// Gives the dropped rows' pages back to the file system at once and
+    /// warns at most once a minute. The checkpoint is the writer's own here,
+    /// unlike everywhere else: the next commit measures the file again, and
+    /// until a checkpoint the shrink is only in the WAL, so without it that
+    /// commit would see the bound still crossed and drop again.
     fn dropped_for_space(&mut self, dropped: u64) {
-        self.outbox.dropped.fetch_add(dropped, Ordering::Relaxed);
-        self.setup.metrics.outbox_dropped.inc_by(dropped);
         self.store_health.dropped_for_space(dropped);
-        // The pages the dropped rows held go back to the file system now.
         let connection = &self.setup.connection;
-        if let Err(err) =
-            store::free_pages(connection).and_then(|pages| store::vacuum_step(connection, pages))
-        {
+        let shrunk = store::free_pages(connection)
+            .and_then(|pages| store::vacuum_step(connection, pages))
+            .and_then(|()| store::checkpoint_passive(connection));
+        if let Err(err) = shrunk {
             tracing::warn!(error = %err, "cannot shrink state.db");
         }
         let (logged_at, since) = &mut self.space_warning;
