@@ -22,12 +22,6 @@ fn libfaketime() -> PathBuf {
     found.expect("libfaketime.so.1 is missing: scripts/test installs the faketime package")
 }
 
-async fn health(gateway: &GatewayProcess) -> Value {
-    http_request(gateway.addr, "GET", "/health", None, Vec::new())
-        .await
-        .1
-}
-
 #[tokio::test]
 async fn a_wall_clock_jump_is_logged_once_and_an_offset_from_redis_makes_health_degraded() {
     let redis = TestRedis::start().await;
@@ -50,10 +44,10 @@ async fn a_wall_clock_jump_is_logged_once_and_an_offset_from_redis_makes_health_
     let token = common::mint_token(dir.path(), &["--role", "service"]).await;
     let mut gateway = GatewayProcess::start(dir.path(), &env).await;
     wait_until(PROMPTLY, "the offset from redis to be measured", || async {
-        health(&gateway).await["clock"]["offsetMs"].is_i64()
+        gateway.health().await["clock"]["offsetMs"].is_i64()
     })
     .await;
-    let before = health(&gateway).await;
+    let before = gateway.health().await;
     let offset = before["clock"]["offsetMs"].as_i64().expect("offset");
     assert!(offset.abs() < 2_000, "same machine, same clock: {before}");
     assert_eq!(before["status"], "healthy", "{before}");
@@ -65,12 +59,12 @@ async fn a_wall_clock_jump_is_logged_once_and_an_offset_from_redis_makes_health_
     std::fs::write(&clock_file, "+3h\n").expect("clock file");
     let three_hours: i64 = 3 * 3600 * 1000;
     wait_until(PROMPTLY * 3, "the jump and the offset to show", || async {
-        let report = health(&gateway).await;
+        let report = gateway.health().await;
         report["clock"]["offsetMs"].as_i64() > Some(three_hours - 60_000)
             && report["clock"]["lastJumpMs"].is_i64()
     })
     .await;
-    let after = health(&gateway).await;
+    let after = gateway.health().await;
     assert_eq!(after["status"], "degraded", "the clock is 3 h off: {after}");
     let jump = after["clock"]["lastJumpMs"].as_i64().expect("jump");
     assert!(

@@ -66,17 +66,6 @@ impl Drop for SmallDisk {
     }
 }
 
-async fn health(gateway: &GatewayProcess) -> Value {
-    http_request(gateway.addr, "GET", "/health", None, Vec::new())
-        .await
-        .1
-}
-
-async fn publish(gateway: &GatewayProcess, token: &str, n: u64) -> (u16, Value) {
-    let body = json!({"waiting": n}).to_string().into_bytes();
-    http_request(gateway.addr, "POST", "/api/queue/update", Some(token), body).await
-}
-
 async fn join_display(gateway: &GatewayProcess) -> TestWsClient {
     let mut display = TestWsClient::connect(gateway.addr, None).await;
     display.join("join-patients-room", Value::Null).await;
@@ -91,7 +80,7 @@ async fn publish_until_held(
 ) -> Vec<u64> {
     let mut held = Vec::new();
     for n in 0..2_000u64 {
-        let (status, answer) = publish(gateway, token, n).await;
+        let (status, answer) = gateway.publish_waiting(token, n).await;
         assert_eq!(
             status, 202,
             "a full disk must not refuse publishes: {answer}"
@@ -116,7 +105,7 @@ async fn a_full_disk_keeps_screens_served_and_commits_the_held_events_once_space
     let gateway = GatewayProcess::start(disk.path(), &[]).await;
     let token = common::mint_token(disk.path(), &["--role", "service"]).await;
     let mut display = join_display(&gateway).await;
-    let (status, answer) = publish(&gateway, &token, 1_000_000).await;
+    let (status, answer) = gateway.publish_waiting(&token, 1_000_000).await;
     assert_eq!(
         (status, &answer["durable"]),
         (202, &json!(true)),
@@ -126,7 +115,7 @@ async fn a_full_disk_keeps_screens_served_and_commits_the_held_events_once_space
 
     disk.fill();
     let held = publish_until_held(&gateway, &token, &mut display).await;
-    let report = health(&gateway).await;
+    let report = gateway.health().await;
     assert_eq!(report["status"], "degraded", "{report}");
     assert_eq!(report["store"]["state"], "failing", "{report}");
     assert!(report["store"]["inMemory"].as_u64() >= Some(1), "{report}");
@@ -136,11 +125,11 @@ async fn a_full_disk_keeps_screens_served_and_commits_the_held_events_once_space
 
     disk.free();
     wait_until(PROMPTLY, "the store to write again", || async {
-        let report = health(&gateway).await;
+        let report = gateway.health().await;
         report["store"]["state"] == "ok" && report["store"]["inMemory"] == 0
     })
     .await;
-    let report = health(&gateway).await;
+    let report = gateway.health().await;
     assert_eq!(report["status"], "healthy", "{report}");
 
     // A clean stop, then a start on the same file: the held events were committed.
@@ -157,7 +146,7 @@ async fn a_full_disk_keeps_screens_served_and_commits_the_held_events_once_space
         retained["seq"], last_held,
         "the last held event is the retained state"
     );
-    let (_, answer) = publish(&again, &token, 7).await;
+    let (_, answer) = again.publish_waiting(&token, 7).await;
     assert_eq!(
         answer["seq"].as_u64(),
         Some(last_held + 1),
@@ -172,12 +161,12 @@ async fn a_full_memory_journal_refuses_publishes_and_readiness_says_so() {
     let env = [("SMARTWAIT_STORE_MEMORY_JOURNAL_EVENTS", "3")];
     let gateway = GatewayProcess::start(disk.path(), &env).await;
     let token = common::mint_token(disk.path(), &["--role", "service"]).await;
-    let (status, _) = publish(&gateway, &token, 0).await;
+    let (status, _) = gateway.publish_waiting(&token, 0).await;
     assert_eq!(status, 202);
     disk.fill();
     let mut refused = None;
     for n in 1..2_000u64 {
-        let (status, answer) = publish(&gateway, &token, n).await;
+        let (status, answer) = gateway.publish_waiting(&token, n).await;
         if status == 503 {
             refused = Some(answer);
             break;
@@ -186,14 +175,14 @@ async fn a_full_memory_journal_refuses_publishes_and_readiness_says_so() {
     }
     let answer = refused.expect("publishes are refused once the journal is full");
     assert_eq!(answer["error"]["code"], "store_unavailable", "{answer}");
-    let report = health(&gateway).await;
+    let report = gateway.health().await;
     assert_eq!(report["store"]["inMemory"], 3, "{report}");
     assert!(report["store"]["refused"].as_u64() >= Some(1), "{report}");
     let (ready, body) = http_request(gateway.addr, "GET", "/health/ready", None, Vec::new()).await;
     assert_eq!(ready, 503, "{body}");
     disk.free();
     wait_until(PROMPTLY, "the journal to be committed", || async {
-        health(&gateway).await["store"]["state"] == "ok"
+        gateway.health().await["store"]["state"] == "ok"
     })
     .await;
     let (ready, _) = http_request(gateway.addr, "GET", "/health/ready", None, Vec::new()).await;
@@ -212,7 +201,7 @@ async fn a_crash_while_events_were_held_in_memory_never_reuses_their_seqs() {
     gateway.child.kill().await.expect("kill");
     disk.free();
     let again = GatewayProcess::start(disk.path(), &[]).await;
-    let (status, answer) = publish(&again, &token, 1).await;
+    let (status, answer) = again.publish_waiting(&token, 1).await;
     assert_eq!(status, 202, "{answer}");
     let seq = answer["seq"].as_u64().expect("seq");
     let highest = *held.iter().max().expect("held");
@@ -256,7 +245,7 @@ async fn a_damaged_state_db_is_moved_aside_and_the_gateway_starts_with_a_new_epo
         let token = common::mint_token(dir.path(), &["--role", "service"]).await;
         let mut last = 0;
         for n in 0..20 {
-            let (status, answer) = publish(&gateway, &token, n).await;
+            let (status, answer) = gateway.publish_waiting(&token, n).await;
             assert_eq!(status, 202, "{answer}");
             last = answer["seq"].as_u64().expect("seq");
         }
@@ -268,7 +257,7 @@ async fn a_damaged_state_db_is_moved_aside_and_the_gateway_starts_with_a_new_epo
         damage(&state_dir.join("state.db"), how);
 
         let again = GatewayProcess::start(dir.path(), &[]).await;
-        let report = health(&again).await;
+        let report = again.health().await;
         assert_eq!(report["store"]["state"], "recovered", "{how}: {report}");
         assert_eq!(report["status"], "degraded", "{how}: {report}");
         assert!(report["store"]["movedTo"].is_string(), "{how}: {report}");
@@ -292,7 +281,7 @@ async fn a_damaged_state_db_is_moved_aside_and_the_gateway_starts_with_a_new_epo
         let salvaged = report["store"]["salvaged"]["lastSeq"]
             .as_u64()
             .expect("salvaged seq");
-        let (status, answer) = publish(&again, &token, 99).await;
+        let (status, answer) = again.publish_waiting(&token, 99).await;
         assert_eq!(
             (status, &answer["durable"]),
             (202, &json!(true)),
@@ -322,12 +311,12 @@ async fn after_a_recovery_the_new_history_reaches_redis_although_the_old_cursor_
     let mut gateway = GatewayProcess::start(dir.path(), &env).await;
     let token = common::mint_token(dir.path(), &["--role", "service"]).await;
     for n in 0..3 {
-        assert_eq!(publish(&gateway, &token, n).await.0, 202);
+        assert_eq!(gateway.publish_waiting(&token, n).await.0, 202);
     }
     let drained =
         |report: Value| report["redis"]["state"] == "connected" && report["redis"]["backlog"] == 0;
     wait_until(PROMPTLY, "the first history to reach redis", || async {
-        drained(health(&gateway).await)
+        drained(gateway.health().await)
     })
     .await;
     gateway.signal("TERM");
@@ -337,9 +326,9 @@ async fn after_a_recovery_the_new_history_reaches_redis_although_the_old_cursor_
     // Nothing could be salvaged: the new epoch numbers from 1 again, below
     // the node's cursor in redis (3), and must still be replicated.
     let again = GatewayProcess::start(dir.path(), &env).await;
-    assert_eq!(health(&again).await["store"]["state"], "recovered");
+    assert_eq!(again.health().await["store"]["state"], "recovered");
     for n in 10..12 {
-        let (status, answer) = publish(&again, &token, n).await;
+        let (status, answer) = again.publish_waiting(&token, n).await;
         assert_eq!(status, 202, "{answer}");
     }
     let arrived = tokio::time::timeout(PROMPTLY, async {
@@ -357,7 +346,7 @@ async fn after_a_recovery_the_new_history_reaches_redis_although_the_old_cursor_
             .iter()
             .map(|e| e.seq)
             .collect::<Vec<_>>(),
-        health(&again).await
+        again.health().await
     );
     let entries = redis.stream("test-clinic").await;
     let seqs: Vec<u64> = entries.iter().map(|entry| entry.seq).collect();
@@ -409,7 +398,7 @@ async fn the_store_keeps_within_max_bytes_and_min_free_bytes_by_dropping_the_old
         let gateway = GatewayProcess::start(dir, &env).await;
         let token = common::mint_token(dir, &["--role", "service"]).await;
         publish_bulky(&gateway, &token, 700).await;
-        let report = health(&gateway).await;
+        let report = gateway.health().await;
         let store = &report["store"];
         assert_eq!(store["state"], "ok", "{bound}: {report}");
         assert_eq!(
@@ -452,7 +441,7 @@ async fn state_db_shrinks_again_once_redis_has_the_backlog() {
     let gateway = GatewayProcess::start(dir.path(), &env).await;
     let token = common::mint_token(dir.path(), &["--role", "service"]).await;
     publish_bulky(&gateway, &token, 300).await;
-    let grown = health(&gateway).await["store"]["sizeBytes"]
+    let grown = gateway.health().await["store"]["sizeBytes"]
         .as_u64()
         .expect("size");
     assert!(
@@ -464,7 +453,7 @@ async fn state_db_shrinks_again_once_redis_has_the_backlog() {
         PROMPTLY * 3,
         "the file to shrink after the backlog drained",
         || async {
-            let report = health(&gateway).await;
+            let report = gateway.health().await;
             report["redis"]["backlog"] == 0
                 && report["store"]["sizeBytes"].as_u64() < Some(grown / 2)
         },
@@ -480,7 +469,7 @@ async fn a_stale_shm_beside_a_missing_wal_is_not_damage_the_history_continues() 
     let token = common::mint_token(dir.path(), &["--role", "service"]).await;
     let mut last = 0;
     for n in 0..5 {
-        let (status, answer) = publish(&gateway, &token, n).await;
+        let (status, answer) = gateway.publish_waiting(&token, n).await;
         assert_eq!(status, 202, "{answer}");
         last = answer["seq"].as_u64().expect("seq");
     }
@@ -491,12 +480,12 @@ async fn a_stale_shm_beside_a_missing_wal_is_not_damage_the_history_continues() 
     std::fs::write(state_dir.join("state.db-shm"), [0x5Au8; 32 * 1024]).expect("stale shm");
 
     let again = GatewayProcess::start(dir.path(), &[]).await;
-    let report = health(&again).await;
+    let report = again.health().await;
     assert_eq!(
         report["store"]["state"], "ok",
         "the file itself is intact: {report}"
     );
-    let (status, answer) = publish(&again, &token, 9).await;
+    let (status, answer) = again.publish_waiting(&token, 9).await;
     assert_eq!(
         (status, &answer["durable"]),
         (202, &json!(true)),

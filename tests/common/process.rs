@@ -116,6 +116,19 @@ impl GatewayProcess {
         }
     }
 
+    /// `GET /health`'s body.
+    pub async fn health(&self) -> serde_json::Value {
+        http_request(self.addr, "GET", "/health", None, Vec::new())
+            .await
+            .1
+    }
+
+    /// `POST /api/queue/update` with `{"waiting": n}` as `token`.
+    pub async fn publish_waiting(&self, token: &str, n: u64) -> (u16, serde_json::Value) {
+        let body = serde_json::json!({"waiting": n}).to_string().into_bytes();
+        http_request(self.addr, "POST", "/api/queue/update", Some(token), body).await
+    }
+
     /// Sends `signal` to the process.
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("pid").to_string();
