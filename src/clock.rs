@@ -125,3 +125,101 @@ fn os_synchronized() -> Option<bool> {
         None
     }
 }
+
+/// Time for ages: how long an idempotency key or a patient's retained
+/// state has been kept. It runs on the monotonic clock while the gateway
+/// runs, so a wall-clock jump (NTP answering after a boot in 1970) neither
+/// expires a key at once nor keeps it for years. Across a restart it goes
+/// on from the reading saved in the store, advanced by the wall-clock time
+/// between the save and the start only when that is forward: a box that
+/// reboots with a wrong clock counts its downtime as nothing rather than
+/// as decades.
+#[derive(Debug, Clone, Copy)]
+pub struct AgeClock {
+    base_ms: u64,
+    started: std::time::Instant,
+}
+
+/// A saved [`AgeClock`] reading, with the wall clock at the time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgeReading {
+    pub age_ms: u64,
+    pub wall_ms: u64,
+}
+
+impl AgeReading {
+    /// `"<age_ms> <wall_ms>"`, as the store keeps it.
+    pub fn encode(self) -> String {
+        format!("{} {}", self.age_ms, self.wall_ms)
+    }
+
+    pub fn decode(text: &str) -> Option<Self> {
+        let (age, wall) = text.split_once(' ')?;
+        Some(Self {
+            age_ms: age.parse().ok()?,
+            wall_ms: wall.parse().ok()?,
+        })
+    }
+}
+
+impl AgeClock {
+    /// Starts from the last saved reading (none: a new store, which starts
+    /// at the wall clock), and never below `at_least` (the newest age
+    /// already written, which a reading saved a minute earlier may not
+    /// cover).
+    pub fn resume(saved: Option<AgeReading>, wall_now_ms: u64, at_least: u64) -> Self {
+        let base_ms = match saved {
+            Some(reading) => reading.age_ms + wall_now_ms.saturating_sub(reading.wall_ms),
+            None => wall_now_ms,
+        };
+        Self {
+            base_ms: base_ms.max(at_least),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.base_ms + self.started.elapsed().as_millis() as u64
+    }
+
+    /// What to save, so that the next start resumes from here.
+    pub fn reading(&self) -> AgeReading {
+        AgeReading {
+            age_ms: self.now_ms(),
+            wall_ms: unix_ms(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY_MS: u64 = 24 * 3600 * 1000;
+
+    #[test]
+    fn a_restart_counts_forward_downtime_and_ignores_a_clock_that_went_back() {
+        let saved = AgeReading {
+            age_ms: 50 * DAY_MS,
+            wall_ms: 20_000 * DAY_MS,
+        };
+        let after_an_hour = AgeClock::resume(Some(saved), saved.wall_ms + 3_600_000, 0);
+        assert!((after_an_hour.now_ms() - (50 * DAY_MS + 3_600_000)) < 1_000);
+        let rebooted_in_1970 = AgeClock::resume(Some(saved), 5_000, 0);
+        assert!(rebooted_in_1970.now_ms() - 50 * DAY_MS < 1_000);
+        let behind_what_was_written = AgeClock::resume(Some(saved), 5_000, 51 * DAY_MS);
+        assert!(behind_what_was_written.now_ms() >= 51 * DAY_MS);
+        assert!(AgeClock::resume(None, 7 * DAY_MS, 0).now_ms() >= 7 * DAY_MS);
+    }
+
+    #[test]
+    fn a_reading_round_trips_and_garbage_is_none() {
+        let reading = AgeReading {
+            age_ms: 12,
+            wall_ms: 34,
+        };
+        assert_eq!(AgeReading::decode(&reading.encode()), Some(reading));
+        assert_eq!(AgeReading::decode("12"), None);
+        assert_eq!(AgeReading::decode("x 1"), None);
+    }
+}

@@ -9,7 +9,9 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{http_request, wait_until, GatewayProcess, TestRedis, TestWsClient, PROMPTLY};
+use common::{
+    http_request, wait_until, GatewayProcess, HttpConnection, TestRedis, TestWsClient, PROMPTLY,
+};
 use serde_json::{json, Value};
 
 /// Debian's libfaketime (package faketime, installed by scripts/test).
@@ -22,6 +24,61 @@ fn libfaketime() -> PathBuf {
     found.expect("libfaketime.so.1 is missing: scripts/test installs the faketime package")
 }
 
+/// The environment that runs the binary on the wall clock in `clock_file`.
+fn faked_clock(
+    clock_file: &std::path::Path,
+    preload: &std::path::Path,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("LD_PRELOAD", preload.display().to_string()),
+        ("FAKETIME_TIMESTAMP_FILE", clock_file.display().to_string()),
+        ("FAKETIME_NO_CACHE", "1".to_owned()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
+    ]
+}
+
+#[tokio::test]
+async fn an_idempotency_key_is_kept_its_window_across_a_wall_clock_jump() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock_file = dir.path().join("faketime");
+    std::fs::write(&clock_file, "+0\n").expect("clock file");
+    let env = faked_clock(&clock_file, &libfaketime());
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect();
+    let token = common::mint_token(dir.path(), &["--role", "service"]).await;
+    let gateway = GatewayProcess::start(dir.path(), &env).await;
+    let mut http = HttpConnection::open(gateway.addr).await;
+    let body = json!({"room": "Exam 2"});
+    let key = [("idempotency-key", "call-7-0800")];
+    let (status, first) = http
+        .post("/api/patients/7/called", &token, &body, &key)
+        .await;
+    assert_eq!(status, 202, "{first}");
+
+    // Another call, so that the first one's answer is written in full (with
+    // its delivered count) before the jump.
+    let (status, other) = http
+        .post("/api/queue/update", &token, &json!({"waiting": 1}), &[])
+        .await;
+    assert_eq!(status, 202, "{other}");
+
+    // NTP answers three hours ahead; the queue system retries its call a
+    // second later (the window is ten minutes).
+    std::fs::write(&clock_file, "+3h\n").expect("clock file");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let (status, retried) = http
+        .post("/api/patients/7/called", &token, &body, &key)
+        .await;
+    assert_eq!(status, 202, "{retried}");
+    assert_eq!(
+        retried["replayed"], true,
+        "the retry is the same call: {retried}"
+    );
+    assert_eq!(retried["seq"], first["seq"], "{retried}");
+}
+
 #[tokio::test]
 async fn a_wall_clock_jump_is_logged_once_and_an_offset_from_redis_makes_health_degraded() {
     let redis = TestRedis::start().await;
@@ -29,18 +86,13 @@ async fn a_wall_clock_jump_is_logged_once_and_an_offset_from_redis_makes_health_
     let dir = tempfile::tempdir().expect("temp dir");
     let clock_file = dir.path().join("faketime");
     std::fs::write(&clock_file, "+0\n").expect("clock file");
-    let preload = libfaketime();
-    let env = [
-        ("LD_PRELOAD", preload.to_str().expect("path")),
-        (
-            "FAKETIME_TIMESTAMP_FILE",
-            clock_file.to_str().expect("path"),
-        ),
-        ("FAKETIME_NO_CACHE", "1"),
-        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
-        ("SMARTWAIT_REDIS_URL", url.as_str()),
-        ("SMARTWAIT_CLINIC_ID", "test-clinic"),
-    ];
+    let mut env = faked_clock(&clock_file, &libfaketime());
+    env.push(("SMARTWAIT_REDIS_URL", url.clone()));
+    env.push(("SMARTWAIT_CLINIC_ID", "test-clinic".to_owned()));
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect();
     let token = common::mint_token(dir.path(), &["--role", "service"]).await;
     let mut gateway = GatewayProcess::start(dir.path(), &env).await;
     wait_until(PROMPTLY, "the offset from redis to be measured", || async {

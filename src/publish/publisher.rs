@@ -23,7 +23,7 @@ use super::checkpointer::Checkpointer;
 use super::journal::Journal;
 use super::receipt::{Published, Receipt};
 use super::store_health::StoreHealth;
-use crate::clock::unix_ms;
+use crate::clock::{unix_ms, AgeClock};
 use crate::core::event::CommittedEvent;
 use crate::core::fanout::Fanout;
 use crate::core::room::{is_retained, EventName, Room};
@@ -177,8 +177,10 @@ impl Publisher {
                 None
             }
         };
+        let (saved_age, newest_age) = store::age_clock_state(&setup.connection)?;
         let writer = Writer {
             _checkpointer: checkpointer,
+            age: AgeClock::resume(saved_age, unix_ms(), newest_age),
             // Numbers that may have been handed out from memory by a run
             // that then died are skipped (see store::begin_run).
             last_seq: setup.last_seq + setup.skip_seqs,
@@ -301,6 +303,8 @@ struct Writer {
     space_warning: (Option<Instant>, u64),
     /// Stopped with the writer.
     _checkpointer: Option<Checkpointer>,
+    /// What idempotency keys and patients' retained state are aged by.
+    age: AgeClock,
 }
 
 impl Writer {
@@ -341,7 +345,7 @@ impl Writer {
             if let Some(seq) = replicated {
                 self.forget_replicated(seq);
             }
-            if retry && requests.is_empty() && self.flush_journal(unix_ms()) {
+            if retry && requests.is_empty() && self.flush_journal() {
                 self.shrink_when_drained();
             }
             if housekeep && self.journal.is_empty() {
@@ -360,7 +364,10 @@ impl Writer {
 
     fn close(mut self) {
         self.journal.next_try = Instant::now();
-        if self.flush_journal(unix_ms()) {
+        if self.flush_journal() {
+            if let Err(err) = store::save_age_clock(&self.setup.connection, self.age.reading()) {
+                tracing::warn!(error = %err, "cannot save the age clock");
+            }
             if let Err(err) = store::end_run(&self.setup.connection) {
                 tracing::warn!(error = %err, "cannot record the clean stop; the next start skips seqs");
             }
@@ -423,9 +430,12 @@ impl Writer {
                 Err(err) => tracing::error!(error = %err, "cannot trim the outbox"),
             }
         }
-        let now = unix_ms();
+        let now = self.age.now_ms();
         let window = self.setup.idempotency_window.as_millis() as u64;
         let connection = &self.setup.connection;
+        if let Err(err) = store::save_age_clock(connection, self.age.reading()) {
+            tracing::warn!(error = %err, "cannot save the age clock");
+        }
         if let Err(err) = store::expire_idempotency(connection, now.saturating_sub(window)) {
             tracing::warn!(error = %err, "cannot expire idempotency keys");
         }
@@ -462,7 +472,7 @@ impl Writer {
         let now = unix_ms();
         let mut committed = None;
         // Held events go first, in seq order: nothing new is committed before them.
-        if self.journal.is_empty() || self.flush_journal(now) {
+        if self.journal.is_empty() || self.flush_journal() {
             match self.commit(&requests, now) {
                 Ok(result) => committed = Some(result),
                 Err(err) => self.store_failed(&err),
@@ -585,7 +595,8 @@ impl Writer {
     /// One transaction for the whole batch; returns each request's plan and
     /// how many entries went to the outbox.
     fn commit(&mut self, requests: &[Request], now: u64) -> anyhow::Result<(Vec<Plan>, u64)> {
-        let since = now.saturating_sub(self.setup.idempotency_window.as_millis() as u64);
+        let aged = self.age.now_ms();
+        let since = aged.saturating_sub(self.setup.idempotency_window.as_millis() as u64);
         // Unchecked (it takes `&Connection`): only this thread uses the connection.
         let transaction = self.setup.connection.unchecked_transaction()?;
         let trim_through = self.replicated_through;
@@ -593,7 +604,7 @@ impl Writer {
             store::delete_outbox_through(&transaction, trim_through)?;
         }
         for (key, answer) in &self.pending_answers {
-            store::remember_answer(&transaction, key, answer, now)?;
+            store::remember_answer(&transaction, key, answer, aged)?;
         }
         let (plans, next_seq) =
             self.plan(
@@ -613,11 +624,11 @@ impl Writer {
             let to_outbox = request.origin == Origin::Local && self.setup.outbox_enabled;
             for event in events {
                 added += u64::from(to_outbox);
-                persist_event(&transaction, event, to_outbox)?;
+                persist_event(&transaction, event, to_outbox, aged)?;
             }
             if let Some(key) = request.key.as_deref() {
                 // Delivered counts are filled in by the next transaction.
-                store::remember_answer(&transaction, key, &placeholder(events)?, now)?;
+                store::remember_answer(&transaction, key, &placeholder(events)?, aged)?;
             }
         }
         store::set_last_seq(&transaction, next_seq)?;
@@ -633,7 +644,10 @@ impl Writer {
     /// Numbers and plans the batch without the store: its events are held
     /// in the memory journal (while it has room) until the store writes.
     fn hold_in_memory(&mut self, requests: &[Request], now: u64) -> Vec<Plan> {
-        let since = now.saturating_sub(self.setup.idempotency_window.as_millis() as u64);
+        let since = self
+            .age
+            .now_ms()
+            .saturating_sub(self.setup.idempotency_window.as_millis() as u64);
         let room = self.journal.room();
         let journal = &self.journal;
         let connection = &self.setup.connection;
@@ -676,25 +690,26 @@ impl Writer {
 
     /// Commits the memory journal, when the backoff allows a try; returns
     /// whether it is empty now.
-    fn flush_journal(&mut self, now: u64) -> bool {
+    fn flush_journal(&mut self) -> bool {
         if self.journal.is_empty() {
             return true;
         }
         if Instant::now() < self.journal.next_try {
             return false;
         }
+        let aged = self.age.now_ms();
         let result = (|| -> anyhow::Result<(u64, OutboxDrops)> {
             let transaction = self.setup.connection.unchecked_transaction()?;
             let mut added = 0u64;
             for (event, to_outbox) in &self.journal.events {
                 added += u64::from(*to_outbox);
-                persist_event(&transaction, event, *to_outbox)?;
+                persist_event(&transaction, event, *to_outbox, aged)?;
             }
             for (key, answer) in &self.journal.answers {
-                store::remember_answer(&transaction, key, &serde_json::to_string(answer)?, now)?;
+                store::remember_answer(&transaction, key, &serde_json::to_string(answer)?, aged)?;
             }
             for (key, answer) in &self.pending_answers {
-                store::remember_answer(&transaction, key, answer, now)?;
+                store::remember_answer(&transaction, key, answer, aged)?;
             }
             store::set_last_seq(&transaction, self.last_seq)?;
             let dropped = self.bound_outbox(&transaction, added)?;
@@ -808,6 +823,7 @@ fn persist_event(
     transaction: &Transaction<'_>,
     event: &CommittedEvent,
     to_outbox: bool,
+    kept_since_ms: u64,
 ) -> rusqlite::Result<()> {
     if to_outbox {
         store::insert_outbox(transaction, event)?;
@@ -817,7 +833,7 @@ fn persist_event(
         .iter()
         .filter(|room| is_retained(room, &event.event))
     {
-        store::upsert_retained(transaction, room, event)?;
+        store::upsert_retained(transaction, room, event, kept_since_ms)?;
     }
     Ok(())
 }

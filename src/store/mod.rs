@@ -45,6 +45,10 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE history_snapshot (
          room TEXT NOT NULL, complete_after INTEGER NOT NULL, seq INTEGER NOT NULL,
          event TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (room, seq));",
+    // 3: retained state is aged on the age clock (clock::AgeClock), like
+    // idempotency keys, not by its event's wall-clock timestamp.
+    "ALTER TABLE retained ADD COLUMN kept_since_ms INTEGER NOT NULL DEFAULT 0;
+     UPDATE retained SET kept_since_ms = ts_ms;",
 ];
 
 /// The `meta` key present while a run is under way, holding how many events
@@ -54,6 +58,10 @@ const RUNNING_KEY: &str = "running_with_journal";
 /// The `meta` key holding the highest seq a recovered file took over from
 /// the damaged one: seqs up to it count in the old history's numbering.
 pub(crate) const HISTORY_BASE_KEY: &str = "history_base";
+
+/// The `meta` key holding the last saved age-clock reading
+/// (`clock::AgeReading`).
+const AGE_CLOCK_KEY: &str = "age_clock";
 
 /// The `meta` key holding `"<last_seq> <floor>"` of the saved history.
 const HISTORY_SNAPSHOT_KEY: &str = "history_snapshot";

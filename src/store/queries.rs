@@ -4,7 +4,10 @@
 use anyhow::Context;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use super::{decode_event, from_sql, meta, rooms_json, set_meta, to_sql, HISTORY_SNAPSHOT_KEY};
+use super::{
+    decode_event, from_sql, meta, rooms_json, set_meta, to_sql, AGE_CLOCK_KEY, HISTORY_SNAPSHOT_KEY,
+};
+use crate::clock::AgeReading;
 use crate::core::event::CommittedEvent;
 use crate::core::history::{SavedHistory, SavedRoom};
 use crate::core::room::Room;
@@ -82,31 +85,37 @@ pub fn read_outbox(
     Ok(events)
 }
 
+/// `kept_since_ms` is on the age clock: what the patient-state expiry counts from.
 pub fn upsert_retained(
     transaction: &Transaction<'_>,
     room: &Room,
     event: &CommittedEvent,
+    kept_since_ms: u64,
 ) -> rusqlite::Result<()> {
     transaction
         .prepare_cached(
-            "INSERT INTO retained (room, seq, event, data, ts_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+            "INSERT INTO retained (room, seq, event, data, ts_ms, kept_since_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (room) DO UPDATE SET seq = excluded.seq, event = excluded.event,
-                 data = excluded.data, ts_ms = excluded.ts_ms",
+                 data = excluded.data, ts_ms = excluded.ts_ms,
+                 kept_since_ms = excluded.kept_since_ms",
         )?
         .execute(params![
             room.to_string(),
             to_sql(event.seq),
             event.event.as_str(),
             event.data.get(),
-            to_sql(event.ts_ms)
+            to_sql(event.ts_ms),
+            to_sql(kept_since_ms)
         ])?;
     Ok(())
 }
 
 /// Forgets retained state of patient rooms not updated since `before_ms`.
+/// Deletes patients' retained state kept since before `before_ms` (age clock).
 pub fn expire_patient_retained(connection: &Connection, before_ms: u64) -> rusqlite::Result<usize> {
     connection.execute(
-        "DELETE FROM retained WHERE room LIKE 'patient\\_%' ESCAPE '\\' AND ts_ms < ?1",
+        "DELETE FROM retained WHERE room LIKE 'patient\\_%' ESCAPE '\\' AND kept_since_ms < ?1",
         [to_sql(before_ms)],
     )
 }
@@ -255,6 +264,23 @@ pub fn remember_answer(
         )?
         .execute(params![key, answer, to_sql(now_ms)])?;
     Ok(())
+}
+
+/// The age-clock reading saved last, and the newest age written since
+/// (a reading is saved once a minute; rows may be younger).
+pub fn age_clock_state(connection: &Connection) -> rusqlite::Result<(Option<AgeReading>, u64)> {
+    let saved = meta(connection, AGE_CLOCK_KEY)?.and_then(|text| AgeReading::decode(&text));
+    let newest: Option<i64> = connection.query_row(
+        "SELECT max(m) FROM (SELECT max(created_ms) AS m FROM idempotency
+                            UNION ALL SELECT max(kept_since_ms) FROM retained)",
+        [],
+        |row| row.get(0),
+    )?;
+    Ok((saved, newest.map_or(0, from_sql)))
+}
+
+pub fn save_age_clock(connection: &Connection, reading: AgeReading) -> rusqlite::Result<()> {
+    set_meta(connection, AGE_CLOCK_KEY, &reading.encode())
 }
 
 pub fn expire_idempotency(connection: &Connection, before_ms: u64) -> rusqlite::Result<usize> {

@@ -106,7 +106,8 @@ pub fn recover(state_dir: &Path, cause: &anyhow::Error) -> anyhow::Result<Opened
         super::insert_outbox(&transaction, event)?;
     }
     for (room, event) in &retained {
-        super::upsert_retained(&transaction, room, event)?;
+        // Its age is lost with the damaged file; the event's time is the best guess.
+        super::upsert_retained(&transaction, room, event, event.ts_ms)?;
     }
     super::set_last_seq(&transaction, highest)?;
     super::set_meta(&transaction, super::HISTORY_BASE_KEY, &highest.to_string())?;
