@@ -166,10 +166,10 @@ fn salvage(damaged: &Path) -> Salvage {
             0
         }
     };
-    let outbox = read_outbox(&connection, 0, MAX_SALVAGED_OUTBOX).unwrap_or_else(|_| {
-        lost.push("outbox");
-        Vec::new()
-    });
+    let (outbox, whole) = salvage_outbox(&connection);
+    if !whole {
+        lost.push("part of the outbox");
+    }
     let retained = load_retained(&connection).unwrap_or_else(|_| {
         lost.push("retained");
         Vec::new()
@@ -178,6 +178,73 @@ fn salvage(damaged: &Path) -> Salvage {
     // new epoch makes screens resync, and a retry is a new event.
     lost.extend(["idempotency keys", "saved history"]);
     (outbox, retained, last_seq, lost)
+}
+
+/// Reads the outbox in seq order around damaged pages: where a read fails,
+/// it looks for the next seq that reads (doubling the jump, then narrowing
+/// it down), so one bad page costs the entries on it, not the whole backlog.
+/// Returns the entries and whether nothing was skipped.
+fn salvage_outbox(connection: &Connection) -> (Vec<CommittedEvent>, bool) {
+    let mut events = Vec::new();
+    let mut whole = true;
+    let mut after = 0u64;
+    while events.len() < MAX_SALVAGED_OUTBOX {
+        match read_outbox(connection, after, SALVAGE_BATCH) {
+            Ok(batch) if batch.is_empty() => break,
+            Ok(batch) => {
+                after = batch.last().map_or(after, |event| event.seq);
+                events.extend(batch);
+                continue;
+            }
+            Err(_) => whole = false,
+        }
+        // Row by row up to the failure, so the batch's good rows are kept.
+        loop {
+            match read_outbox(connection, after, 1) {
+                Ok(mut one) if !one.is_empty() => {
+                    after = one[0].seq;
+                    events.append(&mut one);
+                }
+                Ok(_) => return (events, whole),
+                Err(_) => break,
+            }
+        }
+        match next_readable(connection, after) {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    (events, whole)
+}
+
+/// Entries read per query while salvaging.
+const SALVAGE_BATCH: usize = 1_000;
+
+/// A position after `failed` from which the outbox reads again, or `None`
+/// when nothing further does.
+fn next_readable(connection: &Connection, failed: u64) -> Option<u64> {
+    // The entry right after `failed` does not read; find one that does.
+    let reads = |after: u64| read_outbox(connection, after, 1).map(|rows| !rows.is_empty());
+    let mut step = 1u64;
+    let good = loop {
+        let probe = failed.checked_add(step)?;
+        match reads(probe) {
+            Ok(true) => break probe,
+            Ok(false) => return None,
+            Err(_) if step < 1 << 62 => step *= 2,
+            Err(_) => return None,
+        }
+    };
+    // Narrow down between the last failing probe and the good one.
+    let (mut bad, mut good) = (failed + step / 2, good);
+    while good - bad > 1 {
+        let middle = bad + (good - bad) / 2;
+        match reads(middle) {
+            Ok(true) => good = middle,
+            _ => bad = middle,
+        }
+    }
+    Some(good)
 }
 
 fn wal_of(path: &Path) -> PathBuf {
@@ -206,5 +273,67 @@ fn forget_old_damaged(state_dir: &Path) {
     for old in damaged.into_iter().take(excess) {
         let _ = std::fs::remove_file(wal_of(&old));
         let _ = std::fs::remove_file(&old);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Seek, SeekFrom, Write};
+
+    use super::*;
+
+    const ENTRIES: u64 = 5_000;
+
+    #[test]
+    fn a_damaged_page_in_the_outbox_costs_its_entries_not_the_backlog() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join(DB_FILE);
+        {
+            let mut opened = super::super::open_file(&path).expect("fresh store");
+            let transaction = opened.connection.transaction().expect("transaction");
+            for seq in 1..=ENTRIES {
+                transaction
+                    .execute(
+                        "INSERT INTO outbox (seq, rooms, event, data, ts_ms)
+                         VALUES (?1, '[\"patients\"]', 'queue_update', '{\"waiting\":1}', 0)",
+                        [seq as i64],
+                    )
+                    .expect("insert");
+            }
+            transaction.commit().expect("commit");
+            opened
+                .connection
+                .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+                .expect("checkpoint");
+        }
+        let pages = std::fs::metadata(&path).expect("size").len() / 4096;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        file.seek(SeekFrom::Start(pages / 2 * 4096)).expect("seek");
+        file.write_all(&[0xA5; 2 * 4096]).expect("garbage");
+        drop(file);
+
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let connection = Connection::open_with_flags(&path, flags).expect("opens");
+        assert!(
+            read_outbox(&connection, 0, MAX_SALVAGED_OUTBOX).is_err(),
+            "the damage is where a plain read meets it"
+        );
+        let (events, whole) = salvage_outbox(&connection);
+        assert!(!whole);
+        let seqs: Vec<u64> = events.iter().map(|event| event.seq).collect();
+        assert!(
+            seqs.windows(2).all(|pair| pair[0] < pair[1]),
+            "in seq order"
+        );
+        assert_eq!(seqs.first(), Some(&1));
+        assert_eq!(seqs.last(), Some(&ENTRIES), "read on past the damage");
+        let lost = ENTRIES as usize - seqs.len();
+        assert!(
+            (1..ENTRIES as usize / 10).contains(&lost),
+            "two bad pages cost a few entries, not the backlog: {lost} lost"
+        );
     }
 }
