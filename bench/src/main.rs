@@ -7,6 +7,7 @@
 
 mod proc_stats;
 mod publish;
+mod soak;
 mod wire;
 
 use std::net::SocketAddr;
@@ -34,6 +35,8 @@ enum Scenario {
     Burst,
     /// HTTP publish round trips, one at a time, to no client.
     Publish,
+    /// A long run with reconnecting clients, sampled for leaks (bench/soak.sh).
+    Soak,
 }
 
 #[derive(Debug, Parser)]
@@ -65,6 +68,21 @@ struct Args {
     /// Concurrent publishing HTTP connections (publish and burst scenarios).
     #[arg(long, default_value_t = 1)]
     connections: usize,
+    /// Soak: clients that drop and resume with `since`, per second.
+    #[arg(long, default_value_t = 10)]
+    reconnects_per_s: u64,
+    /// Soak: seconds between two samples of the server.
+    #[arg(long, default_value_t = 60)]
+    sample_every: u64,
+    /// Soak: the server's state directory, for state.db and WAL sizes.
+    #[arg(long)]
+    state_dir: Option<std::path::PathBuf>,
+    /// Soak: the central Redis, to check the stream afterwards (with --clinic).
+    #[arg(long, requires = "clinic")]
+    redis: Option<String>,
+    /// Soak: the clinic id the server replicates as.
+    #[arg(long)]
+    clinic: Option<String>,
 }
 
 fn unix_micros() -> u64 {
@@ -157,6 +175,21 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Fanout | Scenario::Burst | Scenario::Targeted => deliveries(&args).await?,
         Scenario::Idle => idle(&args).await?,
         Scenario::Publish => publish_round_trips(&args).await?,
+        Scenario::Soak => {
+            soak::run(soak::SoakPlan {
+                addr: args.addr,
+                pid: args.pid,
+                clients: args.clients,
+                rate: args.rate,
+                seconds: args.seconds,
+                reconnects_per_s: args.reconnects_per_s,
+                sample_every: Duration::from_secs(args.sample_every.max(1)),
+                state_dir: args.state_dir.clone(),
+                redis: args.redis.clone().zip(args.clinic.clone()),
+                token: args.token.clone(),
+            })
+            .await?
+        }
     };
     println!("{report}");
     Ok(())
