@@ -355,6 +355,95 @@ async fn after_a_recovery_the_new_history_reaches_redis_although_the_old_cursor_
     assert_eq!(entries[4].data["waiting"], 11);
 }
 
+/// Writes garbage over the root page of `table` (found in the schema, read
+/// before the damage), as a torn write to that one page leaves it.
+fn damage_table_page(state_db: &Path, table: &str) {
+    use std::io::{Seek, SeekFrom};
+    let (root_page, page_size): (u64, u64) = {
+        let connection = rusqlite::Connection::open(state_db).expect("open state.db");
+        let root: i64 = connection
+            .query_row(
+                "SELECT rootpage FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                [table],
+                |row| row.get(0),
+            )
+            .expect("table's root page");
+        let size: i64 = connection
+            .query_row("PRAGMA page_size", [], |row| row.get(0))
+            .expect("page size");
+        (root as u64, size as u64)
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(state_db)
+        .expect("open state.db");
+    file.seek(SeekFrom::Start((root_page - 1) * page_size))
+        .expect("seek");
+    file.write_all(&vec![0xA5; page_size as usize])
+        .expect("write garbage");
+}
+
+#[tokio::test]
+async fn a_recovery_salvages_the_outbox_and_central_gets_every_held_event_once_in_order() {
+    let mut redis = common::TestRedis::stopped(&[]);
+    let url = redis.url();
+    let env = [
+        ("SMARTWAIT_REDIS_URL", url.as_str()),
+        ("SMARTWAIT_CLINIC_ID", "test-clinic"),
+        ("SMARTWAIT_CLINIC_NODE", "a"),
+    ];
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut gateway = GatewayProcess::start(dir.path(), &env).await;
+    let token = common::mint_token(dir.path(), &["--role", "service"]).await;
+    const HELD: u64 = 40;
+    let mut answered = Vec::new();
+    for n in 0..HELD {
+        let (status, answer) = gateway.publish_waiting(&token, n).await;
+        assert_eq!(
+            (status, &answer["durable"]),
+            (202, &json!(true)),
+            "{answer}"
+        );
+        answered.push(answer["seq"].as_u64().expect("seq"));
+    }
+    assert_eq!(gateway.health().await["redis"]["backlog"], HELD);
+    gateway.signal("TERM");
+    let _ = tokio::time::timeout(PROMPTLY, gateway.child.wait()).await;
+    // The card tore the page of retained state: the file fails its check,
+    // but the outbox beside it still reads.
+    let state_db = dir.path().join("data/state.db");
+    damage_table_page(&state_db, "retained");
+
+    redis.launch().await;
+    let again = GatewayProcess::start(dir.path(), &env).await;
+    let report = again.health().await;
+    assert_eq!(report["store"]["state"], "recovered", "{report}");
+    assert_eq!(
+        report["store"]["salvaged"]["outboxEvents"], HELD,
+        "every event still waiting for central is salvaged: {report}"
+    );
+    let lost = report["store"]["lost"].to_string();
+    assert!(lost.contains("retained"), "{report}");
+    assert!(!lost.contains("outbox"), "{report}");
+    wait_until(PROMPTLY, "the salvaged outbox to reach redis", || async {
+        let report = again.health().await;
+        report["redis"]["state"] == "connected" && report["redis"]["backlog"] == 0
+    })
+    .await;
+    let entries = redis.stream("test-clinic").await;
+    let seqs: Vec<u64> = entries.iter().map(|entry| entry.seq).collect();
+    assert_eq!(seqs, answered, "each held event once, in seq order");
+    let waiting: Vec<u64> = entries
+        .iter()
+        .map(|entry| entry.data["waiting"].as_u64().expect("waiting"))
+        .collect();
+    assert_eq!(
+        waiting,
+        (0..HELD).collect::<Vec<_>>(),
+        "with its own payload"
+    );
+}
+
 /// Publishes `count` events of about 30 KiB each.
 async fn publish_bulky(gateway: &GatewayProcess, token: &str, count: u64) {
     let filler = "x".repeat(30 * 1024);
