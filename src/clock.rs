@@ -35,8 +35,9 @@ pub const OFFSET_TOLERANCE_MS: i64 = 2_000;
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClockStatus {
-    /// From the OS's time synchronisation where it says (systemd-timesyncd's
-    /// `/run/systemd/timesync/synchronized`); `null` where nothing tells.
+    /// From the OS's time synchronisation: the kernel's NTP state (kept by
+    /// systemd-timesyncd, chrony or ntpd), else systemd-timesyncd's
+    /// `/run/systemd/timesync/synchronized`; `null` where nothing tells.
     pub synchronized: Option<bool>,
     /// This clock minus the central Redis's (`TIME`), half the round trip
     /// taken off; `null` without a Redis connection.
@@ -116,14 +117,44 @@ impl Clock {
     }
 }
 
+/// The OS's word on the clock: the kernel's, which every NTP client
+/// (systemd-timesyncd, chrony, ntpd) keeps up to date, and where it cannot
+/// be asked, systemd-timesyncd's mark.
 fn os_synchronized() -> Option<bool> {
-    if std::path::Path::new(TIMESYNCD_MARK).exists() {
-        Some(true)
-    } else if std::path::Path::new(TIMESYNCD_DIR).exists() {
-        Some(false)
-    } else {
-        None
+    kernel_synchronized().or_else(|| {
+        if std::path::Path::new(TIMESYNCD_MARK).exists() {
+            Some(true)
+        } else if std::path::Path::new(TIMESYNCD_DIR).exists() {
+            Some(false)
+        } else {
+            None
+        }
+    })
+}
+
+/// The kernel's NTP state (`adjtimex` with no modes: a read): `TIME_ERROR`
+/// means no NTP client has told it the clock is right (the `STA_UNSYNC`
+/// flag) — what `timedatectl` reports as "System clock synchronized".
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub(crate) fn kernel_synchronized() -> Option<bool> {
+    // SAFETY: `timex` is plain data for which all-zero is valid, and
+    // `modes == 0` makes adjtimex only fill it in; the pointer lives for
+    // the call.
+    let state = unsafe {
+        let mut timex: libc::timex = std::mem::zeroed();
+        libc::adjtimex(&mut timex)
+    };
+    match state {
+        -1 => None,
+        libc::TIME_ERROR => Some(false),
+        _ => Some(true),
     }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn kernel_synchronized() -> Option<bool> {
+    None
 }
 
 /// Time for ages: how long an idempotency key or a patient's retained

@@ -146,3 +146,29 @@ async fn a_wall_clock_jump_is_logged_once_and_an_offset_from_redis_makes_health_
     }
     assert_eq!(jump_lines, 1, "the jump is logged once");
 }
+
+/// The kernel's NTP state, read as `timedatectl` does (`adjtimex`, no modes).
+fn kernel_says_synchronized() -> bool {
+    // SAFETY: all-zero is a valid `timex`; with `modes == 0` the call only
+    // fills it in.
+    let state = unsafe {
+        let mut timex: libc::timex = std::mem::zeroed();
+        libc::adjtimex(&mut timex)
+    };
+    assert_ne!(state, -1, "adjtimex answers on Linux");
+    state != libc::TIME_ERROR
+}
+
+#[tokio::test]
+async fn health_says_whether_the_kernel_holds_the_clock_synchronized() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gateway = GatewayProcess::start(dir.path(), &[]).await;
+    let report = gateway.health().await;
+    // Every NTP client (timesyncd, chrony, ntpd) keeps the kernel's state,
+    // so this holds whichever one the machine runs, or none.
+    assert_eq!(
+        report["clock"]["synchronized"],
+        json!(kernel_says_synchronized()),
+        "{report}"
+    );
+}

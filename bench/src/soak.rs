@@ -214,7 +214,8 @@ async fn join(
 ) -> anyhow::Result<(crate::wire::Socket, String, bool)> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
     let _ = stream.set_nodelay(true);
-    let (mut socket, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream).await?;
+    let (mut socket, _) =
+        tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream).await?;
     let data = match resume {
         Some((epoch, seq)) => json!({"since": seq, "epoch": epoch}),
         None => Value::Null,
@@ -228,7 +229,10 @@ async fn join(
         let reply: Value = serde_json::from_str(&text)?;
         if reply["ack"] == 1 {
             anyhow::ensure!(reply["data"]["ok"] == true, "join refused: {text}");
-            let epoch = reply["data"]["epoch"].as_str().unwrap_or_default().to_owned();
+            let epoch = reply["data"]["epoch"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
             let recovered = reply["data"]["recovered"] == true;
             return Ok((socket, epoch, recovered));
         }
