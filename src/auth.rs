@@ -86,14 +86,18 @@ pub enum TokenError {
     #[error("the token has expired")]
     /// Past its `exp` (beyond the allowed clock skew).
     Expired,
+    #[error("a refresh must name the connection's role (and patient) again")]
+    /// A refresh token of another role or patient than the connection's.
+    Mismatch,
 }
 
 impl TokenError {
-    /// The wire code (`invalid_token`, `expired_token`).
+    /// The wire code (`invalid_token`, `expired_token`, `token_mismatch`).
     pub fn code(self) -> &'static str {
         match self {
             Self::Invalid => "invalid_token",
             Self::Expired => "expired_token",
+            Self::Mismatch => "token_mismatch",
         }
     }
 }
@@ -117,6 +121,16 @@ impl Denied {
             Self::Forbidden => "forbidden",
         }
     }
+}
+
+/// How long before its close a live connection is told its token is
+/// running out (`token_expiring`), so that it can refresh in band.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(60);
+
+/// When a live connection holding `claims` is closed: `exp` plus the
+/// tolerated skew, the same moment from which a connect is refused.
+pub fn closes_at(claims: &Claims) -> u64 {
+    claims.exp.saturating_add(CLOCK_SKEW_SECS)
 }
 
 /// Who is on the other end of a connection or request.
@@ -197,6 +211,22 @@ impl Authenticator {
             })
     }
 
+    /// Checks a token presented to renew a live connection's: valid, and
+    /// naming the same role (and patient) as the connection's, so a refresh
+    /// never changes what the connection may join.
+    pub fn refresh(&self, current: &Identity, token: &str) -> Result<Identity, TokenError> {
+        let claims = match current {
+            Identity::Unchecked => return Ok(Identity::Unchecked),
+            Identity::Anonymous => return Err(TokenError::Mismatch),
+            Identity::Token(claims) => claims,
+        };
+        let renewed = self.verify(token)?;
+        if renewed.role != claims.role || renewed.patient_id != claims.patient_id {
+            return Err(TokenError::Mismatch);
+        }
+        Ok(Identity::Token(renewed))
+    }
+
     /// Signs a token for `role` that expires after `ttl`.
     pub fn mint(
         &self,
@@ -253,7 +283,7 @@ impl Authenticator {
     }
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_secs())

@@ -6,10 +6,12 @@
 
 use std::sync::Arc;
 
+use tokio::time::{Duration, Instant};
+
 use super::budget::{ClientBudget, Exhausted};
 use super::requests::{ErrorCode, JoinState, Outcome, Request, Resume, RoomRequest};
 use super::sessions::Sessions;
-use crate::auth::{Denied, Identity};
+use crate::auth::{self, Denied, Identity, TokenError};
 use crate::core::event::RoomEvent;
 use crate::core::room::Room;
 use crate::core::rooms::{Membership, Subscriber};
@@ -20,6 +22,17 @@ pub struct JoinGrant {
     pub latest_seq: u64,
     pub recovered: bool,
     pub backlog: Vec<Arc<RoomEvent>>,
+}
+
+impl JoinGrant {
+    /// The grant of a request that is not a join.
+    fn nothing() -> Self {
+        Self {
+            latest_seq: 0,
+            recovered: false,
+            backlog: Vec::new(),
+        }
+    }
 }
 
 pub fn outcome<'a>(room: &'a str, result: Result<Option<JoinState<'a>>, Refusal>) -> Outcome<'a> {
@@ -40,6 +53,8 @@ pub enum Refusal {
     Denied(Denied),
     TooManyRooms,
     NotJoined,
+    /// A refresh's token was refused.
+    Token(TokenError),
 }
 
 impl Refusal {
@@ -49,6 +64,7 @@ impl Refusal {
             Self::Denied(denied) => denied.code(),
             Self::TooManyRooms => "too_many_rooms",
             Self::NotJoined => "not_joined",
+            Self::Token(refused) => refused.code(),
         }
     }
 
@@ -64,6 +80,15 @@ impl Refusal {
             Self::Denied(Denied::Forbidden) => "this token may not join this room",
             Self::TooManyRooms => "this connection is already in limits.rooms_per_connection rooms",
             Self::NotJoined => "this connection is not in that room",
+            Self::Token(TokenError::Invalid) => {
+                "the new token is malformed or wrongly signed; the connection keeps its old one"
+            }
+            Self::Token(TokenError::Expired) => {
+                "the new token has expired too; the connection keeps its old one"
+            }
+            Self::Token(TokenError::Mismatch) => {
+                "the new token must name the connection's role (and patient); the connection keeps its old one"
+            }
         }
     }
 }
@@ -74,6 +99,7 @@ pub enum RequestKind {
     Join,
     Leave,
     Ping,
+    Refresh,
 }
 
 /// The result of one request, to be encoded by the session.
@@ -82,6 +108,8 @@ pub struct Answer {
     /// The room name as the client wrote it (shortened for echoing back).
     pub room_name: String,
     pub result: Result<JoinGrant, Refusal>,
+    /// After an accepted refresh: the new token's `exp`.
+    pub exp: Option<u64>,
 }
 
 impl Answer {
@@ -93,6 +121,13 @@ impl Answer {
                 seq: grant.latest_seq,
                 recovered: grant.recovered,
             })),
+            (Ok(_), RequestKind::Refresh) => return Outcome::Refreshed { exp: self.exp },
+            (Err(refusal), RequestKind::Refresh) => {
+                return Outcome::NotRefreshed {
+                    code: refusal.code(),
+                    message: refusal.message(),
+                }
+            }
             (Ok(_), RequestKind::Leave | RequestKind::Ping) => Ok(None),
             (Err(refusal), _) => Err(*refusal),
         };
@@ -108,9 +143,81 @@ impl Answer {
     }
 }
 
+/// What the token timer found (see [`Client::on_token_timer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenTimer {
+    /// Nothing to do yet.
+    Quiet,
+    /// Send `token_expiring` with the token's `exp`: the connection closes
+    /// [`auth::EXPIRY_WARNING`] from now unless it refreshes.
+    Expiring { exp: u64 },
+    /// The token has run out: close the connection (`expired_token`).
+    Expired,
+}
+
+/// Longest sleep of the token timer: a wall-clock jump (tokens follow the
+/// wall clock) is noticed within this.
+const TOKEN_RECHECK: Duration = Duration::from_secs(300);
+
+/// When a connection's token runs out, on the wall clock the token's `exp`
+/// is written in, and when the session's timer should look again.
+#[derive(Debug)]
+struct TokenDeadline {
+    exp: u64,
+    closes_at_ms: u64,
+    warned: bool,
+    check_at: Instant,
+}
+
+impl TokenDeadline {
+    fn of(identity: &Identity) -> Option<Self> {
+        let Identity::Token(claims) = identity else {
+            return None;
+        };
+        let mut deadline = Self {
+            exp: claims.exp,
+            closes_at_ms: auth::closes_at(claims).saturating_mul(1000),
+            warned: false,
+            check_at: Instant::now(),
+        };
+        deadline.schedule(deadline.left_ms());
+        Some(deadline)
+    }
+
+    fn left_ms(&self) -> u64 {
+        self.closes_at_ms.saturating_sub(crate::clock::unix_ms())
+    }
+
+    fn schedule(&mut self, left_ms: u64) {
+        let warning_ms = auth::EXPIRY_WARNING.as_millis() as u64;
+        let sleep_ms = match self.warned {
+            false if left_ms > warning_ms => left_ms - warning_ms,
+            false => 0,
+            true => left_ms,
+        };
+        self.check_at = Instant::now() + Duration::from_millis(sleep_ms).min(TOKEN_RECHECK);
+    }
+
+    fn check(&mut self) -> TokenTimer {
+        let left_ms = self.left_ms();
+        if left_ms == 0 {
+            return TokenTimer::Expired;
+        }
+        let warn = !self.warned && left_ms <= auth::EXPIRY_WARNING.as_millis() as u64;
+        self.warned |= warn;
+        self.schedule(left_ms);
+        match warn {
+            true => TokenTimer::Expiring { exp: self.exp },
+            false => TokenTimer::Quiet,
+        }
+    }
+}
+
 pub struct Client {
     sessions: Sessions,
     identity: Identity,
+    /// Present when the connection holds a token (not with `auth.mode = "off"`).
+    deadline: Option<Box<TokenDeadline>>,
     subscriber: Subscriber,
     memberships: Vec<Membership>,
     budget: ClientBudget,
@@ -124,6 +231,7 @@ impl Client {
         Self {
             budget: ClientBudget::new(sessions.limits()),
             sessions,
+            deadline: TokenDeadline::of(&identity).map(Box::new),
             identity,
             subscriber,
             memberships: Vec::new(),
@@ -151,6 +259,33 @@ impl Client {
         self.budget.record_error()
     }
 
+    /// When the session should call [`Self::on_token_timer`]; `None` when
+    /// the connection holds no token.
+    pub fn token_check_at(&self) -> Option<Instant> {
+        self.deadline.as_ref().map(|deadline| deadline.check_at)
+    }
+
+    /// Whether the token is about to run out, or has.
+    pub fn on_token_timer(&mut self) -> TokenTimer {
+        self.deadline
+            .as_mut()
+            .map_or(TokenTimer::Quiet, |deadline| deadline.check())
+    }
+
+    /// Renews the connection's token; on refusal the old one (and its
+    /// deadline) stays.
+    fn refresh(&mut self, token: &str) -> Result<(), Refusal> {
+        let renewed = self
+            .sessions
+            .auth()
+            .refresh(&self.identity, token)
+            .map_err(Refusal::Token)?;
+        self.deadline = TokenDeadline::of(&renewed).map(Box::new);
+        self.identity = renewed;
+        tracing::debug!(exp = ?self.deadline.as_ref().map(|d| d.exp), "token refreshed");
+        Ok(())
+    }
+
     /// Leaves every room (before a possibly slow close handshake).
     pub fn leave_all(&mut self) {
         self.memberships.clear();
@@ -172,27 +307,24 @@ impl Client {
             Request::Leave {
                 room: RoomRequest { room, named },
             } => {
-                let result = self.leave(room).map(|()| JoinGrant {
-                    latest_seq: 0,
-                    recovered: false,
-                    backlog: Vec::new(),
-                });
+                let result = self.leave(room).map(|()| JoinGrant::nothing());
                 (RequestKind::Leave, named, result)
             }
-            Request::Ping => (
-                RequestKind::Ping,
-                String::new(),
-                Ok(JoinGrant {
-                    latest_seq: 0,
-                    recovered: false,
-                    backlog: Vec::new(),
-                }),
-            ),
+            Request::Ping => (RequestKind::Ping, String::new(), Ok(JoinGrant::nothing())),
+            Request::Refresh { token } => {
+                let result = self.refresh(&token).map(|()| JoinGrant::nothing());
+                (RequestKind::Refresh, String::new(), result)
+            }
+        };
+        let exp = match kind {
+            RequestKind::Refresh => self.deadline.as_ref().map(|deadline| deadline.exp),
+            _ => None,
         };
         Answer {
             kind,
             room_name: name,
             result,
+            exp,
         }
     }
 

@@ -71,6 +71,9 @@ pub enum Request {
     /// `ping`: answered at once, so that a client can tell a dead network
     /// path from a quiet room (browsers do not expose WebSocket pings).
     Ping,
+    /// `refresh`: a new token for the live connection, of the same role
+    /// (and patient), which moves its deadline.
+    Refresh { token: String },
 }
 
 /// Why a client frame could not be understood.
@@ -142,6 +145,13 @@ pub fn parse_request(event: &str, data: Value) -> Result<Request, ProtocolError>
             })
         }
         "ping" => Ok(Request::Ping),
+        "refresh" => match data {
+            Value::Object(mut object) => match object.remove("token") {
+                Some(Value::String(token)) if !token.is_empty() => Ok(Request::Refresh { token }),
+                _ => Err(invalid_refresh_data()),
+            },
+            _ => Err(invalid_refresh_data()),
+        },
         "leave-room" => match data {
             Value::String(name) => Ok(Request::Leave {
                 room: RoomRequest::named(&name),
@@ -154,7 +164,7 @@ pub fn parse_request(event: &str, data: Value) -> Result<Request, ProtocolError>
         _ => Err(ProtocolError::new(
             ErrorCode::UnknownEvent,
             format!(
-                "unknown event '{}'; expected join-patient-room, join-staff-room, join-patients-room, leave-room or ping",
+                "unknown event '{}'; expected join-patient-room, join-staff-room, join-patients-room, leave-room, ping or refresh",
                 truncate(event, 64)
             ),
         )),
@@ -197,6 +207,13 @@ fn invalid_join_data() -> ProtocolError {
     )
 }
 
+fn invalid_refresh_data() -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::InvalidMessage,
+        "refresh data is an object {\"token\": string}",
+    )
+}
+
 fn truncate(text: &str, max_chars: usize) -> &str {
     text.char_indices()
         .nth(max_chars)
@@ -225,6 +242,11 @@ pub enum Outcome<'a> {
         code: &'a str,
         message: &'a str,
     },
+    /// A refresh was accepted: the connection now ends at the new token's
+    /// `exp` (`None` with `auth.mode = "off"`).
+    Refreshed { exp: Option<u64> },
+    /// A refresh was refused; the connection keeps its old deadline.
+    NotRefreshed { code: &'a str, message: &'a str },
 }
 
 #[derive(Serialize)]
@@ -266,18 +288,36 @@ pub fn reply_data(outcome: &Outcome<'_>, as_ack: bool) -> serde_json::Value {
             code,
             message,
         }),
+        Outcome::Refreshed { exp } => Ok(match as_ack {
+            true => serde_json::json!({"ok": true, "exp": exp}),
+            false => serde_json::json!({"exp": exp}),
+        }),
+        Outcome::NotRefreshed { code, message } => serde_json::to_value(RefusalData {
+            ok: as_ack.then_some(false),
+            room: None,
+            code,
+            message,
+        }),
     };
     encoded.unwrap_or_default()
 }
 
-/// The event that answers a join or leave sent without an ack id.
-pub fn reply_event(is_join: bool, accepted: bool) -> &'static str {
-    match (is_join, accepted) {
-        (true, true) => "joined",
-        (true, false) => "join_error",
-        (false, true) => "left",
-        (false, false) => "error",
+/// The event that answers a join, leave or refresh sent without an ack id.
+pub fn reply_event(outcome: &Outcome<'_>, is_join: bool) -> &'static str {
+    match (outcome, is_join) {
+        (Outcome::Ok { .. }, true) => "joined",
+        (Outcome::Refused { .. }, true) => "join_error",
+        (Outcome::Ok { .. }, false) => "left",
+        (Outcome::Refused { .. }, false) => "error",
+        (Outcome::Refreshed { .. }, _) => "refreshed",
+        (Outcome::NotRefreshed { .. }, _) => "refresh_error",
     }
+}
+
+/// The `data` of `token_expiring`: the token's `exp`, sent
+/// [`crate::auth::EXPIRY_WARNING`] before the connection is closed.
+pub fn token_expiring_data(exp: u64) -> serde_json::Value {
+    serde_json::json!({"exp": exp})
 }
 
 /// The `data` of an `error` event (or failed ack) for a message that changed nothing.

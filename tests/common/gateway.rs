@@ -73,6 +73,18 @@ impl TestGateway {
             .expect("mint")
     }
 
+    /// A token with exactly `claims`, signed with this gateway's secret
+    /// (for expiry in the past, foreign roles, missing claims).
+    pub fn signed(&self, claims: &Value) -> String {
+        let secret = std::fs::read_to_string(&self.config.auth.secret_file).expect("secret");
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.trim().as_bytes()),
+        )
+        .expect("sign")
+    }
+
     pub fn service_token(&self) -> String {
         self.token(Role::Service, None)
     }

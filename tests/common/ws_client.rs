@@ -98,6 +98,24 @@ impl TestWsClient {
         }
     }
 
+    /// The next text frame, or the server's Close (code and reason) as
+    /// `Err`; `None` when the socket ended without one. Skips pings.
+    pub async fn next_frame(&mut self) -> Option<Result<String, (u16, String)>> {
+        loop {
+            match self.socket.next().await? {
+                Ok(Message::Text(text)) => return Some(Ok(text.to_string())),
+                Ok(Message::Close(frame)) => {
+                    return Some(Err(frame
+                        .map_or((u16::from(CloseCode::Status), String::new()), |frame| {
+                            (u16::from(frame.code), frame.reason.to_string())
+                        })))
+                }
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// Reads until the server's Close frame and returns its code and reason.
     pub async fn expect_close(&mut self) -> (u16, String) {
         loop {

@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use crate::core::event::RoomEvent;
 use crate::transport::requests::{
-    error_data, parse_request, pong_data, reply_data, reply_event, ErrorCode, Outcome,
-    ProtocolError, Request,
+    error_data, parse_request, pong_data, reply_data, reply_event, token_expiring_data, ErrorCode,
+    Outcome, ProtocolError, Request,
 };
 use crate::transport::websocket::text_frame;
 
@@ -84,6 +84,19 @@ pub enum ServerMessage<'a> {
         /// The client's `id`, answered as `ack`.
         ack: Option<u64>,
     },
+    /// The answer to a refresh: `ack` when the client gave an id, else
+    /// `refreshed` / `refresh_error`.
+    RefreshReply {
+        /// The client's `id`, answered as `ack`.
+        ack: Option<u64>,
+        /// Renewed (with the new `exp`), or refused and why.
+        outcome: Outcome<'a>,
+    },
+    /// `token_expiring`: the connection closes in a minute unless it refreshes.
+    TokenExpiring {
+        /// The token's `exp`.
+        exp: u64,
+    },
     /// A frame that was not understood; it changed nothing.
     Error(&'a ProtocolError),
 }
@@ -92,15 +105,17 @@ impl ServerMessage<'_> {
     /// The message as one JSON text frame.
     pub fn encode(&self) -> String {
         let (ack, event, data) = match self {
-            Self::JoinReply { ack, outcome } | Self::LeaveReply { ack, outcome } => {
+            Self::JoinReply { ack, outcome }
+            | Self::LeaveReply { ack, outcome }
+            | Self::RefreshReply { ack, outcome } => {
                 let is_join = matches!(self, Self::JoinReply { .. });
-                let accepted = matches!(outcome, Outcome::Ok { .. });
                 (
                     *ack,
-                    reply_event(is_join, accepted),
+                    reply_event(outcome, is_join),
                     reply_data(outcome, ack.is_some()),
                 )
             }
+            Self::TokenExpiring { exp } => (None, "token_expiring", token_expiring_data(*exp)),
             Self::Pong { ack } => (*ack, "pong", pong_data(ack.is_some())),
             Self::Error(error) => (error.ack, "error", error_data(error, error.ack.is_some())),
         };
@@ -310,5 +325,73 @@ mod tests {
             ServerMessage::Error(&error).encode(),
             r#"{"event":"error","data":{"code":"invalid_json","message":"bad"}}"#
         );
+    }
+
+    #[test]
+    fn refresh_and_token_expiry_on_the_wire() {
+        assert_eq!(
+            parse(r#"{"event":"refresh","data":{"token":"a.b.c"},"id":4}"#).unwrap(),
+            ClientMessage {
+                ack: Some(4),
+                request: Request::Refresh {
+                    token: "a.b.c".into()
+                }
+            }
+        );
+        for bad in [
+            r#"{"event":"refresh","data":"a.b.c","id":4}"#,
+            r#"{"event":"refresh","data":{"token":""},"id":4}"#,
+            r#"{"event":"refresh","id":4}"#,
+        ] {
+            let error = parse(bad).unwrap_err();
+            assert_eq!(
+                (error.code, error.ack),
+                (ErrorCode::InvalidMessage, Some(4)),
+                "{bad}"
+            );
+        }
+        let cases = [
+            (
+                ServerMessage::TokenExpiring { exp: 1_800_000_000 },
+                r#"{"event":"token_expiring","data":{"exp":1800000000}}"#,
+            ),
+            (
+                ServerMessage::RefreshReply {
+                    ack: Some(4),
+                    outcome: Outcome::Refreshed { exp: Some(9) },
+                },
+                r#"{"ack":4,"data":{"ok":true,"exp":9}}"#,
+            ),
+            (
+                ServerMessage::RefreshReply {
+                    ack: None,
+                    outcome: Outcome::Refreshed { exp: Some(9) },
+                },
+                r#"{"event":"refreshed","data":{"exp":9}}"#,
+            ),
+            (
+                ServerMessage::RefreshReply {
+                    ack: Some(5),
+                    outcome: Outcome::NotRefreshed {
+                        code: "token_mismatch",
+                        message: "no",
+                    },
+                },
+                r#"{"ack":5,"data":{"ok":false,"code":"token_mismatch","message":"no"}}"#,
+            ),
+            (
+                ServerMessage::RefreshReply {
+                    ack: None,
+                    outcome: Outcome::NotRefreshed {
+                        code: "invalid_token",
+                        message: "no",
+                    },
+                },
+                r#"{"event":"refresh_error","data":{"code":"invalid_token","message":"no"}}"#,
+            ),
+        ];
+        for (message, expected) in cases {
+            assert_eq!(message.encode(), expected);
+        }
     }
 }

@@ -20,10 +20,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::outbound::{Outbound, OutboundIo};
 use super::protocol::{self, encode_room_event_frame, ServerMessage};
-use crate::auth::Identity;
+use crate::auth::{Identity, TokenError};
 use crate::core::event::Framing;
 use crate::net::slots::ClientSlot;
-use crate::transport::client::{Client, RequestKind};
+use crate::transport::client::{Client, RequestKind, TokenTimer};
 use crate::transport::requests::{ErrorCode, ProtocolError, Request};
 use crate::transport::sessions::Sessions;
 use crate::transport::websocket::{close, text_frame, CloseReason};
@@ -125,7 +125,7 @@ impl Session {
         // move `idle_at` and touch no timer.
         let mut next_ping = Instant::now() + ping_interval;
         let mut idle_at = Instant::now() + idle_timeout;
-        let mut timer = pin!(sleep_until(next_ping.min(idle_at)));
+        let mut timer = pin!(sleep_until(self.wake_at(next_ping.min(idle_at))));
         // Created once, not per loop turn: each new cancellation future would
         // register with (and leave) its token's waiter list on every wake-up.
         let (shutdown_token, overflowed_token) = (
@@ -149,7 +149,10 @@ impl Session {
                         Box::pin(self.send(Message::Ping(Bytes::new()))).await?;
                         next_ping = now + ping_interval;
                     }
-                    timer.as_mut().reset(next_ping.min(idle_at));
+                    if self.client.token_check_at().is_some_and(|at| now >= at) {
+                        Box::pin(self.on_token_timer()).await?;
+                    }
+                    timer.as_mut().reset(self.wake_at(next_ping.min(idle_at)));
                 }
                 // Broadcasts the socket did not take at once (or, over TLS,
                 // that only the session can encrypt).
@@ -174,8 +177,27 @@ impl Session {
                     // largest state of this loop, which every idle connection
                     // would otherwise carry.
                     Box::pin(self.on_message(message)).await?;
+                    // A refresh moves the token's deadline.
+                    timer.as_mut().reset(self.wake_at(next_ping.min(idle_at)));
                 }
             }
+        }
+    }
+
+    /// `heartbeat` (the next ping or the idle timeout), or the token's
+    /// check when that comes first.
+    fn wake_at(&self, heartbeat: Instant) -> Instant {
+        self.client
+            .token_check_at()
+            .map_or(heartbeat, |at| heartbeat.min(at))
+    }
+
+    /// Warns a minute before the token runs out, and closes when it has.
+    async fn on_token_timer(&mut self) -> Result<(), CloseReason> {
+        match self.client.on_token_timer() {
+            TokenTimer::Quiet => Ok(()),
+            TokenTimer::Expiring { exp } => self.reply(&ServerMessage::TokenExpiring { exp }).await,
+            TokenTimer::Expired => Err(CloseReason::Token(TokenError::Expired)),
         }
     }
 
@@ -237,6 +259,7 @@ impl Session {
             RequestKind::Join => ServerMessage::JoinReply { ack, outcome },
             RequestKind::Leave => ServerMessage::LeaveReply { ack, outcome },
             RequestKind::Ping => ServerMessage::Pong { ack },
+            RequestKind::Refresh => ServerMessage::RefreshReply { ack, outcome },
         };
         let mut frames = vec![text_frame(reply.encode().as_bytes())];
         frames.extend(

@@ -129,6 +129,13 @@ pub fn connect_error(namespace: &str, message: &str, data: &Value) -> String {
     }
 }
 
+/// DISCONNECT of the main namespace by the server, as an Engine.IO
+/// message: `socket.io-client` reports `io server disconnect` and does not
+/// reconnect by itself.
+pub fn disconnect() -> String {
+    "41".to_owned()
+}
+
 /// An EVENT with one argument, as an Engine.IO message.
 pub fn event(name: &str, data: &Value) -> String {
     format!("42{}", serde_json::json!([name, data]))

@@ -22,10 +22,11 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use super::engineio::{self, Packet};
 use super::packet::{self as socketio, ClientPacket};
 use super::registry::{Inbound, PollAnswer, Registration};
+use crate::auth::TokenError;
 use crate::core::event::{Framing, RoomEvent};
 use crate::net::slots::ClientSlot;
 use crate::transport::budget::Exhausted;
-use crate::transport::client::{Client, RequestKind};
+use crate::transport::client::{Client, RequestKind, TokenTimer};
 use crate::transport::requests::{self, ErrorCode, ProtocolError};
 use crate::transport::sessions::Sessions;
 use crate::transport::websocket::{close, CloseReason, Socket};
@@ -101,6 +102,9 @@ pub struct EngineSession {
     client: Option<Client>,
     query_token: Option<String>,
     pong_deadline: Option<Instant>,
+    /// Set when the server disconnected the client (its token ran out):
+    /// the session ends, for this reason, once the DISCONNECT is sent.
+    disconnecting: Option<CloseReason>,
     _slot: ClientSlot,
 }
 
@@ -126,6 +130,7 @@ impl EngineSession {
             client: None,
             query_token,
             pong_deadline: None,
+            disconnecting: None,
             _slot: slot,
         }
     }
@@ -172,14 +177,22 @@ impl EngineSession {
             std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
         > = None;
         loop {
+            if let Some(reason) = self.disconnecting.filter(|_| self.outbox.is_empty()) {
+                return Err(End::Closed(reason));
+            }
             if overflowed.is_none() {
                 overflowed = self.client.as_mut().map(|client| {
                     Box::pin(client.subscriber().overflowed().clone().cancelled_owned())
                 });
             }
-            let can_deliver =
-                matches!(self.transport, Transport::WebSocket(_)) || self.waiting_poll.is_some();
+            let can_deliver = self.disconnecting.is_none()
+                && (matches!(self.transport, Transport::WebSocket(_))
+                    || self.waiting_poll.is_some());
             let pong_deadline = self.pong_deadline;
+            let token_check_at = match self.disconnecting {
+                None => self.client.as_ref().and_then(Client::token_check_at),
+                Some(_) => None,
+            };
             tokio::select! {
                 biased;
                 () = &mut shutdown => return Err(End::Closed(CloseReason::Shutdown)),
@@ -188,6 +201,9 @@ impl EngineSession {
                 }
                 () = async { match pong_deadline { Some(at) => sleep_until(at).await, None => pending().await } } => {
                     return Err(End::PingTimeout);
+                }
+                () = async { match token_check_at { Some(at) => sleep_until(at).await, None => pending().await } } => {
+                    self.on_token_timer();
                 }
                 _ = ping.tick() => {
                     self.queue(TextFrame::from(Packet::Ping("").encode()));
@@ -218,6 +234,33 @@ impl EngineSession {
                 } => self.take_events(event),
             }
             self.flush().await?;
+        }
+    }
+
+    /// Warns a minute before the token runs out; when it has, sends an
+    /// `error` event and a DISCONNECT, after which the session ends.
+    fn on_token_timer(&mut self) {
+        let Some(client) = &mut self.client else {
+            return;
+        };
+        match client.on_token_timer() {
+            TokenTimer::Quiet => {}
+            TokenTimer::Expiring { exp } => {
+                let packet = socketio::event("token_expiring", &requests::token_expiring_data(exp));
+                self.outbox.push_back(TextFrame::from(packet));
+            }
+            TokenTimer::Expired => {
+                let refused = TokenError::Expired;
+                let data =
+                    serde_json::json!({"code": refused.code(), "message": refused.to_string()});
+                self.outbox
+                    .push_back(TextFrame::from(socketio::event("error", &data)));
+                self.outbox
+                    .push_back(TextFrame::from(socketio::disconnect()));
+                // Nothing of the rooms after the DISCONNECT.
+                client.leave_all();
+                self.disconnecting = Some(CloseReason::Token(refused));
+            }
         }
     }
 
@@ -457,6 +500,9 @@ impl EngineSession {
     }
 
     fn on_event(&mut self, ack: Option<u64>, name: &str, data: Value) -> Result<(), End> {
+        if self.disconnecting.is_some() {
+            return Ok(());
+        }
         let request = match requests::parse_request(name, data) {
             Ok(request) => request,
             Err(mut error) => {
@@ -479,7 +525,7 @@ impl EngineSession {
             }
             None => {
                 let is_join = answer.kind == RequestKind::Join;
-                let event = requests::reply_event(is_join, answer.result.is_ok());
+                let event = requests::reply_event(&outcome, is_join);
                 socketio::event(event, &requests::reply_data(&outcome, false))
             }
         };
