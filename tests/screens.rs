@@ -367,6 +367,81 @@ async fn the_staff_board_refuses_a_patient_token_and_shows_the_queue_with_a_staf
 }
 
 #[tokio::test]
+async fn the_staff_board_asks_for_a_new_token_before_its_own_runs_out_and_stays_live() {
+    let gateway = TestGateway::start().await;
+    let mut browser = Browser::start().await;
+    // Closes 6 s from now (exp + 30 s skew): the warning comes at once.
+    let old_exp = unix_now() + 6 - 30;
+    let expiring = gateway.signed(&json!({"sub": "nurse", "role": "staff", "exp": old_exp}));
+    let url = format!("http://{}/staff", gateway.addr);
+    browser.open("tablet", &url, TABLET).await;
+    browser
+        .wait_for(
+            "tablet",
+            "!document.getElementById('token-form').classList.contains('hidden')",
+        )
+        .await;
+    browser.fill("tablet", "#token-input", &expiring).await;
+    browser.click("tablet", "#token-form button").await;
+    browser.wait_for("tablet", LIVE).await;
+    browser
+        .wait_for(
+            "tablet",
+            "document.getElementById('problem').textContent.indexOf('expires at') >= 0",
+        )
+        .await;
+    assert!(
+        browser.visible("tablet", "token-form").await,
+        "asks while live"
+    );
+    assert!(!browser.visible("tablet", "offline").await, "not dark");
+
+    // A patient's token is refused in band; the board stays live and asks again.
+    let patient_token = gateway.token(Role::Patient, Some("7"));
+    browser.fill("tablet", "#token-input", &patient_token).await;
+    browser.click("tablet", "#token-form button").await;
+    browser
+        .wait_for(
+            "tablet",
+            "document.getElementById('problem').textContent.indexOf('another role') >= 0",
+        )
+        .await;
+    browser.wait_for("tablet", LIVE).await;
+
+    let renewed = gateway.token(Role::Staff, None);
+    browser.fill("tablet", "#token-input", &renewed).await;
+    browser.click("tablet", "#token-form button").await;
+    browser
+        .wait_for(
+            "tablet",
+            "document.getElementById('token-form').classList.contains('hidden')",
+        )
+        .await;
+    // Past the old token's end, still live, still receiving.
+    let old_close = (old_exp + 30) as f64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64();
+    tokio::time::sleep(std::time::Duration::from_secs_f64(
+        (old_close - now + 1.5).max(0.0),
+    ))
+    .await;
+    gateway
+        .publish("/api/queue/new-patient", json!({"ticket": "A-031"}))
+        .await;
+    browser
+        .wait_for(
+            "tablet",
+            "document.getElementById('feed').innerText.indexOf('A-031') >= 0",
+        )
+        .await;
+    browser.wait_for("tablet", LIVE).await;
+    assert!(!browser.visible("tablet", "problem").await);
+    assert_eq!(browser.problems("tablet").await, Vec::<String>::new());
+}
+
+#[tokio::test]
 async fn the_patient_page_shows_position_get_ready_and_called() {
     let gateway = TestGateway::start().await;
     let mut browser = Browser::start().await;
@@ -492,15 +567,14 @@ async fn get_with_headers(
 
 /// A patient token for 123 that expired two minutes ago (beyond the leeway).
 fn expired_patient_token(gateway: &TestGateway) -> String {
-    let secret = std::fs::read_to_string(&gateway.config.auth.secret_file).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({"sub": "p", "role": "patient", "patient_id": "123", "exp": now - 120}),
-        &jsonwebtoken::EncodingKey::from_secret(secret.trim().as_bytes()),
+    gateway.signed(
+        &json!({"sub": "p", "role": "patient", "patient_id": "123", "exp": unix_now() - 120}),
     )
-    .unwrap()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
 }

@@ -16,6 +16,9 @@
  * @typedef {object} ClientOptions
  * @property {string} [url] WebSocket URL; defaults to `/ws` on the page's own host.
  * @property {string} [token] A JWT (see `smartwait-gateway token`); omit for public rooms.
+ * @property {() => (string | Promise<string>)} [getToken] Asked for a new token when the
+ *   gateway says the current one is about to expire (`token_expiring`) or has; the client
+ *   renews in band (`refresh`) and stays connected.
  * @property {number} [initialDelayMs=500] First reconnection delay.
  * @property {number} [maxDelayMs=30000] Longest reconnection delay.
  * @property {number} [pingIntervalMs=25000] How often to check that the link is alive.
@@ -55,6 +58,8 @@ export class SmartWaitClient {
     const opts = options || {};
     this.url = opts.url || defaultUrl();
     this.token = opts.token || "";
+    this.getToken = typeof opts.getToken === "function" ? opts.getToken : null;
+    this.renewing = false;
     this.initialDelayMs = opts.initialDelayMs || 500;
     this.maxDelayMs = opts.maxDelayMs || 30000;
     this.pingIntervalMs = opts.pingIntervalMs || 25000;
@@ -189,6 +194,12 @@ export class SmartWaitClient {
       if (socket !== this.socket) return;
       this.socket = null;
       this.clearTimers();
+      if (event.code === AUTH_CLOSE_CODE && event.reason === "expired_token" && this.getToken) {
+        // Expired before a renewal arrived: reconnect with a new token.
+        this.setState("offline");
+        this.obtainToken((token) => this.setToken(token));
+        return;
+      }
       if (event.code === AUTH_CLOSE_CODE) {
         this.stopped = true;
         this.fail({
@@ -275,7 +286,49 @@ export class SmartWaitClient {
       this.emit(frame.event, frame.data, { room: frame.room, seq: frame.seq, replayed: replayed });
       return;
     }
+    if (frame.event === "token_expiring") {
+      const data = frame.data || {};
+      this.emit("token_expiring", data);
+      if (this.getToken) this.obtainToken((token) => this.refresh(token));
+      return;
+    }
     if (frame.event === "error") this.emit("error", frame.data || {});
+  }
+
+  /**
+   * Renews the token on the live connection (what `getToken` does by itself).
+   * The answer comes as a `token_refreshed` event ({exp}) or an `error`
+   * ({code, message}); on refusal the connection keeps its old token.
+   * @param {string} token
+   */
+  refresh(token) {
+    if (!this.socket || this.socket.readyState !== 1) {
+      this.setToken(token);
+      return;
+    }
+    this.request("refresh", { token: token }, (reply) => {
+      if (reply.ok) {
+        this.token = token;
+        this.emit("token_refreshed", { exp: reply.exp });
+      } else {
+        this.emit("error", { code: reply.code, message: reply.message });
+      }
+    });
+  }
+
+  /** Asks `getToken` once at a time; `use` gets a non-empty answer. */
+  obtainToken(use) {
+    if (this.renewing) return;
+    this.renewing = true;
+    Promise.resolve()
+      .then(() => this.getToken())
+      .then((token) => {
+        this.renewing = false;
+        if (token) use(String(token));
+      }, (err) => {
+        this.renewing = false;
+        this.emit("error", { code: "token_unavailable", message: String(err && err.message || err) });
+      });
   }
 
   schedulePing() {

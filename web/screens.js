@@ -33,6 +33,8 @@ export function describeError(error, page) {
       return page === "patient"
         ? "This link is not valid. Please ask the reception for a new one."
         : "The access token was refused (malformed, or signed with another secret).";
+    case "token_mismatch":
+      return "That token is for another role or patient; this screen keeps its current one. Enter a staff token.";
     case "unauthorized":
       return page === "display"
         ? "This display needs a token: add ?token=… to the address (smartwait-gateway token --role display)."

@@ -8,6 +8,10 @@ const TOKEN_KEY = "smartwait.staffToken";
 const FEED_LENGTH = 50;
 const root = byId("staff");
 let client = null;
+/** Why the last renewal was refused, shown with the next request for a token. */
+let refusal = "";
+/** Set while the board is live and waits for a fresh token (its token is about to expire). */
+let renewal = null;
 
 function storedToken() {
   try {
@@ -36,11 +40,47 @@ function askForToken(problem) {
   byId("token-input").focus();
 }
 
+/**
+ * The client's `getToken`: asks the nurse for a new token while the board
+ * stays live, instead of going dark when the current one runs out.
+ */
+function freshToken() {
+  return new Promise((resolve) => {
+    renewal = resolve;
+    show("token-form", true);
+    show("problem", true);
+    setText("problem", (refusal ? refusal + " " : "") + expiringText());
+    refusal = "";
+    byId("token-input").value = "";
+  });
+}
+
+let expiresAt = 0;
+
+function expiringText() {
+  const when = expiresAt ? " at " + clockText(new Date(expiresAt * 1000)) : " soon";
+  return "This screen's access token expires" + when +
+    ". Enter a new staff token (smartwait-gateway token --role staff) to stay connected.";
+}
+
 function start(token) {
+  renewal = null;
   show("token-form", false);
   show("problem", false);
   show("forget", true);
-  client = new SmartWaitClient({ token: token });
+  client = new SmartWaitClient({ token: token, getToken: freshToken });
+  client.on("token_expiring", (data) => { expiresAt = data.exp || 0; });
+  client.on("token_refreshed", () => {
+    show("token-form", false);
+    show("problem", false);
+  });
+  client.on("error", (error) => {
+    // A refused renewal: the board stays live on its old token; ask again.
+    if (client && !client.error && (error.code === "token_mismatch" || error.code === "invalid_token" || error.code === "expired_token")) {
+      refusal = describeError(error, "staff");
+      client.obtainToken((token) => client.refresh(token));
+    }
+  });
   client.on("state", (state, error) => {
     root.dataset.state = state;
     show("offline", state !== "live" && !error);
@@ -135,6 +175,12 @@ byId("token-form").addEventListener("submit", (event) => {
   const token = byId("token-input").value.trim();
   if (!token) return;
   storeToken(token);
+  if (renewal) {
+    const resolve = renewal;
+    renewal = null;
+    resolve(token);
+    return;
+  }
   start(token);
 });
 byId("forget").addEventListener("click", () => {
