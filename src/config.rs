@@ -116,6 +116,10 @@ pub struct AuthConfig {
     pub secret_file: PathBuf,
     /// Whether anonymous connections may join the public `patients` room.
     pub patients_room_public: bool,
+    /// The longest lifetime a token may have: longer ones are refused, and
+    /// a revocation lasts this long by default.
+    #[serde(with = "duration_text")]
+    pub max_token_ttl: Duration,
 }
 
 impl Default for AuthConfig {
@@ -124,6 +128,7 @@ impl Default for AuthConfig {
             mode: AuthMode::On,
             secret_file: PathBuf::new(),
             patients_room_public: true,
+            max_token_ttl: Duration::from_secs(400 * 24 * 3600),
         }
     }
 }

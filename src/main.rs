@@ -51,6 +51,10 @@ enum Command {
         /// Lifetime, e.g. 30m, 12h, 30d.
         #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// Also print the token's claims (its `jti` included, by which it
+        /// alone can be revoked) on standard error, as JSON.
+        #[arg(long)]
+        show_claims: bool,
     },
     /// Validate the config and print the effective values.
     CheckConfig,
@@ -90,12 +94,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             sub,
             patient_id,
             ttl,
+            show_claims,
         } => {
             if role == Role::Patient && patient_id.is_none() {
                 anyhow::bail!("a patient token needs --patient-id");
             }
             let auth = Authenticator::from_config(&config.auth)?;
-            println!("{}", auth.mint(role, &sub, patient_id.as_deref(), ttl)?);
+            let claims = auth.claims_for(role, &sub, patient_id.as_deref(), ttl)?;
+            println!("{}", auth.mint_claims(&claims)?);
+            if show_claims {
+                eprintln!("{}", serde_json::to_string(&claims)?);
+            }
             Ok(())
         }
         Command::CheckConfig => {

@@ -173,6 +173,8 @@ async fn refused_tokens_close_the_socket_with_4401() {
         );
     }
     let mut client = gateway.connect(Some(&barely_expired)).await;
+    // Less than a minute left: told so at once (tests/token_lifetime.rs).
+    assert_eq!(client.next_json().await["event"], "token_expiring");
     assert_eq!(
         client.request("join-staff-room", json!("x")).await["ok"],
         true

@@ -24,12 +24,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Authenticator;
+use crate::auth::{unix_now as unix_secs, Authenticator};
 use crate::clock::Clock;
 use crate::config::{mask_url_password, AuthMode, Config};
 use crate::core::rooms::{Rooms, RoomsSetup};
 use crate::http::api::Api;
 use crate::http::health::Health;
+use crate::http::tokens::Tokens;
 use crate::metrics::Metrics;
 use crate::net::slots::ConnectionSlots;
 use crate::net::tls::Tls;
@@ -98,6 +99,14 @@ impl Gateway {
         };
         let opened = store::open(&config.server.state_dir)?;
         let auth = Authenticator::from_config(&config.auth)?;
+        match store::load_revocations(&opened.connection, unix_secs()) {
+            Ok(revoked) => auth.revocations().load(revoked, unix_secs()),
+            // The file opened and checked clean; a read that fails now is
+            // the disk's, and the gateway serves rather than refusing to start.
+            Err(err) => {
+                tracing::error!(error = %err, "cannot read the revoked tokens from state.db; they are not in force until the next start")
+            }
+        }
         if auth.mode() == AuthMode::Off {
             tracing::warn!("AUTHENTICATION IS OFF (auth.mode = \"off\"): anyone on this network can join any room, read every patient's updates and publish; use only for a trial on a closed LAN");
         }
@@ -201,6 +210,13 @@ impl Gateway {
             shutdown: shutdown.clone(),
         });
         let routes = Routes {
+            tokens: Tokens {
+                auth: auth.clone(),
+                store: Arc::new(Mutex::new(store::open_reader(&config.server.state_dir)?)),
+                unwritten: Arc::default(),
+                limits: config.limits.clone(),
+                shutdown: shutdown.clone(),
+            },
             api: Api::new(
                 publisher.clone(),
                 auth,

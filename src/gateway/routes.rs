@@ -14,6 +14,7 @@ use crate::http::api::{Api, Endpoint};
 use crate::http::health::{self, Health};
 use crate::http::response::{HttpError, HttpResponse};
 use crate::http::screens::{self, Asset};
+use crate::http::tokens::Tokens;
 use crate::metrics::{HttpLabels, Metrics};
 use crate::transport::native;
 use crate::transport::sessions::Sessions;
@@ -23,6 +24,7 @@ use crate::transport::socketio::endpoint::SocketIo;
 #[derive(Debug)]
 pub struct Routes {
     pub api: Api,
+    pub tokens: Tokens,
     pub health: Health,
     pub sessions: Sessions,
     pub socket_io: SocketIo,
@@ -39,6 +41,10 @@ pub enum Route {
     HealthReady,
     Metrics,
     Api(Endpoint),
+    /// `POST /api/tokens/revoke`.
+    RevokeToken,
+    /// `GET /api/tokens/revoked`.
+    RevokedTokens,
     /// A reference screen or the JavaScript client ([`crate::http::screens`]).
     Screen(&'static Asset),
 }
@@ -60,6 +66,8 @@ impl Route {
             ["api", "queue", "update"] => Self::Api(Endpoint::QueueUpdate),
             ["api", "queue", "refresh"] => Self::Api(Endpoint::QueueRefresh),
             ["api", "queue", "new-patient"] => Self::Api(Endpoint::NewPatient),
+            ["api", "tokens", "revoke"] => Self::RevokeToken,
+            ["api", "tokens", "revoked"] => Self::RevokedTokens,
             other => Self::Screen(screens::resolve(other)?),
         };
         Some(route)
@@ -68,7 +76,7 @@ impl Route {
     /// The methods the route answers; the first is named in 405 answers.
     fn methods(&self) -> &'static [Method] {
         match self {
-            Self::Api(_) => &[Method::POST],
+            Self::Api(_) | Self::RevokeToken => &[Method::POST],
             Self::SocketIo => &[Method::GET, Method::POST],
             _ => &[Method::GET],
         }
@@ -84,6 +92,8 @@ impl Route {
             Self::HealthReady => "/health/ready",
             Self::Metrics => "/metrics",
             Self::Api(endpoint) => endpoint.label(),
+            Self::RevokeToken => "/api/tokens/revoke",
+            Self::RevokedTokens => "/api/tokens/revoked",
             Self::Screen(asset) => asset.path,
         }
     }
@@ -132,6 +142,8 @@ impl Routes {
             Route::HealthReady => Ok(self.health.ready().await),
             Route::Metrics => Ok(self.health.metrics()),
             Route::Api(endpoint) => self.api.publish(endpoint, request).await,
+            Route::RevokeToken => self.tokens.revoke(request).await,
+            Route::RevokedTokens => self.tokens.list(&request),
             Route::Screen(asset) => Ok(asset.respond(request.headers())),
         }
     }

@@ -133,6 +133,16 @@ impl Api {
     }
 
     fn authorize(&self, request: &Request<Incoming>) -> Result<(), HttpError> {
+        authorize_service(&self.auth, request)
+    }
+}
+
+/// Checks the bearer token of an API request: present, valid, role `service`.
+pub fn authorize_service(
+    auth: &Authenticator,
+    request: &Request<Incoming>,
+) -> Result<(), HttpError> {
+    {
         let token = match request.headers().get(AUTHORIZATION) {
             None => None,
             Some(value) => {
@@ -146,11 +156,10 @@ impl Api {
                 }
             }
         };
-        let identity = self
-            .auth
+        let identity = auth
             .identify(token)
             .map_err(|err| HttpError::Unauthorized(Unauthorized::Token(err)))?;
-        self.auth.may_publish(&identity).map_err(HttpError::denied)
+        auth.may_publish(&identity).map_err(HttpError::denied)
     }
 }
 

@@ -2,7 +2,8 @@
 //! statuses in one place, bounded bodies; [`query`]; [`deadlines`], the
 //! head and keep-alive timeouts of a connection), and the handlers of the
 //! routes that are plain HTTP: the publish [`api`], [`health`] and metrics,
-//! the embedded [`screens`], and the HTTP-to-HTTPS [`redirect`].
+//! the embedded [`screens`], the HTTP-to-HTTPS [`redirect`], and revoking
+//! [`tokens`].
 //!
 //! `response`, `query` and `deadlines` are leaves that the transports'
 //! upgrade endpoints use too. The handlers import the core, publish,
@@ -16,3 +17,4 @@ pub mod query;
 pub mod redirect;
 pub mod response;
 pub mod screens;
+pub mod tokens;

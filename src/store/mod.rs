@@ -49,6 +49,11 @@ const MIGRATIONS: &[&str] = &[
     // idempotency keys, not by its event's wall-clock timestamp.
     "ALTER TABLE retained ADD COLUMN kept_since_ms INTEGER NOT NULL DEFAULT 0;
      UPDATE retained SET kept_since_ms = ts_ms;",
+    // 4: revoked tokens (auth::revocation), kept until every token they
+    // cover has expired.
+    "CREATE TABLE revoked (
+         kind TEXT NOT NULL, value TEXT NOT NULL, revoked_at INTEGER NOT NULL,
+         until INTEGER NOT NULL, PRIMARY KEY (kind, value));",
 ];
 
 /// The `meta` key present while a run is under way, holding how many events

@@ -1,5 +1,5 @@
 //! One function per query of `state.db`: the outbox, retained state, the
-//! saved history and idempotency keys.
+//! saved history, idempotency keys and revoked tokens.
 
 use anyhow::Context;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
@@ -7,6 +7,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use super::{
     decode_event, from_sql, meta, rooms_json, set_meta, to_sql, AGE_CLOCK_KEY, HISTORY_SNAPSHOT_KEY,
 };
+use crate::auth::{Revocation, RevokedKind};
 use crate::clock::AgeReading;
 use crate::core::event::CommittedEvent;
 use crate::core::history::{SavedHistory, SavedRoom};
@@ -288,4 +289,47 @@ pub fn expire_idempotency(connection: &Connection, before_ms: u64) -> rusqlite::
         "DELETE FROM idempotency WHERE created_ms < ?1",
         [to_sql(before_ms)],
     )
+}
+
+/// Records a revocation (replacing one of the same kind and value).
+pub fn save_revocation(connection: &Connection, revocation: &Revocation) -> rusqlite::Result<()> {
+    connection.execute(
+        "INSERT OR REPLACE INTO revoked (kind, value, revoked_at, until) VALUES (?1, ?2, ?3, ?4)",
+        params![
+            revocation.kind.as_str(),
+            revocation.value,
+            to_sql(revocation.revoked_at),
+            to_sql(revocation.until)
+        ],
+    )?;
+    Ok(())
+}
+
+/// The revocations still in force at `now` (Unix seconds); forgets the others.
+pub fn load_revocations(connection: &Connection, now: u64) -> rusqlite::Result<Vec<Revocation>> {
+    connection.execute("DELETE FROM revoked WHERE until < ?1", [to_sql(now)])?;
+    let mut statement = connection.prepare("SELECT kind, value, revoked_at, until FROM revoked")?;
+    let rows = statement.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            from_sql(row.get(2)?),
+            from_sql(row.get(3)?),
+        ))
+    })?;
+    let mut revocations = Vec::new();
+    for row in rows {
+        let (kind, value, revoked_at, until) = row?;
+        let Some(kind) = RevokedKind::parse(&kind) else {
+            tracing::warn!(kind, "ignoring a revocation of an unknown kind");
+            continue;
+        };
+        revocations.push(Revocation {
+            kind,
+            value,
+            revoked_at,
+            until,
+        });
+    }
+    Ok(revocations)
 }

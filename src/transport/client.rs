@@ -6,7 +6,12 @@
 
 use std::sync::Arc;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use tokio::time::{Duration, Instant};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::budget::{ClientBudget, Exhausted};
 use super::requests::{ErrorCode, JoinState, Outcome, Request, Resume, RoomRequest};
@@ -86,6 +91,9 @@ impl Refusal {
             Self::Token(TokenError::Expired) => {
                 "the new token has expired too; the connection keeps its old one"
             }
+            Self::Token(TokenError::Revoked) => {
+                "the new token has been revoked; the connection keeps its old one"
+            }
             Self::Token(TokenError::Mismatch) => {
                 "the new token must name the connection's role (and patient); the connection keeps its old one"
             }
@@ -161,16 +169,20 @@ const TOKEN_RECHECK: Duration = Duration::from_secs(300);
 
 /// When a connection's token runs out, on the wall clock the token's `exp`
 /// is written in, and when the session's timer should look again.
-#[derive(Debug)]
 struct TokenDeadline {
     exp: u64,
     closes_at_ms: u64,
     warned: bool,
     check_at: Instant,
+    /// Completes at the next revocation anywhere (then the token is checked).
+    revocation: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Not checked against the revocations since `revocation` was armed
+    /// (one may have come between the connect's check and then).
+    unchecked: bool,
 }
 
 impl TokenDeadline {
-    fn of(identity: &Identity) -> Option<Self> {
+    fn of(identity: &Identity, auth: &auth::Authenticator) -> Option<Self> {
         let Identity::Token(claims) = identity else {
             return None;
         };
@@ -179,6 +191,8 @@ impl TokenDeadline {
             closes_at_ms: auth::closes_at(claims).saturating_mul(1000),
             warned: false,
             check_at: Instant::now(),
+            revocation: Box::pin(auth.revocations().changed().cancelled_owned()),
+            unchecked: true,
         };
         deadline.schedule(deadline.left_ms());
         Some(deadline)
@@ -213,6 +227,30 @@ impl TokenDeadline {
     }
 }
 
+/// See [`Client::poll_revoked`]; over the client's parts, so that a caller
+/// can wait on it together with the client's queue.
+fn poll_revoked(
+    deadline: &mut Option<Box<TokenDeadline>>,
+    sessions: &Sessions,
+    identity: &Identity,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    let Some(deadline) = deadline.as_mut() else {
+        return Poll::Pending;
+    };
+    if std::mem::take(&mut deadline.unchecked) && sessions.auth().is_revoked(identity) {
+        return Poll::Ready(());
+    }
+    while deadline.revocation.as_mut().poll(cx).is_ready() {
+        if sessions.auth().is_revoked(identity) {
+            return Poll::Ready(());
+        }
+        let next = sessions.auth().revocations().changed();
+        deadline.revocation = Box::pin(next.cancelled_owned());
+    }
+    Poll::Pending
+}
+
 pub struct Client {
     sessions: Sessions,
     identity: Identity,
@@ -230,8 +268,8 @@ impl Client {
         tracing::Span::current().record("conn", subscriber.id().0);
         Self {
             budget: ClientBudget::new(sessions.limits()),
+            deadline: TokenDeadline::of(&identity, sessions.auth()).map(Box::new),
             sessions,
-            deadline: TokenDeadline::of(&identity).map(Box::new),
             identity,
             subscriber,
             memberships: Vec::new(),
@@ -272,6 +310,38 @@ impl Client {
             .map_or(TokenTimer::Quiet, |deadline| deadline.check())
     }
 
+    /// Ready when the connection's token has been revoked; each revocation
+    /// elsewhere wakes it to check, then it waits for the next.
+    pub fn poll_revoked(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        poll_revoked(&mut self.deadline, &self.sessions, &self.identity, cx)
+    }
+
+    /// The next room event from the client's queue (only while `deliver`),
+    /// or `None` as soon as its token is revoked — for a session that waits
+    /// on both in one place.
+    pub async fn recv_unless_revoked(&mut self, deliver: bool) -> Option<Arc<RoomEvent>> {
+        let Self {
+            subscriber,
+            deadline,
+            sessions,
+            identity,
+            ..
+        } = self;
+        let mut next = std::pin::pin!(async {
+            match deliver {
+                true => subscriber.recv().await,
+                false => std::future::pending().await,
+            }
+        });
+        std::future::poll_fn(|cx| {
+            if poll_revoked(deadline, sessions, identity, cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            next.as_mut().poll(cx).map(Some)
+        })
+        .await
+    }
+
     /// Renews the connection's token; on refusal the old one (and its
     /// deadline) stays.
     fn refresh(&mut self, token: &str) -> Result<(), Refusal> {
@@ -280,7 +350,7 @@ impl Client {
             .auth()
             .refresh(&self.identity, token)
             .map_err(Refusal::Token)?;
-        self.deadline = TokenDeadline::of(&renewed).map(Box::new);
+        self.deadline = TokenDeadline::of(&renewed, self.sessions.auth()).map(Box::new);
         self.identity = renewed;
         tracing::debug!(exp = ?self.deadline.as_ref().map(|d| d.exp), "token refreshed");
         Ok(())

@@ -140,6 +140,9 @@ impl Session {
                 biased;
                 () = &mut shutdown => return Err(CloseReason::Shutdown),
                 () = &mut overflowed => return Err(CloseReason::SlowConsumer),
+                () = poll_fn(|cx| self.client.poll_revoked(cx)) => {
+                    return Err(CloseReason::Token(TokenError::Revoked));
+                }
                 () = &mut timer => {
                     let now = Instant::now();
                     if now >= idle_at {

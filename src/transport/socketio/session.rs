@@ -205,6 +205,7 @@ impl EngineSession {
                 () = async { match token_check_at { Some(at) => sleep_until(at).await, None => pending().await } } => {
                     self.on_token_timer();
                 }
+
                 _ = ping.tick() => {
                     self.queue(TextFrame::from(Packet::Ping("").encode()));
                     if self.pong_deadline.is_none() {
@@ -228,10 +229,13 @@ impl EngineSession {
                 }
                 event = async {
                     match self.client.as_mut() {
-                        Some(client) if can_deliver => client.subscriber().recv().await,
+                        Some(client) if self.disconnecting.is_none() => client.recv_unless_revoked(can_deliver).await,
                         _ => pending().await,
                     }
-                } => self.take_events(event),
+                } => match event {
+                    Some(event) => self.take_events(event),
+                    None => self.disconnect_for(TokenError::Revoked),
+                },
             }
             self.flush().await?;
         }
@@ -249,19 +253,22 @@ impl EngineSession {
                 let packet = socketio::event("token_expiring", &requests::token_expiring_data(exp));
                 self.outbox.push_back(TextFrame::from(packet));
             }
-            TokenTimer::Expired => {
-                let refused = TokenError::Expired;
-                let data =
-                    serde_json::json!({"code": refused.code(), "message": refused.to_string()});
-                self.outbox
-                    .push_back(TextFrame::from(socketio::event("error", &data)));
-                self.outbox
-                    .push_back(TextFrame::from(socketio::disconnect()));
-                // Nothing of the rooms after the DISCONNECT.
-                client.leave_all();
-                self.disconnecting = Some(CloseReason::Token(refused));
-            }
+            TokenTimer::Expired => self.disconnect_for(TokenError::Expired),
         }
+    }
+
+    /// The token ended (expired, revoked): an `error` event with its code and
+    /// a DISCONNECT, so the client does not reconnect with it; the session
+    /// ends once they are sent.
+    fn disconnect_for(&mut self, refused: TokenError) {
+        let data = serde_json::json!({"code": refused.code(), "message": refused.to_string()});
+        self.queue(TextFrame::from(socketio::event("error", &data)));
+        self.queue(TextFrame::from(socketio::disconnect()));
+        // Nothing of the rooms after the DISCONNECT.
+        if let Some(client) = &mut self.client {
+            client.leave_all();
+        }
+        self.disconnecting = Some(CloseReason::Token(refused));
     }
 
     /// Queues `first` and what else is waiting, encoded once per room event.

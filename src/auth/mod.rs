@@ -21,6 +21,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::config::{AuthConfig, AuthMode};
 use crate::core::room::Room;
 
+pub mod revocation;
+
+pub use revocation::{Revocation, Revocations, RevokedKind};
+
 /// Clock skew tolerated on `exp`, for boxes whose clock drifts.
 const CLOCK_SKEW_SECS: u64 = 30;
 
@@ -64,6 +68,9 @@ pub struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// Issue time, Unix seconds, when the issuer wrote one.
     pub iat: Option<u64>,
+    /// The token's own id (random), by which it alone can be revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 fn string_or_number<'de, D: Deserializer<'de>>(
@@ -86,17 +93,21 @@ pub enum TokenError {
     #[error("the token has expired")]
     /// Past its `exp` (beyond the allowed clock skew).
     Expired,
+    #[error("the token has been revoked")]
+    /// Revoked by `POST /api/tokens/revoke`.
+    Revoked,
     #[error("a refresh must name the connection's role (and patient) again")]
     /// A refresh token of another role or patient than the connection's.
     Mismatch,
 }
 
 impl TokenError {
-    /// The wire code (`invalid_token`, `expired_token`, `token_mismatch`).
+    /// The wire code (`invalid_token`, `expired_token`, `revoked_token`, `token_mismatch`).
     pub fn code(self) -> &'static str {
         match self {
             Self::Invalid => "invalid_token",
             Self::Expired => "expired_token",
+            Self::Revoked => "revoked_token",
             Self::Mismatch => "token_mismatch",
         }
     }
@@ -152,6 +163,9 @@ pub struct Authenticator {
     decoding: DecodingKey,
     encoding: EncodingKey,
     validation: Validation,
+    /// `auth.max_token_ttl`: a token whose `exp` is further away is refused.
+    max_ttl: Duration,
+    revocations: std::sync::Arc<Revocations>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -175,6 +189,8 @@ impl Authenticator {
             decoding: DecodingKey::from_secret(secret),
             encoding: EncodingKey::from_secret(secret),
             validation,
+            max_ttl: config.max_token_ttl,
+            revocations: std::sync::Arc::default(),
         }
     }
 
@@ -200,15 +216,43 @@ impl Authenticator {
         }
     }
 
-    /// Checks a token's signature, algorithm and expiry.
+    /// Checks a token's signature, algorithm, expiry, lifetime and revocation.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         // The algorithm list is HS256 alone, so `alg: none` and RS/ES tokens fail here.
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)
             .map_err(|err| match err.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
                 _ => TokenError::Invalid,
-            })
+            })?;
+        let now = unix_now();
+        // Longer than any token may live: a revocation's default `until`
+        // would not outlast it.
+        if claims.exp > now.saturating_add(self.max_ttl.as_secs()) {
+            return Err(TokenError::Invalid);
+        }
+        if self.revocations.covers(&claims, now) {
+            return Err(TokenError::Revoked);
+        }
+        Ok(claims)
+    }
+
+    /// Whether the token behind `identity` has been revoked since it was checked.
+    pub fn is_revoked(&self, identity: &Identity) -> bool {
+        match identity {
+            Identity::Token(claims) => self.revocations.covers(claims, unix_now()),
+            Identity::Anonymous | Identity::Unchecked => false,
+        }
+    }
+
+    /// The revocations in force, shared with the API and the store.
+    pub fn revocations(&self) -> &std::sync::Arc<Revocations> {
+        &self.revocations
+    }
+
+    /// The longest lifetime a token may have (`auth.max_token_ttl`).
+    pub fn max_ttl(&self) -> Duration {
+        self.max_ttl
     }
 
     /// Checks a token presented to renew a live connection's: valid, and
@@ -235,15 +279,40 @@ impl Authenticator {
         patient_id: Option<&str>,
         ttl: Duration,
     ) -> anyhow::Result<String> {
+        self.mint_claims(&self.claims_for(role, sub, patient_id, ttl)?)
+    }
+
+    /// The claims [`Self::mint`] signs: `iat` now, a random `jti`.
+    pub fn claims_for(
+        &self,
+        role: Role,
+        sub: &str,
+        patient_id: Option<&str>,
+        ttl: Duration,
+    ) -> anyhow::Result<Claims> {
+        if ttl > self.max_ttl {
+            bail!(
+                "a token may live at most auth.max_token_ttl ({} days); asked for {} days",
+                self.max_ttl.as_secs() / 86_400,
+                ttl.as_secs() / 86_400
+            );
+        }
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id).map_err(|err| anyhow::anyhow!("no randomness for jti: {err}"))?;
         let now = unix_now();
-        let claims = Claims {
+        Ok(Claims {
             sub: sub.to_owned(),
             role,
             patient_id: patient_id.map(str::to_owned),
             exp: now + ttl.as_secs(),
             iat: Some(now),
-        };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            jti: Some(id.iter().map(|byte| format!("{byte:02x}")).collect()),
+        })
+    }
+
+    /// Signs `claims`.
+    pub fn mint_claims(&self, claims: &Claims) -> anyhow::Result<String> {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
             .context("cannot sign the token")
     }
 
@@ -467,6 +536,7 @@ mod tests {
             patient_id: None,
             exp: unix_now() - 120,
             iat: None,
+            jti: None,
         };
         let token = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),

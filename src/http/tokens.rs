@@ -1,0 +1,138 @@
+//! Revoking tokens: `POST /api/tokens/revoke` (`{"sub"}` or `{"jti"}`, and
+//! an optional `"until"`, Unix seconds) and `GET /api/tokens/revoked`, both
+//! for role `service`.
+//!
+//! A revocation takes effect in memory at once — every live connection it
+//! covers is closed by its session (`revoked_token`) — and is written to
+//! `state.db`, so it holds across a restart. When the disk refuses the
+//! write the answer says `"durable": false` and the entry is written with
+//! the next revocation that finds the disk working.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use rusqlite::Connection;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::api::{authorize_service, parse_json_body};
+use super::response::{
+    json_response, read_body, refuse_while_stopping, BadRequest, HttpError, HttpResponse,
+};
+use crate::auth::{unix_now, Authenticator, Revocation, RevokedKind};
+use crate::config::LimitsConfig;
+use crate::store;
+
+/// Longest `sub` or `jti` accepted.
+const MAX_VALUE_CHARS: usize = 200;
+
+/// The revocation endpoints; built by the gateway.
+#[derive(Debug)]
+pub struct Tokens {
+    pub auth: Authenticator,
+    /// Its own connection to `state.db`: revocations are rare and small.
+    pub store: Arc<Mutex<Connection>>,
+    /// Accepted but not yet written (the disk refused).
+    pub unwritten: Arc<Mutex<Vec<Revocation>>>,
+    pub limits: LimitsConfig,
+    pub shutdown: CancellationToken,
+}
+
+impl Tokens {
+    /// `POST /api/tokens/revoke`.
+    pub async fn revoke(&self, request: Request<Incoming>) -> Result<HttpResponse, HttpError> {
+        refuse_while_stopping(&self.shutdown)?;
+        authorize_service(&self.auth, &request)?;
+        let limits = &self.limits;
+        let body = read_body(request, limits.max_body_bytes, limits.header_timeout).await?;
+        let now = unix_now();
+        let revocation = parse_revocation(parse_json_body(&body)?, now, &self.auth)?;
+        self.auth.revocations().revoke(revocation.clone(), now);
+        tracing::info!(kind = revocation.kind.as_str(), value = %revocation.value, until = revocation.until, "token revoked");
+        let durable = self.write(revocation.clone()).await;
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({"revoked": revocation, "durable": durable}),
+        ))
+    }
+
+    /// `GET /api/tokens/revoked`.
+    pub fn list(&self, request: &Request<Incoming>) -> Result<HttpResponse, HttpError> {
+        authorize_service(&self.auth, request)?;
+        let revoked = self.auth.revocations().list(unix_now());
+        Ok(json_response(StatusCode::OK, &json!({"revoked": revoked})))
+    }
+
+    /// Writes `revocation` and whatever an earlier failure left unwritten;
+    /// whether all of it is on disk.
+    async fn write(&self, revocation: Revocation) -> bool {
+        let (store, unwritten) = (self.store.clone(), self.unwritten.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            let mut unwritten = unwritten.lock().unwrap_or_else(PoisonError::into_inner);
+            unwritten.push(revocation);
+            let connection = store.lock().unwrap_or_else(PoisonError::into_inner);
+            while let Some(next) = unwritten.first() {
+                if let Err(err) = store::save_revocation(&connection, next) {
+                    tracing::error!(error = %err, held = unwritten.len(), "cannot write a revocation to state.db; it is in force until the gateway stops, and is written with the next one");
+                    return false;
+                }
+                unwritten.remove(0);
+            }
+            true
+        })
+        .await;
+        written.unwrap_or(false)
+    }
+}
+
+/// Reads `{"sub": S}` or `{"jti": J}` with an optional `"until"`.
+fn parse_revocation(body: Value, now: u64, auth: &Authenticator) -> Result<Revocation, HttpError> {
+    let invalid = |message: &str| HttpError::bad_request(BadRequest::InvalidBody, message);
+    let Value::Object(mut object) = body else {
+        return Err(invalid(
+            "the body is an object {\"sub\"} or {\"jti\"}, with an optional \"until\"",
+        ));
+    };
+    let named = |object: &mut serde_json::Map<String, Value>, key: &str| match object.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text))
+            if !text.is_empty() && text.chars().count() <= MAX_VALUE_CHARS =>
+        {
+            Ok(Some(text))
+        }
+        Some(_) => Err(invalid(
+            "\"sub\" and \"jti\" are non-empty strings of at most 200 characters",
+        )),
+    };
+    let (kind, value) = match (named(&mut object, "sub")?, named(&mut object, "jti")?) {
+        (Some(sub), None) => (RevokedKind::Sub, sub),
+        (None, Some(jti)) => (RevokedKind::Jti, jti),
+        _ => return Err(invalid("name exactly one of \"sub\" or \"jti\"")),
+    };
+    let until = match object.remove("until") {
+        None | Some(Value::Null) => now.saturating_add(auth.max_ttl().as_secs()),
+        Some(Value::Number(number)) => match number.as_u64() {
+            Some(until) if until > now => until,
+            _ => {
+                return Err(invalid(
+                    "\"until\" is a time in the future, in Unix seconds",
+                ))
+            }
+        },
+        Some(_) => {
+            return Err(invalid(
+                "\"until\" is a time in the future, in Unix seconds",
+            ))
+        }
+    };
+    if let Some(other) = object.keys().next() {
+        return Err(invalid(&format!("unknown field \"{other}\"")));
+    }
+    Ok(Revocation {
+        kind,
+        value,
+        revoked_at: now,
+        until,
+    })
+}
