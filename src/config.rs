@@ -73,6 +73,9 @@ pub struct ServerConfig {
     /// every request with a redirect to the same path over HTTPS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redirect_http: Option<SocketAddr>,
+    /// Whether `/metrics` needs a token of role `service` or `monitor`
+    /// (`/health/live` and `/health/ready` stay open for probes).
+    pub metrics_require_token: bool,
 }
 
 impl ServerConfig {
@@ -92,6 +95,7 @@ impl Default for ServerConfig {
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
             redirect_http: None,
+            metrics_require_token: false,
         }
     }
 }

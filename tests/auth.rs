@@ -275,3 +275,50 @@ async fn secret_file_is_created_private_and_trimmed_secrets_are_shared() {
         true
     );
 }
+
+#[tokio::test]
+async fn metrics_can_require_a_monitor_or_service_token_while_probes_stay_open() {
+    let open = TestGateway::start().await;
+    let (status, _) = common::raw_http(open.addr, "GET", "/metrics", None, Vec::new()).await;
+    assert_eq!(status, 200, "open by default, on a LAN");
+
+    let gateway =
+        TestGateway::start_with(|config| config.server.metrics_require_token = true).await;
+    let get = |token: Option<String>| {
+        let addr = gateway.addr;
+        async move {
+            let (status, body) =
+                common::raw_http(addr, "GET", "/metrics", token.as_deref(), Vec::new()).await;
+            let text = String::from_utf8_lossy(&body).into_owned();
+            let error: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            (status, error, text)
+        }
+    };
+    let (status, body, _) = get(None).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (401, &json!("unauthorized"))
+    );
+    let (status, body, _) = get(Some(gateway.token(Role::Staff, None))).await;
+    assert_eq!((status, &body["error"]["code"]), (403, &json!("forbidden")));
+    for role in [Role::Monitor, Role::Service] {
+        let (status, _, text) = get(Some(gateway.token(role, None))).await;
+        assert_eq!(status, 200, "{role:?}");
+        assert!(text.contains("smartwait_store_errors_total"), "{text}");
+    }
+    for probe in ["/health/live", "/health/ready"] {
+        let (status, _) = http_request(gateway.addr, "GET", probe, None, Vec::new()).await;
+        assert_eq!(status, 200, "{probe}");
+    }
+    // A monitor token reads; it does not publish.
+    let monitor = gateway.token(Role::Monitor, None);
+    let (status, _) = http_request(
+        gateway.addr,
+        "POST",
+        "/api/queue/update",
+        Some(&monitor),
+        b"{}".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 403);
+}

@@ -46,6 +46,8 @@ pub enum Role {
     Display,
     /// The queue system: publishes through the HTTP API.
     Service,
+    /// Central operations: reads `/metrics` when it requires a token.
+    Monitor,
 }
 
 /// The claims of a gateway token.
@@ -338,6 +340,18 @@ impl Authenticator {
             Ok(())
         } else {
             Err(Denied::Forbidden)
+        }
+    }
+
+    /// Whether `identity` may read `/metrics` when that needs a token.
+    pub fn may_monitor(&self, identity: &Identity) -> Result<(), Denied> {
+        match identity {
+            Identity::Unchecked => Ok(()),
+            Identity::Anonymous => Err(Denied::Unauthorized),
+            Identity::Token(claims) if matches!(claims.role, Role::Service | Role::Monitor) => {
+                Ok(())
+            }
+            Identity::Token(_) => Err(Denied::Forbidden),
         }
     }
 

@@ -210,6 +210,7 @@ impl Gateway {
             shutdown: shutdown.clone(),
         });
         let routes = Routes {
+            metrics_auth: config.server.metrics_require_token.then(|| auth.clone()),
             tokens: Tokens {
                 auth: auth.clone(),
                 store: Arc::new(Mutex::new(store::open_reader(&config.server.state_dir)?)),

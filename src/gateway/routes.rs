@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use hyper::body::Incoming;
 use hyper::{Method, Request};
 
-use crate::http::api::{Api, Endpoint};
+use crate::auth::Authenticator;
+use crate::http::api::{authorize_monitor, Api, Endpoint};
 use crate::http::health::{self, Health};
 use crate::http::response::{HttpError, HttpResponse};
 use crate::http::screens::{self, Asset};
@@ -24,6 +25,8 @@ use crate::transport::socketio::endpoint::SocketIo;
 #[derive(Debug)]
 pub struct Routes {
     pub api: Api,
+    /// Set when `/metrics` needs a token (`server.metrics_require_token`).
+    pub metrics_auth: Option<Authenticator>,
     pub tokens: Tokens,
     pub health: Health,
     pub sessions: Sessions,
@@ -140,7 +143,12 @@ impl Routes {
             Route::Health => Ok(self.health.status()),
             Route::HealthLive => Ok(health::live()),
             Route::HealthReady => Ok(self.health.ready().await),
-            Route::Metrics => Ok(self.health.metrics()),
+            Route::Metrics => {
+                if let Some(auth) = &self.metrics_auth {
+                    authorize_monitor(auth, &request)?;
+                }
+                Ok(self.health.metrics())
+            }
             Route::Api(endpoint) => self.api.publish(endpoint, request).await,
             Route::RevokeToken => self.tokens.revoke(request).await,
             Route::RevokedTokens => self.tokens.list(&request),

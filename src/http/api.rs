@@ -19,7 +19,7 @@ use super::response::{
     json_response, read_body, refuse_while_stopping, BadRequest, HttpError, HttpResponse,
     Unauthorized, Unavailable,
 };
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Identity};
 use crate::config::LimitsConfig;
 use crate::core::room::{EventName, PatientId, Room};
 use crate::publish::notifications::{
@@ -142,25 +142,39 @@ pub fn authorize_service(
     auth: &Authenticator,
     request: &Request<Incoming>,
 ) -> Result<(), HttpError> {
-    {
-        let token = match request.headers().get(AUTHORIZATION) {
-            None => None,
-            Some(value) => {
-                let bearer = value.to_str().ok().and_then(|text| {
-                    text.strip_prefix("Bearer ")
-                        .or_else(|| text.strip_prefix("bearer "))
-                });
-                match bearer {
-                    Some(token) => Some(token.trim()),
-                    None => return Err(HttpError::Unauthorized(Unauthorized::MalformedHeader)),
-                }
+    let identity = bearer_identity(auth, request)?;
+    auth.may_publish(&identity).map_err(HttpError::denied)
+}
+
+/// Checks the bearer token of a `/metrics` request: role `service` or `monitor`.
+pub fn authorize_monitor(
+    auth: &Authenticator,
+    request: &Request<Incoming>,
+) -> Result<(), HttpError> {
+    let identity = bearer_identity(auth, request)?;
+    auth.may_monitor(&identity).map_err(HttpError::denied)
+}
+
+/// Who the `Authorization: Bearer` header names (anonymous without one).
+fn bearer_identity(
+    auth: &Authenticator,
+    request: &Request<Incoming>,
+) -> Result<Identity, HttpError> {
+    let token = match request.headers().get(AUTHORIZATION) {
+        None => None,
+        Some(value) => {
+            let bearer = value.to_str().ok().and_then(|text| {
+                text.strip_prefix("Bearer ")
+                    .or_else(|| text.strip_prefix("bearer "))
+            });
+            match bearer {
+                Some(token) => Some(token.trim()),
+                None => return Err(HttpError::Unauthorized(Unauthorized::MalformedHeader)),
             }
-        };
-        let identity = auth
-            .identify(token)
-            .map_err(|err| HttpError::Unauthorized(Unauthorized::Token(err)))?;
-        auth.may_publish(&identity).map_err(HttpError::denied)
-    }
+        }
+    };
+    auth.identify(token)
+        .map_err(|err| HttpError::Unauthorized(Unauthorized::Token(err)))
 }
 
 /// Longest `Idempotency-Key` accepted.
