@@ -442,6 +442,36 @@ async fn the_staff_board_asks_for_a_new_token_before_its_own_runs_out_and_stays_
 }
 
 #[tokio::test]
+async fn the_patient_page_takes_its_token_out_of_the_address_bar_and_a_reload_still_works() {
+    let gateway = TestGateway::start().await;
+    let mut browser = Browser::start().await;
+    let token = gateway.token(Role::Patient, Some("123"));
+    let url = format!("http://{}/p/123?token={token}&lang=en", gateway.addr);
+    browser.open("phone", &url, PHONE).await;
+    browser.wait_for("phone", LIVE).await;
+    let href = browser.eval("phone", "location.href").await;
+    let href = href.as_str().expect("href");
+    assert!(!href.contains("token"), "{href}");
+    assert!(!href.contains(&token), "{href}");
+    assert!(
+        href.ends_with("/p/123?lang=en"),
+        "other parameters stay: {href}"
+    );
+    browser.reload("phone").await;
+    browser.wait_for("phone", LIVE).await;
+    gateway
+        .publish("/api/patients/123/called", json!({"counter": "Room 3"}))
+        .await;
+    browser
+        .wait_for(
+            "phone",
+            "document.querySelector('main').dataset.phase === 'called'",
+        )
+        .await;
+    assert_eq!(browser.problems("phone").await, Vec::<String>::new());
+}
+
+#[tokio::test]
 async fn the_patient_page_shows_position_get_ready_and_called() {
     let gateway = TestGateway::start().await;
     let mut browser = Browser::start().await;

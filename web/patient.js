@@ -5,7 +5,33 @@ import { byId, describeError, params, setText, show } from "/screens.js";
 
 const root = byId("patient");
 const patientId = decodeURIComponent(location.pathname.split("/").filter(Boolean)[1] || "");
-const token = params().get("token") || "";
+const token = takeToken();
+
+/**
+ * The link's token, moved out of the address bar into this tab's
+ * sessionStorage at load, so it is not left in the visible URL, a
+ * screenshot or the history's current entry; a reload finds it there.
+ */
+function takeToken() {
+  const key = "smartwait.patientToken." + patientId;
+  const query = params();
+  const fromLink = query.get("token") || "";
+  let stored = "";
+  try {
+    if (fromLink) sessionStorage.setItem(key, fromLink);
+    stored = sessionStorage.getItem(key) || "";
+  } catch (err) {
+    // Storage refused (private mode): keep the token in the address bar,
+    // or a reload would lose it.
+    return fromLink;
+  }
+  if (fromLink && window.history && history.replaceState) {
+    query.delete("token");
+    const rest = query.toString();
+    history.replaceState(history.state, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
+  }
+  return fromLink || stored;
+}
 
 function problem(text) {
   setText("problem", text);
