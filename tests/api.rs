@@ -312,3 +312,90 @@ async fn unknown_paths_and_plain_get_on_ws() {
     assert_eq!(answer["error"]["code"], "upgrade_required");
     assert_still_serves(&gateway).await;
 }
+
+#[tokio::test]
+async fn cross_origin_calls_are_allowed_only_for_the_configured_origins() {
+    const CLINIC_APP: &str = "https://queue.clinic.example";
+    let gateway = TestGateway::start_with(|config| {
+        config.server.allowed_origins = vec![CLINIC_APP.to_owned()];
+    })
+    .await;
+    let token = gateway.service_token();
+    let preflight = |origin: &'static str| {
+        let addr = gateway.addr;
+        async move {
+            common::HttpConnection::open(addr)
+                .await
+                .exchange(
+                    "OPTIONS",
+                    "/api/queue/update",
+                    None,
+                    Vec::new(),
+                    &[
+                        ("origin", origin),
+                        ("access-control-request-method", "POST"),
+                        (
+                            "access-control-request-headers",
+                            "authorization, content-type",
+                        ),
+                    ],
+                )
+                .await
+        }
+    };
+    let allowed = preflight(CLINIC_APP).await;
+    assert_eq!(allowed.status, 204);
+    assert_eq!(allowed.header("access-control-allow-origin"), CLINIC_APP);
+    assert!(allowed
+        .header("access-control-allow-headers")
+        .contains("authorization"));
+    assert!(allowed
+        .header("access-control-allow-methods")
+        .contains("POST"));
+    let refused = preflight("https://evil.example").await;
+    assert_eq!(refused.status, 403);
+    assert!(refused.headers.get("access-control-allow-origin").is_none());
+
+    for (origin, allowed) in [(CLINIC_APP, true), ("https://evil.example", false)] {
+        let answer = common::HttpConnection::open(gateway.addr)
+            .await
+            .exchange(
+                "POST",
+                "/api/queue/update",
+                Some(&token),
+                b"{\"waiting\": 1}".to_vec(),
+                &[("origin", origin)],
+            )
+            .await;
+        assert_eq!(answer.status, 202);
+        assert_eq!(
+            answer.headers.get("access-control-allow-origin").is_some(),
+            allowed,
+            "{origin}"
+        );
+    }
+    // Socket.IO polling too; the box's own pages need no CORS.
+    let handshake = common::HttpConnection::open(gateway.addr)
+        .await
+        .exchange(
+            "GET",
+            "/socket.io/?EIO=4&transport=polling",
+            None,
+            Vec::new(),
+            &[("origin", CLINIC_APP)],
+        )
+        .await;
+    assert_eq!(handshake.status, 200);
+    assert_eq!(handshake.header("access-control-allow-origin"), CLINIC_APP);
+    let page = common::HttpConnection::open(gateway.addr)
+        .await
+        .exchange(
+            "GET",
+            "/display",
+            None,
+            Vec::new(),
+            &[("origin", CLINIC_APP)],
+        )
+        .await;
+    assert!(page.headers.get("access-control-allow-origin").is_none());
+}

@@ -29,6 +29,7 @@ use crate::clock::Clock;
 use crate::config::{mask_url_password, AuthMode, Config};
 use crate::core::rooms::{Rooms, RoomsSetup};
 use crate::http::api::Api;
+use crate::http::cors::Cors;
 use crate::http::health::Health;
 use crate::http::tokens::Tokens;
 use crate::metrics::Metrics;
@@ -210,6 +211,7 @@ impl Gateway {
             shutdown: shutdown.clone(),
         });
         let routes = Routes {
+            cors: Cors::new(config.server.allowed_origins.clone()),
             metrics_auth: config.server.metrics_require_token.then(|| auth.clone()),
             tokens: Tokens {
                 auth: auth.clone(),

@@ -12,6 +12,7 @@ use hyper::{Method, Request};
 
 use crate::auth::Authenticator;
 use crate::http::api::{authorize_monitor, Api, Endpoint};
+use crate::http::cors::Cors;
 use crate::http::health::{self, Health};
 use crate::http::response::{HttpError, HttpResponse};
 use crate::http::screens::{self, Asset};
@@ -25,6 +26,7 @@ use crate::transport::socketio::endpoint::SocketIo;
 #[derive(Debug)]
 pub struct Routes {
     pub api: Api,
+    pub cors: Cors,
     /// Set when `/metrics` needs a token (`server.metrics_require_token`).
     pub metrics_auth: Option<Authenticator>,
     pub tokens: Tokens,
@@ -85,6 +87,12 @@ impl Route {
         }
     }
 
+    /// Whether a page on another (allowed) origin may call it: the API,
+    /// health, metrics and Socket.IO polling, not the box's own pages.
+    fn cross_origin(&self) -> bool {
+        !matches!(self, Self::WebSocket | Self::Screen(_))
+    }
+
     /// The route's name in metrics, without ids.
     fn label(&self) -> &'static str {
         match self {
@@ -111,8 +119,15 @@ impl Routes {
     ) -> Result<HttpResponse, std::convert::Infallible> {
         let route = Route::resolve(request.uri().path());
         let label = route.as_ref().map_or("unknown", Route::label);
-        let response = match route {
+        let cross_origin = route
+            .as_ref()
+            .filter(|route| route.cross_origin())
+            .and_then(|_| self.cors.allowed_origin(request.headers()));
+        let mut response = match route {
             None => HttpError::NotFound.into_response(),
+            Some(route) if route.cross_origin() && request.method() == Method::OPTIONS => {
+                self.cors.preflight(request.headers())
+            }
             Some(route) if !route.methods().contains(request.method()) => {
                 HttpError::MethodNotAllowed(route.methods()[0].clone()).into_response()
             }
@@ -121,6 +136,9 @@ impl Routes {
                 .await
                 .unwrap_or_else(HttpError::into_response),
         };
+        if let Some(origin) = cross_origin {
+            Cors::allow(&mut response, origin);
+        }
         self.metrics
             .http_requests
             .get_or_create(&HttpLabels {

@@ -11,6 +11,7 @@
 //! owns the route table.
 
 pub mod api;
+pub mod cors;
 pub mod deadlines;
 pub mod health;
 pub mod query;

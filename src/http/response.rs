@@ -95,7 +95,7 @@ pub enum HttpError {
     Unauthorized(Unauthorized),
     #[error("this token's role may not do that")]
     Forbidden,
-    #[error("this page's origin may not open a WebSocket here (server.allowed_origins)")]
+    #[error("this page's origin may not call the box (server.allowed_origins)")]
     OriginNotAllowed,
     #[error("the body is larger than {0} bytes")]
     PayloadTooLarge(usize),
