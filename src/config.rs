@@ -329,6 +329,13 @@ pub struct RedisConfig {
     /// Longest a Redis command may take before the connection is dropped.
     #[serde(with = "duration_text")]
     pub command_timeout: Duration,
+    /// A file holding the Redis password (its text, trailing newline
+    /// trimmed), instead of a password inside `url`; a relative name is
+    /// looked up in `$CREDENTIALS_DIRECTORY` (systemd's `LoadCredential=`).
+    pub password_file: PathBuf,
+    /// Whether `url` itself carries a password (for `check-config`'s warning).
+    #[serde(skip)]
+    pub password_inline: bool,
 }
 
 impl Default for RedisConfig {
@@ -340,15 +347,81 @@ impl Default for RedisConfig {
             outbox_max_events: 1_000_000,
             batch_events: 500,
             command_timeout: Duration::from_secs(5),
+            password_file: PathBuf::new(),
+            password_inline: false,
         }
     }
 }
 
 impl RedisConfig {
+    /// Reads `password_file` into `url` (in memory only).
+    fn apply_password_file(&mut self, env: &[(String, String)]) -> anyhow::Result<()> {
+        self.password_inline =
+            url_credentials(&self.url).is_some_and(|(_, password)| password.is_some());
+        if self.password_file.as_os_str().is_empty() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            !self.url.is_empty(),
+            "redis.password_file is set but redis.url is not"
+        );
+        anyhow::ensure!(
+            !self.password_inline,
+            "redis.url carries a password and redis.password_file is set too: keep one"
+        );
+        let path = match env.iter().find(|(name, _)| name == "CREDENTIALS_DIRECTORY") {
+            Some((_, dir)) if self.password_file.is_relative() => {
+                Path::new(dir).join(&self.password_file)
+            }
+            _ => self.password_file.clone(),
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read redis.password_file {}", path.display()))?;
+        let password = text.trim_end_matches(['\r', '\n']);
+        anyhow::ensure!(
+            !password.is_empty(),
+            "redis.password_file {} is empty",
+            path.display()
+        );
+        let (scheme, rest) = self
+            .url
+            .split_once("://")
+            .context("redis.url has no scheme (redis:// or rediss://)")?;
+        let (user, host) = match rest.rsplit_once('@') {
+            Some((user, host)) => (user, host),
+            None => ("", rest),
+        };
+        self.url = format!("{scheme}://{user}:{}@{host}", percent_encode(password));
+        Ok(())
+    }
+
     /// Whether replication is configured (`redis.url` set).
     pub fn enabled(&self) -> bool {
         !self.url.is_empty()
     }
+}
+
+/// The user and password written in a Redis URL, if any.
+fn url_credentials(url: &str) -> Option<(&str, Option<&str>)> {
+    let (_, rest) = url.split_once("://")?;
+    let (credentials, _) = rest.rsplit_once('@')?;
+    Some(match credentials.split_once(':') {
+        Some((user, password)) => (user, Some(password)),
+        None => (credentials, None),
+    })
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters, for a
+/// password placed in a URL's userinfo.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (byte as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 /// `url` with any password replaced by `***`, for logs and `check-config`.
@@ -403,8 +476,27 @@ impl Config {
             .try_into()
             .map_err(|err: toml::de::Error| anyhow::anyhow!("{}", err.message()))?;
         config.resolve_paths(env);
+        config.redis.apply_password_file(env)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// What an operator should fix although the config works: a Redis
+    /// password inside a config file that others may read.
+    pub fn warnings(&self, path: Option<&Path>) -> Vec<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut warnings = Vec::new();
+        let readable_by_others = path
+            .and_then(|path| std::fs::metadata(path).ok())
+            .is_some_and(|meta| meta.permissions().mode() & 0o044 != 0);
+        if self.redis.password_inline && readable_by_others {
+            warnings.push(format!(
+                "the Redis password sits in redis.url inside {}, which other users may read: \
+                 move it to redis.password_file (mode 0600, or systemd's LoadCredential=)",
+                path.map_or_else(String::new, |path| path.display().to_string())
+            ));
+        }
+        warnings
     }
 
     /// Fills in the paths that default to somewhere inside the state directory.

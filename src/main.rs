@@ -108,13 +108,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::CheckConfig => {
-            let source = path.map_or("built-in defaults".to_owned(), |path| {
-                path.display().to_string()
-            });
+            let source = path
+                .as_ref()
+                .map_or("built-in defaults".to_owned(), |path| {
+                    path.display().to_string()
+                });
             println!(
                 "# configuration is valid (from {source}, plus SMARTWAIT_* environment overrides)"
             );
             print!("{}", config.to_toml()?);
+            for warning in config.warnings(path.as_deref()) {
+                eprintln!("warning: {warning}");
+            }
             Ok(())
         }
     }
@@ -126,6 +131,9 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         match &path {
             Some(path) => tracing::info!(config = %path.display(), "configuration loaded"),
             None => tracing::info!("no config file found; running on built-in defaults"),
+        }
+        for warning in config.warnings(path.as_deref()) {
+            tracing::warn!("{warning}");
         }
         let shutdown = CancellationToken::new();
         let gateway = Gateway::new(config.clone(), shutdown.clone())?;

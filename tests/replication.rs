@@ -498,3 +498,92 @@ async fn wait_for_key(connection: &redis::aio::MultiplexedConnection, key: &str)
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_redis_password_can_come_from_a_credentials_file_and_an_inline_one_is_warned_about() {
+    const PASSWORD: &str = "p@ss:w/rd 1";
+    let redis = TestRedis::start().await;
+    let mut admin = redis.client().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg(PASSWORD)
+        .query_async(&mut admin)
+        .await
+        .expect("set a password");
+    let dir = tempfile::tempdir().expect("temp dir");
+    // systemd's LoadCredential= puts it in $CREDENTIALS_DIRECTORY.
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir(&credentials).expect("credentials dir");
+    std::fs::write(credentials.join("redis-password"), format!("{PASSWORD}\n")).expect("password");
+    let url = redis.url();
+    let credentials_dir = credentials.display().to_string();
+    let env = [
+        ("SMARTWAIT_REDIS_URL", url.as_str()),
+        ("SMARTWAIT_REDIS_PASSWORD_FILE", "redis-password"),
+        ("CREDENTIALS_DIRECTORY", credentials_dir.as_str()),
+        ("SMARTWAIT_CLINIC_ID", "pw-clinic"),
+    ];
+    let gateway = GatewayProcess::start(dir.path(), &env).await;
+    let token = common::mint_token(dir.path(), &["--role", "service"]).await;
+    assert_eq!(gateway.publish_waiting(&token, 7).await.0, 202);
+    wait_until(
+        PROMPTLY,
+        "the event to reach the password-protected redis",
+        || async {
+            let report = gateway.health().await;
+            report["redis"]["state"] == "connected" && report["redis"]["backlog"] == 0
+        },
+    )
+    .await;
+    let client = redis::Client::open(format!(
+        "redis://:p%40ss%3Aw%2Frd%201@127.0.0.1:{}",
+        redis.port
+    ))
+    .expect("client");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("auth");
+    let length: u64 = redis::cmd("XLEN")
+        .arg("smartwait:{pw-clinic}:events")
+        .query_async(&mut connection)
+        .await
+        .expect("XLEN");
+    assert_eq!(length, 1);
+
+    // A password inside a config file others may read is warned about.
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[redis]\nurl = \"redis://:hunter2xyz@127.0.0.1:{}\"\n",
+            redis.port
+        ),
+    )
+    .expect("config");
+    let check = |mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        let config = config.clone();
+        let dir = dir.path().to_path_buf();
+        async move {
+            let output = common::gateway_command(&dir)
+                .arg("--config")
+                .arg(&config)
+                .arg("check-config")
+                .output()
+                .await
+                .expect("check-config");
+            assert!(output.status.success());
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            assert!(
+                !stdout.contains("hunter2xyz"),
+                "the password is masked: {stdout}"
+            );
+            String::from_utf8_lossy(&output.stderr).into_owned()
+        }
+    };
+    assert!(check(0o644).await.contains("redis.password_file"));
+    assert!(!check(0o600).await.contains("warning"));
+}
