@@ -151,15 +151,16 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
              mint a token: smartwait-gateway token --role staff --sub nurse-1"
         );
         tokio::spawn(stop_on_signal(shutdown));
-        tokio::spawn(reload_on_hangup(gateway.tls_reloader()));
+        tokio::spawn(reload_on_hangup(gateway.tls_reloader(), gateway.authenticator()));
         gateway.run(listener).await?;
         tracing::info!("stopped");
         Ok(())
     })
 }
 
-/// Re-reads the TLS certificate on SIGHUP (a clinic rotates its certificate).
-async fn reload_on_hangup(tls: TlsReloader) {
+/// Re-reads the TLS certificate and the JWT keys on SIGHUP (a clinic
+/// rotates its certificate or its keys, docs/security.md).
+async fn reload_on_hangup(tls: TlsReloader, auth: Authenticator) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hangup) = signal(SignalKind::hangup()) else {
         tracing::error!("cannot listen for SIGHUP");
@@ -171,6 +172,16 @@ async fn reload_on_hangup(tls: TlsReloader) {
             Err(err) => tracing::error!(
                 error = format!("{err:#}"),
                 "SIGHUP: TLS certificate not reloaded; keeping the current one"
+            ),
+        }
+        match auth.reload_keys() {
+            Ok(keys) => tracing::info!(
+                keys,
+                "SIGHUP: JWT keys reloaded; new tokens are signed with the first"
+            ),
+            Err(err) => tracing::error!(
+                error = format!("{err:#}"),
+                "SIGHUP: JWT keys not reloaded; keeping the current ones"
             ),
         }
     }

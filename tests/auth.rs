@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{http_request, TestGateway};
+use common::{http_request, TestGateway, TestWsClient};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use smartwait_gateway::auth::Role;
@@ -321,4 +321,66 @@ async fn metrics_can_require_a_monitor_or_service_token_while_probes_stay_open()
     )
     .await;
     assert_eq!(status, 403);
+}
+
+/// The `kid` in a token's header.
+fn kid_of(token: &str) -> Option<String> {
+    jsonwebtoken::decode_header(token).expect("header").kid
+}
+
+#[tokio::test]
+async fn keys_rotate_on_sighup_without_dropping_a_tablet_and_a_removed_key_closes_its_connections()
+{
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keys = dir.path().join("data/jwt-secret");
+    std::fs::create_dir_all(keys.parent().expect("dir")).expect("state dir");
+    let (old_key, new_key) = ("1".repeat(64), "2".repeat(64));
+    std::fs::write(&keys, format!("old:{old_key}\n")).expect("keys");
+    let mut gateway = common::GatewayProcess::start(dir.path(), &[]).await;
+    let mint = || common::mint_token(dir.path(), &["--role", "staff", "--sub", "nurse"]);
+    let old_token = mint().await;
+    assert_eq!(kid_of(&old_token).as_deref(), Some("old"));
+    let mut on_old = TestWsClient::connect(gateway.addr, Some(&old_token)).await;
+    on_old.join("join-staff-room", json!("nurse")).await;
+
+    // Step 1: add the new key first, reload, re-mint.
+    std::fs::write(&keys, format!("# rotation\nnew:{new_key}\nold:{old_key}\n")).expect("keys");
+    gateway.signal("HUP");
+    gateway.wait_for_log("JWT keys reloaded").await;
+    let new_token = mint().await;
+    assert_eq!(kid_of(&new_token).as_deref(), Some("new"));
+    let mut on_new = TestWsClient::connect(gateway.addr, Some(&new_token)).await;
+    on_new.join("join-staff-room", json!("nurse")).await;
+    assert_eq!(
+        on_old.request("ping", Value::Null).await["ok"],
+        true,
+        "not dropped"
+    );
+    let mut also_old = TestWsClient::connect(gateway.addr, Some(&old_token)).await;
+    also_old.join("join-staff-room", json!("nurse")).await;
+
+    // Step 2: remove the old key, reload: its connections end, as expired.
+    std::fs::write(&keys, format!("new:{new_key}\n")).expect("keys");
+    gateway.signal("HUP");
+    gateway.wait_for_log("JWT keys reloaded").await;
+    assert_eq!(
+        on_old.expect_close().await,
+        (4401, "expired_token".to_owned())
+    );
+    assert_eq!(
+        also_old.expect_close().await,
+        (4401, "expired_token".to_owned())
+    );
+    assert_eq!(on_new.request("ping", Value::Null).await["ok"], true);
+    let mut refused = TestWsClient::connect(gateway.addr, Some(&old_token)).await;
+    assert_eq!(
+        refused.expect_close().await,
+        (4401, "invalid_token".to_owned())
+    );
+
+    // A broken file keeps the keys in force.
+    std::fs::write(&keys, "# nothing\n").expect("keys");
+    gateway.signal("HUP");
+    gateway.wait_for_log("JWT keys not reloaded").await;
+    assert_eq!(on_new.request("ping", Value::Null).await["ok"], true);
 }

@@ -15,13 +15,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::config::{AuthConfig, AuthMode};
 use crate::core::room::Room;
 
+mod keys;
 pub mod revocation;
+
+use keys::KeyRing;
 
 pub use revocation::{Revocation, Revocations, RevokedKind};
 
@@ -73,6 +76,10 @@ pub struct Claims {
     /// The token's own id (random), by which it alone can be revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
+    /// Which key of the ring verified it (set by [`Authenticator::verify`]),
+    /// so that a connection whose key was removed can be closed.
+    #[serde(skip)]
+    pub verified_by: Option<u64>,
 }
 
 fn string_or_number<'de, D: Deserializer<'de>>(
@@ -162,8 +169,10 @@ pub enum Identity {
 pub struct Authenticator {
     mode: AuthMode,
     patients_room_public: bool,
-    decoding: DecodingKey,
-    encoding: EncodingKey,
+    /// Swapped whole on a reload (SIGHUP); every clone shares it.
+    keys: std::sync::Arc<std::sync::RwLock<std::sync::Arc<KeyRing>>>,
+    /// Where the keys are read from; empty for an authenticator built from one secret.
+    secret_file: std::path::PathBuf,
     validation: Validation,
     /// `auth.max_token_ttl`: a token whose `exp` is further away is refused.
     max_ttl: Duration,
@@ -182,14 +191,18 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     /// An authenticator with `secret` as the HS256 key.
     pub fn new(config: &AuthConfig, secret: &[u8]) -> Self {
+        Self::with_keys(config, KeyRing::single(secret))
+    }
+
+    fn with_keys(config: &AuthConfig, keys: KeyRing) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = CLOCK_SKEW_SECS;
         validation.set_required_spec_claims(&["exp"]);
         Self {
             mode: config.mode,
             patients_room_public: config.patients_room_public,
-            decoding: DecodingKey::from_secret(secret),
-            encoding: EncodingKey::from_secret(secret),
+            keys: std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(keys))),
+            secret_file: config.secret_file.clone(),
             validation,
             max_ttl: config.max_token_ttl,
             revocations: std::sync::Arc::default(),
@@ -198,8 +211,34 @@ impl Authenticator {
 
     /// Reads the secret file (creating it on first start) and builds the authenticator.
     pub fn from_config(config: &AuthConfig) -> anyhow::Result<Self> {
-        let secret = load_or_create_secret(&config.secret_file)?;
-        Ok(Self::new(config, secret.as_bytes()))
+        let text = load_or_create_secret(&config.secret_file)?;
+        let keys = KeyRing::parse(&text, WEAK_SECRET_BYTES)
+            .with_context(|| format!("invalid JWT key file {}", config.secret_file.display()))?;
+        Ok(Self::with_keys(config, keys))
+    }
+
+    /// Re-reads `auth.secret_file` (SIGHUP): tokens are signed with its
+    /// first key from now on; live connections whose key is gone are
+    /// closed as expired. On error the current keys stay. Returns how
+    /// many keys are in force.
+    pub fn reload_keys(&self) -> anyhow::Result<usize> {
+        let text = load_or_create_secret(&self.secret_file)?;
+        let keys = KeyRing::parse(&text, WEAK_SECRET_BYTES)
+            .with_context(|| format!("invalid JWT key file {}", self.secret_file.display()))?;
+        let count = keys.keys.len();
+        *self
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(keys);
+        self.revocations.wake();
+        Ok(count)
+    }
+
+    fn key_ring(&self) -> std::sync::Arc<KeyRing> {
+        self.keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Whether tokens are checked (`auth.mode`).
@@ -220,13 +259,26 @@ impl Authenticator {
 
     /// Checks a token's signature, algorithm, expiry, lifetime and revocation.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        // The algorithm list is HS256 alone, so `alg: none` and RS/ES tokens fail here.
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map(|data| data.claims)
-            .map_err(|err| match err.kind() {
-                ErrorKind::ExpiredSignature => TokenError::Expired,
-                _ => TokenError::Invalid,
-            })?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
+        let ring = self.key_ring();
+        let mut refused = TokenError::Invalid;
+        let mut verified = None;
+        for key in ring.candidates(header.kid.as_deref()) {
+            // The algorithm list is HS256 alone, so `alg: none` and RS/ES tokens fail here.
+            match jsonwebtoken::decode::<Claims>(token, &key.decoding, &self.validation) {
+                Ok(data) => {
+                    verified = Some((data.claims, key.fingerprint));
+                    break;
+                }
+                // Signed by this key, but past its time.
+                Err(err) if *err.kind() == ErrorKind::ExpiredSignature => {
+                    refused = TokenError::Expired
+                }
+                Err(_) => {}
+            }
+        }
+        let (mut claims, fingerprint) = verified.ok_or(refused)?;
+        claims.verified_by = Some(fingerprint);
         let now = unix_now();
         // Longer than any token may live: a revocation's default `until`
         // would not outlast it.
@@ -239,11 +291,18 @@ impl Authenticator {
         Ok(claims)
     }
 
-    /// Whether the token behind `identity` has been revoked since it was checked.
-    pub fn is_revoked(&self, identity: &Identity) -> bool {
-        match identity {
-            Identity::Token(claims) => self.revocations.covers(claims, unix_now()),
-            Identity::Anonymous | Identity::Unchecked => false,
+    /// Whether the token behind `identity` still holds: not revoked since it
+    /// was checked, and its key still in the ring (else it counts as expired).
+    pub fn still_valid(&self, identity: &Identity) -> Result<(), TokenError> {
+        let Identity::Token(claims) = identity else {
+            return Ok(());
+        };
+        if self.revocations.covers(claims, unix_now()) {
+            return Err(TokenError::Revoked);
+        }
+        match claims.verified_by {
+            Some(fingerprint) if !self.key_ring().holds(fingerprint) => Err(TokenError::Expired),
+            _ => Ok(()),
         }
     }
 
@@ -309,13 +368,17 @@ impl Authenticator {
             exp: now + ttl.as_secs(),
             iat: Some(now),
             jti: Some(id.iter().map(|byte| format!("{byte:02x}")).collect()),
+            verified_by: None,
         })
     }
 
     /// Signs `claims`.
     pub fn mint_claims(&self, claims: &Claims) -> anyhow::Result<String> {
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
-            .context("cannot sign the token")
+        let ring = self.key_ring();
+        let key = ring.signing();
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = key.kid.clone();
+        jsonwebtoken::encode(&header, claims, &key.encoding).context("cannot sign the token")
     }
 
     /// Whether `identity` may enter `room`.
@@ -526,7 +589,7 @@ mod tests {
         let token = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &claims,
-            &EncodingKey::from_secret(b"test-secret-of-sufficient-length"),
+            &jsonwebtoken::EncodingKey::from_secret(b"test-secret-of-sufficient-length"),
         )
         .unwrap();
         assert_eq!(
@@ -551,11 +614,12 @@ mod tests {
             exp: unix_now() - 120,
             iat: None,
             jti: None,
+            verified_by: None,
         };
         let token = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &expired,
-            &EncodingKey::from_secret(b"test-secret-of-sufficient-length"),
+            &jsonwebtoken::EncodingKey::from_secret(b"test-secret-of-sufficient-length"),
         )
         .unwrap();
         assert_eq!(auth.verify(&token), Err(TokenError::Expired));

@@ -6,7 +6,8 @@
 //! it on every check; the gateway loads it from `state.db` at start and
 //! writes each new entry there. Live connections learn of a revocation
 //! through [`Revocations::changed`], which is cancelled (and replaced) at
-//! each one, so they check their own token again at once.
+//! each one (and at a reload of the keys), so they check their own token
+//! again at once.
 
 use std::sync::{Mutex, PoisonError, RwLock};
 
@@ -92,6 +93,12 @@ impl Revocations {
             });
             entries.push(revocation);
         }
+        self.wake();
+    }
+
+    /// Makes every live connection check its token again (a revocation, a
+    /// reload of the keys).
+    pub fn wake(&self) {
         let previous =
             std::mem::take(&mut *self.changed.lock().unwrap_or_else(PoisonError::into_inner));
         previous.cancel();
@@ -141,6 +148,7 @@ mod tests {
             exp: 2_000,
             iat,
             jti: jti.map(str::to_owned),
+            verified_by: None,
         }
     }
 

@@ -256,6 +256,12 @@ impl Gateway {
         })
     }
 
+    /// The gateway's authenticator: [`Authenticator::reload_keys`] on it
+    /// re-reads the JWT keys of the running gateway (SIGHUP).
+    pub fn authenticator(&self) -> Authenticator {
+        self.routes.tokens.auth.clone()
+    }
+
     /// A handle that re-reads the TLS certificate while the gateway runs.
     pub fn tls_reloader(&self) -> TlsReloader {
         TlsReloader(self.tls.clone())

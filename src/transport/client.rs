@@ -234,16 +234,18 @@ fn poll_revoked(
     sessions: &Sessions,
     identity: &Identity,
     cx: &mut Context<'_>,
-) -> Poll<()> {
+) -> Poll<TokenError> {
     let Some(deadline) = deadline.as_mut() else {
         return Poll::Pending;
     };
-    if std::mem::take(&mut deadline.unchecked) && sessions.auth().is_revoked(identity) {
-        return Poll::Ready(());
+    if std::mem::take(&mut deadline.unchecked) {
+        if let Err(ended) = sessions.auth().still_valid(identity) {
+            return Poll::Ready(ended);
+        }
     }
     while deadline.revocation.as_mut().poll(cx).is_ready() {
-        if sessions.auth().is_revoked(identity) {
-            return Poll::Ready(());
+        if let Err(ended) = sessions.auth().still_valid(identity) {
+            return Poll::Ready(ended);
         }
         let next = sessions.auth().revocations().changed();
         deadline.revocation = Box::pin(next.cancelled_owned());
@@ -310,16 +312,20 @@ impl Client {
             .map_or(TokenTimer::Quiet, |deadline| deadline.check())
     }
 
-    /// Ready when the connection's token has been revoked; each revocation
-    /// elsewhere wakes it to check, then it waits for the next.
-    pub fn poll_revoked(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Ready, with why, when the connection's token no longer holds
+    /// (revoked, or its key removed); each revocation or key reload wakes
+    /// it to check, then it waits for the next.
+    pub fn poll_revoked(&mut self, cx: &mut Context<'_>) -> Poll<TokenError> {
         poll_revoked(&mut self.deadline, &self.sessions, &self.identity, cx)
     }
 
     /// The next room event from the client's queue (only while `deliver`),
-    /// or `None` as soon as its token is revoked — for a session that waits
-    /// on both in one place.
-    pub async fn recv_unless_revoked(&mut self, deliver: bool) -> Option<Arc<RoomEvent>> {
+    /// or why its token ended as soon as it does — for a session that
+    /// waits on both in one place.
+    pub async fn recv_unless_revoked(
+        &mut self,
+        deliver: bool,
+    ) -> Result<Arc<RoomEvent>, TokenError> {
         let Self {
             subscriber,
             deadline,
@@ -334,10 +340,10 @@ impl Client {
             }
         });
         std::future::poll_fn(|cx| {
-            if poll_revoked(deadline, sessions, identity, cx).is_ready() {
-                return Poll::Ready(None);
+            if let Poll::Ready(ended) = poll_revoked(deadline, sessions, identity, cx) {
+                return Poll::Ready(Err(ended));
             }
-            next.as_mut().poll(cx).map(Some)
+            next.as_mut().poll(cx).map(Ok)
         })
         .await
     }

@@ -129,6 +129,20 @@ impl GatewayProcess {
         http_request(self.addr, "POST", "/api/queue/update", Some(token), body).await
     }
 
+    /// Reads the log until a line contains `text`; returns that line.
+    pub async fn wait_for_log(&mut self, text: &str) -> String {
+        tokio::time::timeout(PROMPTLY, async {
+            while let Some(line) = self.log.recv().await {
+                if line.contains(text) {
+                    return line;
+                }
+            }
+            panic!("the gateway's log ended before '{text}'");
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no '{text}' in the log in time"))
+    }
+
     /// Sends `signal` to the process.
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("pid").to_string();

@@ -140,8 +140,8 @@ impl Session {
                 biased;
                 () = &mut shutdown => return Err(CloseReason::Shutdown),
                 () = &mut overflowed => return Err(CloseReason::SlowConsumer),
-                () = poll_fn(|cx| self.client.poll_revoked(cx)) => {
-                    return Err(CloseReason::Token(TokenError::Revoked));
+                ended = poll_fn(|cx| self.client.poll_revoked(cx)) => {
+                    return Err(CloseReason::Token(ended));
                 }
                 () = &mut timer => {
                     let now = Instant::now();

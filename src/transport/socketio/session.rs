@@ -233,8 +233,8 @@ impl EngineSession {
                         _ => pending().await,
                     }
                 } => match event {
-                    Some(event) => self.take_events(event),
-                    None => self.disconnect_for(TokenError::Revoked),
+                    Ok(event) => self.take_events(event),
+                    Err(ended) => self.disconnect_for(ended),
                 },
             }
             self.flush().await?;
