@@ -333,6 +333,10 @@ pub struct RedisConfig {
     /// trimmed), instead of a password inside `url`; a relative name is
     /// looked up in `$CREDENTIALS_DIRECTORY` (systemd's `LoadCredential=`).
     pub password_file: PathBuf,
+    /// The clinic's key for signed envelopes between boxes (its text); a
+    /// relative name is looked up in `$CREDENTIALS_DIRECTORY`. Empty: events
+    /// from Redis are delivered unsigned, and the start warns about it.
+    pub signing_key_file: PathBuf,
     /// Whether `url` itself carries a password (for `check-config`'s warning).
     #[serde(skip)]
     pub password_inline: bool,
@@ -348,6 +352,7 @@ impl Default for RedisConfig {
             batch_events: 500,
             command_timeout: Duration::from_secs(5),
             password_file: PathBuf::new(),
+            signing_key_file: PathBuf::new(),
             password_inline: false,
         }
     }
@@ -369,12 +374,7 @@ impl RedisConfig {
             !self.password_inline,
             "redis.url carries a password and redis.password_file is set too: keep one"
         );
-        let path = match env.iter().find(|(name, _)| name == "CREDENTIALS_DIRECTORY") {
-            Some((_, dir)) if self.password_file.is_relative() => {
-                Path::new(dir).join(&self.password_file)
-            }
-            _ => self.password_file.clone(),
-        };
+        let path = credential_path(&self.password_file, env);
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read redis.password_file {}", path.display()))?;
         let password = text.trim_end_matches(['\r', '\n']);
@@ -398,6 +398,15 @@ impl RedisConfig {
     /// Whether replication is configured (`redis.url` set).
     pub fn enabled(&self) -> bool {
         !self.url.is_empty()
+    }
+}
+
+/// Where a credential file is: a relative name in `$CREDENTIALS_DIRECTORY`
+/// when systemd set it (`LoadCredential=`), else as written.
+fn credential_path(file: &Path, env: &[(String, String)]) -> PathBuf {
+    match env.iter().find(|(name, _)| name == "CREDENTIALS_DIRECTORY") {
+        Some((_, dir)) if file.is_relative() => Path::new(dir).join(file),
+        _ => file.to_path_buf(),
     }
 }
 
@@ -477,6 +486,9 @@ impl Config {
             .map_err(|err: toml::de::Error| anyhow::anyhow!("{}", err.message()))?;
         config.resolve_paths(env);
         config.redis.apply_password_file(env)?;
+        if !config.redis.signing_key_file.as_os_str().is_empty() {
+            config.redis.signing_key_file = credential_path(&config.redis.signing_key_file, env);
+        }
         config.validate()?;
         Ok(config)
     }

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub replication_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub redis_reconnects: Counter,
     pub remote_events: Counter,
+    /// Envelopes from Redis dropped because their signature did not verify.
+    pub forged_envelopes: Counter,
 }
 
 impl Default for Metrics {
@@ -83,6 +85,7 @@ impl Metrics {
         let replication_lag_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let redis_reconnects = Counter::default();
         let remote_events = Counter::default();
+        let forged_envelopes = Counter::default();
 
         let mut registry = Registry::with_prefix("smartwait");
         registry.register(
@@ -129,6 +132,11 @@ impl Metrics {
             "remote_events",
             "Events received from other nodes through Redis",
             remote_events.clone(),
+        );
+        registry.register(
+            "forged_envelopes",
+            "Envelopes from Redis dropped unsigned or wrongly signed (redis.signing_key_file)",
+            forged_envelopes.clone(),
         );
         registry.register(
             "connections",
@@ -198,6 +206,7 @@ impl Metrics {
             replication_lag_seconds,
             redis_reconnects,
             remote_events,
+            forged_envelopes,
         }
     }
 

@@ -587,3 +587,126 @@ async fn the_redis_password_can_come_from_a_credentials_file_and_an_inline_one_i
     assert!(check(0o644).await.contains("redis.password_file"));
     assert!(!check(0o600).await.contains("warning"));
 }
+
+/// The byte string docs/replication.md specifies, signed the way a central
+/// service (or an attacker who has the key) would: independent of the
+/// gateway's code.
+fn sign_envelope(key: &str, envelope: &Value) -> String {
+    use hmac::Mac;
+    let text = |name: &str| envelope[name].as_str().expect(name).to_owned();
+    let canonical = format!(
+        "smartwait-envelope-v1\n{}\n{}\n{}\n{}\n{}\n{}",
+        text("node"),
+        envelope["seq"],
+        serde_json::to_string(&envelope["rooms"]).expect("rooms"),
+        text("event"),
+        text("ts"),
+        serde_json::to_string(&envelope["data"]).expect("data"),
+    );
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).expect("key");
+    mac.update(canonical.as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn only_envelopes_signed_with_the_clinics_key_reach_a_screen() {
+    const KEY: &str = "the-clinic-signing-key-0123456789";
+    let redis = TestRedis::start().await;
+    let keys = tempfile::tempdir().expect("key dir");
+    let key_file = keys.path().join("signing-key");
+    std::fs::write(&key_file, format!("{KEY}\n")).expect("key");
+    let signed_box = |node: &str| {
+        let (replicate, key_file) = (replicating_to(&redis, node), key_file.clone());
+        move |config: &mut Config| {
+            replicate(config);
+            config.redis.signing_key_file = key_file;
+        }
+    };
+    let a = TestGateway::start_with(signed_box("a")).await;
+    let b = TestGateway::start_with(signed_box("b")).await;
+    wait_drained(&a).await;
+    wait_drained(&b).await;
+    let mut on_b = b.display().await;
+    // Box a's events are signed and reach box b (live, once its subscription is up).
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        a.publish("/api/queue/update", json!({"from": "a"})).await;
+        if tokio::time::timeout(
+            Duration::from_millis(300),
+            on_b.expect_event("queue_update"),
+        )
+        .await
+        .is_ok()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no signed delivery from a to b"
+        );
+    }
+    while tokio::time::timeout(Duration::from_millis(300), on_b.next_json())
+        .await
+        .is_ok()
+    {}
+    let mut connection = redis.client().await;
+    let entries: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg("smartwait:{test-clinic}:events")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut connection)
+        .await
+        .expect("XRANGE");
+    assert!(!entries.is_empty());
+    assert!(
+        entries
+            .iter()
+            .all(|(_, fields)| fields.get("sig").is_some_and(|sig| sig.len() == 64)),
+        "every stream entry is signed"
+    );
+
+    let channel = "smartwait:{test-clinic}:broadcast";
+    let mut forged = json!({
+        "node": "intruder", "seq": 1, "rooms": ["patients"], "event": "queue_update",
+        "data": {"nowCalling": "A-001"}, "ts": "2026-12-02T10:00:00.000Z",
+    });
+    let publish = |envelope: Value| {
+        let mut connection = connection.clone();
+        async move {
+            let _: i64 = redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(envelope.to_string())
+                .query_async(&mut connection)
+                .await
+                .expect("PUBLISH");
+        }
+    };
+    // No signature, then one made with another key: never delivered.
+    publish(forged.clone()).await;
+    forged["sig"] = json!(sign_envelope("some-other-key-entirely-000", &forged));
+    publish(forged.clone()).await;
+    on_b.expect_silence().await;
+    wait_until(PROMPTLY, "both forgeries to be counted", || async {
+        b.health().await["redis"]["forgedEnvelopes"] == 2
+    })
+    .await;
+    let (_, metrics) = b.get("/metrics").await;
+    assert!(
+        metrics.contains("smartwait_forged_envelopes_total 2"),
+        "{metrics}"
+    );
+
+    // Signed with the clinic's key (as a central service would): delivered.
+    let mut announcement = json!({
+        "node": "central", "seq": 1, "rooms": ["patients"], "event": "queue_update",
+        "data": {"message": "closing at 18:00"}, "ts": "2026-12-02T10:00:01.000Z",
+    });
+    announcement["sig"] = json!(sign_envelope(KEY, &announcement));
+    publish(announcement).await;
+    let frame = on_b.expect_event("queue_update").await;
+    assert_eq!(frame["data"]["message"], "closing at 18:00");
+}

@@ -38,6 +38,7 @@ use crate::net::tls::Tls;
 use crate::publish::notifications::GetReadyTracker;
 use crate::publish::{DiskBound, Publisher, WriterSetup};
 use crate::replication::link::Replicator;
+use crate::replication::signing::Signer;
 use crate::replication::status::ReplicationStatus;
 use crate::replication::subscription::FanIn;
 use crate::store;
@@ -165,6 +166,13 @@ impl Gateway {
         })?;
         let slots = ConnectionSlots::new(config.limits.max_connections, metrics.clone());
         let replication_status = Arc::new(ReplicationStatus::new(config.redis.enabled()));
+        let signer = match config.redis.signing_key_file.as_os_str().is_empty() {
+            true => None,
+            false => Some(Arc::new(Signer::from_file(&config.redis.signing_key_file)?)),
+        };
+        if config.redis.enabled() && signer.is_none() {
+            tracing::warn!("redis.signing_key_file is not set: any client of the central Redis can publish to this clinic's screens; set the same key on every box of the clinic (docs/replication.md)");
+        }
         let replication = if config.redis.enabled() {
             tracing::info!(
                 url = %mask_url_password(&config.redis.url),
@@ -186,6 +194,7 @@ impl Gateway {
                 epoch: rooms.epoch().to_owned(),
                 history_base: opened.history_base,
                 clock: clock.clone(),
+                signer: signer.clone(),
             };
             let fan_in = FanIn {
                 redis: config.redis.clone(),
@@ -194,6 +203,7 @@ impl Gateway {
                 status: replication_status.clone(),
                 metrics: metrics.clone(),
                 shutdown: shutdown.clone(),
+                signer,
             };
             Some((replicator, fan_in))
         } else {

@@ -75,6 +75,7 @@ impl Health {
                 "backlog": outbox.backlog.load(Ordering::Relaxed),
                 "lastReplicatedSeq": link.last_replicated_seq,
                 "droppedEvents": outbox.dropped.load(Ordering::Relaxed),
+                "forgedEnvelopes": self.metrics.forged_envelopes.get(),
                 "lastError": link.last_error,
             },
             "store": store_json,

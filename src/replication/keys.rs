@@ -45,6 +45,10 @@ pub struct Envelope<'a> {
     #[serde(borrow)]
     pub data: &'a RawValue,
     pub ts: String,
+    /// HMAC-SHA256 of the fields (see [`super::signing`]), when the clinic
+    /// signs its events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::keys::{self, Envelope};
+use super::signing::{self, Signer};
 use super::status::{LinkState, ReplicationStatus};
 use crate::clock::{rfc3339_ms, unix_ms, Clock};
 use crate::config::{ClinicConfig, RedisConfig};
@@ -55,6 +56,8 @@ pub struct Replicator {
     pub history_base: u64,
     /// Told the offset from Redis's clock with each health heartbeat.
     pub clock: Clock,
+    /// Signs every stream entry and envelope (`redis.signing_key_file`).
+    pub signer: Option<Arc<Signer>>,
 }
 
 /// Replicates until shutdown, reconnecting with backoff after any failure.
@@ -201,8 +204,18 @@ impl Replicator {
         for event in batch {
             let rooms = store::rooms_json(&event.rooms);
             let ts = rfc3339_ms(event.ts_ms);
-            pipe.cmd("XADD")
-                .arg(&stream)
+            let sig = self.signer.as_ref().map(|signer| {
+                signer.sign(&signing::canonical(
+                    &clinic.node,
+                    event.seq,
+                    &rooms,
+                    event.event.as_str(),
+                    &ts,
+                    event.data.get(),
+                ))
+            });
+            let xadd = pipe.cmd("XADD");
+            xadd.arg(&stream)
                 .arg("MAXLEN")
                 .arg("~")
                 .arg(redis.stream_maxlen)
@@ -220,8 +233,11 @@ impl Replicator {
                 .arg("data")
                 .arg(event.data.get())
                 .arg("ts")
-                .arg(&ts)
-                .ignore();
+                .arg(&ts);
+            if let Some(sig) = &sig {
+                xadd.arg("sig").arg(sig);
+            }
+            xadd.ignore();
             if event.ts_ms >= live_after {
                 let envelope = Envelope {
                     node: clinic.node.clone(),
@@ -230,6 +246,7 @@ impl Replicator {
                     event: event.event.clone(),
                     data: &event.data,
                     ts,
+                    sig,
                 };
                 pipe.cmd("PUBLISH")
                     .arg(&channel)

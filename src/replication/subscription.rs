@@ -13,10 +13,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::keys::{self, Envelope};
+use super::signing::{self, Signer};
 use super::status::ReplicationStatus;
 use crate::config::{ClinicConfig, RedisConfig};
 use crate::metrics::Metrics;
 use crate::publish::{Origin, Publication, Publisher};
+use crate::store;
 
 /// The live fan-in: where it subscribes and where it publishes.
 #[derive(Debug)]
@@ -27,6 +29,8 @@ pub struct FanIn {
     pub status: Arc<ReplicationStatus>,
     pub metrics: Metrics,
     pub shutdown: CancellationToken,
+    /// With `redis.signing_key_file`: only envelopes it verifies are delivered.
+    pub signer: Option<Arc<Signer>>,
 }
 
 /// Subscribes until shutdown, resubscribing with backoff after any failure.
@@ -98,6 +102,26 @@ impl FanIn {
         if envelope.rooms.is_empty() {
             tracing::warn!(node = %envelope.node, "ignoring a broadcast envelope without rooms");
             return;
+        }
+        if let Some(signer) = &self.signer {
+            let bytes = signing::canonical(
+                &envelope.node,
+                envelope.seq,
+                &store::rooms_json(&envelope.rooms),
+                envelope.event.as_str(),
+                &envelope.ts,
+                envelope.data.get(),
+            );
+            let why = match &envelope.sig {
+                None => Some("no sig"),
+                Some(sig) if !signer.verify(&bytes, sig) => Some("wrong sig"),
+                Some(_) => None,
+            };
+            if let Some(why) = why {
+                self.metrics.forged_envelopes.inc();
+                signer.log_forgery(&envelope.node, why);
+                return;
+            }
         }
         let data: Box<RawValue> = envelope.data.to_owned();
         let publication = Publication {
