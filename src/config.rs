@@ -337,9 +337,6 @@ pub struct RedisConfig {
     /// relative name is looked up in `$CREDENTIALS_DIRECTORY`. Empty: events
     /// from Redis are delivered unsigned, and the start warns about it.
     pub signing_key_file: PathBuf,
-    /// Whether `url` itself carries a password (for `check-config`'s warning).
-    #[serde(skip)]
-    pub password_inline: bool,
 }
 
 impl Default for RedisConfig {
@@ -353,16 +350,19 @@ impl Default for RedisConfig {
             command_timeout: Duration::from_secs(5),
             password_file: PathBuf::new(),
             signing_key_file: PathBuf::new(),
-            password_inline: false,
         }
     }
 }
 
 impl RedisConfig {
+    /// Whether the configured `url` itself carries a password (once
+    /// `password_file` is read into `url`, that is not the case).
+    fn password_inline(&self) -> bool {
+        self.password_file.as_os_str().is_empty() && url_has_password(&self.url)
+    }
+
     /// Reads `password_file` into `url` (in memory only).
     fn apply_password_file(&mut self, env: &[(String, String)]) -> anyhow::Result<()> {
-        self.password_inline =
-            url_credentials(&self.url).is_some_and(|(_, password)| password.is_some());
         if self.password_file.as_os_str().is_empty() {
             return Ok(());
         }
@@ -371,7 +371,7 @@ impl RedisConfig {
             "redis.password_file is set but redis.url is not"
         );
         anyhow::ensure!(
-            !self.password_inline,
+            !url_has_password(&self.url),
             "redis.url carries a password and redis.password_file is set too: keep one"
         );
         let path = credential_path(&self.password_file, env);
@@ -410,14 +410,11 @@ fn credential_path(file: &Path, env: &[(String, String)]) -> PathBuf {
     }
 }
 
-/// The user and password written in a Redis URL, if any.
-fn url_credentials(url: &str) -> Option<(&str, Option<&str>)> {
-    let (_, rest) = url.split_once("://")?;
-    let (credentials, _) = rest.rsplit_once('@')?;
-    Some(match credentials.split_once(':') {
-        Some((user, password)) => (user, Some(password)),
-        None => (credentials, None),
-    })
+/// Whether a Redis URL carries a password (`scheme://[user]:password@host`).
+fn url_has_password(url: &str) -> bool {
+    url.split_once("://")
+        .and_then(|(_, rest)| rest.rsplit_once('@'))
+        .is_some_and(|(credentials, _)| credentials.contains(':'))
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters, for a
@@ -501,7 +498,7 @@ impl Config {
         let readable_by_others = path
             .and_then(|path| std::fs::metadata(path).ok())
             .is_some_and(|meta| meta.permissions().mode() & 0o044 != 0);
-        if self.redis.password_inline && readable_by_others {
+        if self.redis.password_inline() && readable_by_others {
             warnings.push(format!(
                 "the Redis password sits in redis.url inside {}, which other users may read: \
                  move it to redis.password_file (mode 0600, or systemd's LoadCredential=)",

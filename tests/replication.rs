@@ -6,7 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{wait_until, GatewayProcess, HttpConnection, TestGateway, TestRedis, PROMPTLY};
+use common::{
+    wait_until, GatewayProcess, HttpConnection, TestGateway, TestRedis, TestWsClient, PROMPTLY,
+};
 use serde_json::{json, Value};
 use smartwait_gateway::Config;
 
@@ -255,6 +257,41 @@ async fn redis_password_right_and_wrong() {
     assert!(seqs_of(&redis.stream("test-clinic").await, "wrong").is_empty());
 }
 
+/// Publishes `warmup` on `from` until `to_screen` (a display on another
+/// box) gets it live, then drains late warm-ups: the boxes' subscriptions
+/// are in place.
+async fn until_live(
+    from: &TestGateway,
+    from_screen: &mut TestWsClient,
+    to_screen: &mut TestWsClient,
+) {
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        let (_, answer) = from
+            .publish(
+                "/api/broadcast",
+                json!({"room": "patients", "event": "warmup", "data": null}),
+            )
+            .await;
+        assert_eq!(answer["delivered"], 1);
+        from_screen.expect_event("warmup").await;
+        if tokio::time::timeout(Duration::from_millis(200), to_screen.expect_event("warmup"))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no live delivery between the boxes"
+        );
+    }
+    while tokio::time::timeout(Duration::from_millis(300), to_screen.next_json())
+        .await
+        .is_ok()
+    {}
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_share_rooms_through_redis() {
     let mut redis = TestRedis::start().await;
@@ -265,32 +302,7 @@ async fn two_gateways_share_rooms_through_redis() {
     // Give both subscriptions time to be in place.
     let mut on_b = b.display().await;
     let mut on_a = a.display().await;
-    let deadline = tokio::time::Instant::now() + PROMPTLY;
-    loop {
-        let (_, answer) = a
-            .publish(
-                "/api/broadcast",
-                json!({"room": "patients", "event": "warmup", "data": null}),
-            )
-            .await;
-        assert_eq!(answer["delivered"], 1);
-        on_a.expect_event("warmup").await;
-        if tokio::time::timeout(Duration::from_millis(200), on_b.expect_event("warmup"))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no live delivery from a to b"
-        );
-    }
-    // Drain any late warm-up frames.
-    while tokio::time::timeout(Duration::from_millis(300), on_b.next_json())
-        .await
-        .is_ok()
-    {}
+    until_live(&a, &mut on_a, &mut on_b).await;
 
     let (_, answer) = a.publish("/api/queue/update", json!({"from": "a"})).await;
     let on_a_frame = on_a.expect_event("queue_update").await;
@@ -632,27 +644,8 @@ async fn only_envelopes_signed_with_the_clinics_key_reach_a_screen() {
     wait_drained(&b).await;
     let mut on_b = b.display().await;
     // Box a's events are signed and reach box b (live, once its subscription is up).
-    let deadline = tokio::time::Instant::now() + PROMPTLY;
-    loop {
-        a.publish("/api/queue/update", json!({"from": "a"})).await;
-        if tokio::time::timeout(
-            Duration::from_millis(300),
-            on_b.expect_event("queue_update"),
-        )
-        .await
-        .is_ok()
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no signed delivery from a to b"
-        );
-    }
-    while tokio::time::timeout(Duration::from_millis(300), on_b.next_json())
-        .await
-        .is_ok()
-    {}
+    let mut on_a = a.display().await;
+    until_live(&a, &mut on_a, &mut on_b).await;
     let mut connection = redis.client().await;
     let entries: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
         .arg("smartwait:{test-clinic}:events")

@@ -57,8 +57,7 @@ async fn revoking_a_subject_closes_its_connections_at_once_and_refuses_its_token
     other.join("join-staff-room", json!("nurse-2")).await;
     let mut driver = SioDriver::start().await;
     let opts = json!({"transports": ["websocket"], "auth": {"token": lost_tablet}});
-    let url = format!("http://{}", gateway.addr);
-    let mut sio = driver.connect("tablet", &url, opts).await;
+    let mut sio = driver.connect("tablet", &gateway.http_url(), opts).await;
     sio.expect("connect").await;
     let reply = driver
         .request(&mut sio, "join-staff-room", json!("nurse-1"))

@@ -441,14 +441,21 @@ async fn the_staff_board_asks_for_a_new_token_before_its_own_runs_out_and_stays_
     assert_eq!(browser.problems("tablet").await, Vec::<String>::new());
 }
 
-#[tokio::test]
-async fn the_patient_page_takes_its_token_out_of_the_address_bar_and_a_reload_still_works() {
+/// `/p/123` opened on a phone with patient 123's token (and `query` after
+/// it), live; returns the gateway, the browser and the token.
+async fn patient_123_live(query: &str) -> (TestGateway, Browser, String) {
     let gateway = TestGateway::start().await;
     let mut browser = Browser::start().await;
     let token = gateway.token(Role::Patient, Some("123"));
-    let url = format!("http://{}/p/123?token={token}&lang=en", gateway.addr);
+    let url = format!("http://{}/p/123?token={token}{query}", gateway.addr);
     browser.open("phone", &url, PHONE).await;
     browser.wait_for("phone", LIVE).await;
+    (gateway, browser, token)
+}
+
+#[tokio::test]
+async fn the_patient_page_takes_its_token_out_of_the_address_bar_and_a_reload_still_works() {
+    let (gateway, mut browser, token) = patient_123_live("&lang=en").await;
     let href = browser.eval("phone", "location.href").await;
     let href = href.as_str().expect("href");
     assert!(!href.contains("token"), "{href}");
@@ -473,12 +480,7 @@ async fn the_patient_page_takes_its_token_out_of_the_address_bar_and_a_reload_st
 
 #[tokio::test]
 async fn the_patient_page_shows_position_get_ready_and_called() {
-    let gateway = TestGateway::start().await;
-    let mut browser = Browser::start().await;
-    let token = gateway.token(Role::Patient, Some("123"));
-    let url = format!("http://{}/p/123?token={token}", gateway.addr);
-    browser.open("phone", &url, PHONE).await;
-    browser.wait_for("phone", LIVE).await;
+    let (gateway, mut browser, _) = patient_123_live("").await;
 
     let position = |position: u64| json!({"position": position, "estimatedWait": position * 5});
     gateway

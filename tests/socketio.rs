@@ -11,17 +11,17 @@ use common::{raw_http, wait_until, GatewayProcess, TestGateway, PROMPTLY};
 use serde_json::{json, Value};
 use smartwait_gateway::auth::Role;
 
-fn url(gateway: &TestGateway) -> String {
-    format!("http://{}", gateway.addr)
-}
-
 #[tokio::test]
 async fn default_options_poll_then_upgrade_and_receive_every_event_once() {
     let gateway = TestGateway::start().await;
     let mut driver = SioDriver::start().await;
     let token = gateway.token(Role::Patient, Some("123"));
     let mut patient = driver
-        .connect("patient", &url(&gateway), json!({"auth": {"token": token}}))
+        .connect(
+            "patient",
+            &gateway.http_url(),
+            json!({"auth": {"token": token}}),
+        )
         .await;
     patient.expect("connect").await;
     let reply = driver
@@ -77,7 +77,7 @@ async fn websocket_transport_and_the_seeds_join_calls() {
     let mut driver = SioDriver::start().await;
     let staff_token = gateway.token(Role::Staff, None);
     let opts = json!({"transports": ["websocket"], "auth": {"token": staff_token}});
-    let mut staff = driver.connect("staff", &url(&gateway), opts).await;
+    let mut staff = driver.connect("staff", &gateway.http_url(), opts).await;
     assert_eq!(staff.expect("connect").await["transport"], "websocket");
     // The seed's staff tablet: socket.emit('join-staff-room', staffId), no callback.
     driver
@@ -90,7 +90,7 @@ async fn websocket_transport_and_the_seeds_join_calls() {
     let mut display = driver
         .connect(
             "display",
-            &url(&gateway),
+            &gateway.http_url(),
             json!({"transports": ["websocket"]}),
         )
         .await;
@@ -151,7 +151,7 @@ async fn bad_tokens_and_other_namespaces_get_connect_errors() {
             json!({"auth": {"token": "garbage"}, "transports": ["websocket"], "reconnection": false}),
         ),
     ] {
-        let mut client = driver.connect(name, &url(&gateway), opts).await;
+        let mut client = driver.connect(name, &gateway.http_url(), opts).await;
         let error = client.expect("connect_error").await;
         assert_eq!(error["message"], "invalid_token", "{error}");
         assert_eq!(error["data"]["code"], "invalid_token");
@@ -159,7 +159,7 @@ async fn bad_tokens_and_other_namespaces_get_connect_errors() {
     let mut other = driver
         .connect(
             "admin",
-            &format!("{}/admin", url(&gateway)),
+            &format!("{}/admin", gateway.http_url()),
             json!({"reconnection": false}),
         )
         .await;
@@ -168,7 +168,7 @@ async fn bad_tokens_and_other_namespaces_get_connect_errors() {
         "Invalid namespace"
     );
     // The gateway still serves Socket.IO clients.
-    let mut fine = driver.connect("fine", &url(&gateway), json!({})).await;
+    let mut fine = driver.connect("fine", &gateway.http_url(), json!({})).await;
     fine.expect("connect").await;
 }
 
@@ -179,7 +179,7 @@ async fn a_native_and_a_socketio_client_each_get_one_copy() {
     let mut sio = driver
         .connect(
             "display",
-            &url(&gateway),
+            &gateway.http_url(),
             json!({"transports": ["websocket"]}),
         )
         .await;

@@ -298,15 +298,20 @@ async fn a_damaged_state_db_is_moved_aside_and_the_gateway_starts_with_a_new_epo
     }
 }
 
+/// The environment of node `a` of `test-clinic`, replicating to `url`.
+fn replicating_as_node_a(url: &str) -> [(&'static str, &str); 3] {
+    [
+        ("SMARTWAIT_REDIS_URL", url),
+        ("SMARTWAIT_CLINIC_ID", "test-clinic"),
+        ("SMARTWAIT_CLINIC_NODE", "a"),
+    ]
+}
+
 #[tokio::test]
 async fn after_a_recovery_the_new_history_reaches_redis_although_the_old_cursor_is_higher() {
     let redis = common::TestRedis::start().await;
     let url = redis.url();
-    let env = [
-        ("SMARTWAIT_REDIS_URL", url.as_str()),
-        ("SMARTWAIT_CLINIC_ID", "test-clinic"),
-        ("SMARTWAIT_CLINIC_NODE", "a"),
-    ];
+    let env = replicating_as_node_a(&url);
     let dir = tempfile::tempdir().expect("temp dir");
     let mut gateway = GatewayProcess::start(dir.path(), &env).await;
     let token = common::mint_token(dir.path(), &["--role", "service"]).await;
@@ -387,11 +392,7 @@ fn damage_table_page(state_db: &Path, table: &str) {
 async fn a_recovery_salvages_the_outbox_and_central_gets_every_held_event_once_in_order() {
     let mut redis = common::TestRedis::stopped(&[]);
     let url = redis.url();
-    let env = [
-        ("SMARTWAIT_REDIS_URL", url.as_str()),
-        ("SMARTWAIT_CLINIC_ID", "test-clinic"),
-        ("SMARTWAIT_CLINIC_NODE", "a"),
-    ];
+    let env = replicating_as_node_a(&url);
     let dir = tempfile::tempdir().expect("temp dir");
     let mut gateway = GatewayProcess::start(dir.path(), &env).await;
     let token = common::mint_token(dir.path(), &["--role", "service"]).await;

@@ -148,10 +148,6 @@ async fn a_refresh_without_an_id_is_answered_with_an_event() {
     assert_eq!(frame["data"]["code"], "invalid_token", "{frame}");
 }
 
-fn url(gateway: &TestGateway) -> String {
-    format!("http://{}", gateway.addr)
-}
-
 #[tokio::test]
 async fn a_socketio_client_is_told_then_disconnected_by_the_server_and_does_not_reconnect() {
     let gateway = TestGateway::start().await;
@@ -160,7 +156,7 @@ async fn a_socketio_client_is_told_then_disconnected_by_the_server_and_does_not_
         let (token, exp) = closing_soon(&gateway, json!({"sub": "nurse", "role": "staff"}), 3);
         let name = format!("tablet-{}", transports[0].as_str().unwrap_or_default());
         let opts = json!({"transports": transports, "auth": {"token": token}});
-        let mut tablet = driver.connect(&name, &url(&gateway), opts).await;
+        let mut tablet = driver.connect(&name, &gateway.http_url(), opts).await;
         tablet.expect("connect").await;
         let warning = tablet.expect_event("token_expiring").await;
         assert_eq!(warning, json!({"exp": exp}), "{name}");
@@ -187,7 +183,7 @@ async fn a_socketio_refresh_with_an_ack_keeps_the_connection_past_the_old_deadli
     let staff = json!({"sub": "nurse", "role": "staff"});
     let (token, exp) = closing_soon(&gateway, staff.clone(), 3);
     let opts = json!({"transports": ["websocket"], "auth": {"token": token}});
-    let mut tablet = driver.connect("tablet", &url(&gateway), opts).await;
+    let mut tablet = driver.connect("tablet", &gateway.http_url(), opts).await;
     tablet.expect("connect").await;
     tablet.expect_event("token_expiring").await;
     let patient = gateway.token(Role::Patient, Some("1"));

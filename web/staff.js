@@ -12,6 +12,8 @@ let client = null;
 let refusal = "";
 /** Set while the board is live and waits for a fresh token (its token is about to expire). */
 let renewal = null;
+/** The current token's `exp` (Unix seconds), as `token_expiring` told it. */
+let expiresAt = 0;
 
 function storedToken() {
   try {
@@ -54,8 +56,6 @@ function freshToken() {
     byId("token-input").value = "";
   });
 }
-
-let expiresAt = 0;
 
 function expiringText() {
   const when = expiresAt ? " at " + clockText(new Date(expiresAt * 1000)) : " soon";

@@ -10,7 +10,8 @@
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
@@ -170,13 +171,13 @@ pub struct Authenticator {
     mode: AuthMode,
     patients_room_public: bool,
     /// Swapped whole on a reload (SIGHUP); every clone shares it.
-    keys: std::sync::Arc<std::sync::RwLock<std::sync::Arc<KeyRing>>>,
+    keys: Arc<RwLock<Arc<KeyRing>>>,
     /// Where the keys are read from; empty for an authenticator built from one secret.
-    secret_file: std::path::PathBuf,
+    secret_file: PathBuf,
     validation: Validation,
     /// `auth.max_token_ttl`: a token whose `exp` is further away is refused.
     max_ttl: Duration,
-    revocations: std::sync::Arc<Revocations>,
+    revocations: Arc<Revocations>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -201,20 +202,21 @@ impl Authenticator {
         Self {
             mode: config.mode,
             patients_room_public: config.patients_room_public,
-            keys: std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(keys))),
+            keys: Arc::new(RwLock::new(Arc::new(keys))),
             secret_file: config.secret_file.clone(),
             validation,
             max_ttl: config.max_token_ttl,
-            revocations: std::sync::Arc::default(),
+            revocations: Arc::default(),
         }
     }
 
     /// Reads the secret file (creating it on first start) and builds the authenticator.
     pub fn from_config(config: &AuthConfig) -> anyhow::Result<Self> {
         let text = load_or_create_secret(&config.secret_file)?;
-        let keys = KeyRing::parse(&text, WEAK_SECRET_BYTES)
-            .with_context(|| format!("invalid JWT key file {}", config.secret_file.display()))?;
-        Ok(Self::with_keys(config, keys))
+        Ok(Self::with_keys(
+            config,
+            parse_keys(&text, &config.secret_file)?,
+        ))
     }
 
     /// Re-reads `auth.secret_file` (SIGHUP): tokens are signed with its
@@ -222,22 +224,25 @@ impl Authenticator {
     /// closed as expired. On error the current keys stay. Returns how
     /// many keys are in force.
     pub fn reload_keys(&self) -> anyhow::Result<usize> {
-        let text = load_or_create_secret(&self.secret_file)?;
-        let keys = KeyRing::parse(&text, WEAK_SECRET_BYTES)
-            .with_context(|| format!("invalid JWT key file {}", self.secret_file.display()))?;
+        // Read, never created: a file missing at a reload is a mistake to
+        // report, not a reason to sign with a new secret nobody else has.
+        let text = fs::read_to_string(&self.secret_file).with_context(|| {
+            format!(
+                "cannot read the JWT key file {}",
+                self.secret_file.display()
+            )
+        })?;
+        let keys = parse_keys(&text, &self.secret_file)?;
         let count = keys.keys.len();
-        *self
-            .keys
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(keys);
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
         self.revocations.wake();
         Ok(count)
     }
 
-    fn key_ring(&self) -> std::sync::Arc<KeyRing> {
+    fn key_ring(&self) -> Arc<KeyRing> {
         self.keys
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
@@ -307,7 +312,7 @@ impl Authenticator {
     }
 
     /// The revocations in force, shared with the API and the store.
-    pub fn revocations(&self) -> &std::sync::Arc<Revocations> {
+    pub fn revocations(&self) -> &Arc<Revocations> {
         &self.revocations
     }
 
@@ -408,25 +413,30 @@ impl Authenticator {
 
     /// Whether `identity` may read `/metrics` when that needs a token.
     pub fn may_monitor(&self, identity: &Identity) -> Result<(), Denied> {
-        match identity {
-            Identity::Unchecked => Ok(()),
-            Identity::Anonymous => Err(Denied::Unauthorized),
-            Identity::Token(claims) if matches!(claims.role, Role::Service | Role::Monitor) => {
-                Ok(())
-            }
-            Identity::Token(_) => Err(Denied::Forbidden),
-        }
+        holds_role(identity, &[Role::Service, Role::Monitor])
     }
 
     /// Whether `identity` may use the publish API.
     pub fn may_publish(&self, identity: &Identity) -> Result<(), Denied> {
-        match identity {
-            Identity::Unchecked => Ok(()),
-            Identity::Anonymous => Err(Denied::Unauthorized),
-            Identity::Token(claims) if claims.role == Role::Service => Ok(()),
-            Identity::Token(_) => Err(Denied::Forbidden),
-        }
+        holds_role(identity, &[Role::Service])
     }
+}
+
+/// Whether `identity` is a token of one of `roles` (anything goes with
+/// `auth.mode = "off"`).
+fn holds_role(identity: &Identity, roles: &[Role]) -> Result<(), Denied> {
+    match identity {
+        Identity::Unchecked => Ok(()),
+        Identity::Anonymous => Err(Denied::Unauthorized),
+        Identity::Token(claims) if roles.contains(&claims.role) => Ok(()),
+        Identity::Token(_) => Err(Denied::Forbidden),
+    }
+}
+
+/// The key file's text as a key ring; the error names the file.
+fn parse_keys(text: &str, path: &Path) -> anyhow::Result<KeyRing> {
+    KeyRing::parse(text, WEAK_SECRET_BYTES)
+        .with_context(|| format!("invalid JWT key file {}", path.display()))
 }
 
 pub(crate) fn unix_now() -> u64 {
@@ -444,9 +454,6 @@ pub fn load_or_create_secret(path: &Path) -> anyhow::Result<String> {
             let secret = text.trim().to_owned();
             if secret.is_empty() {
                 bail!("the JWT secret file {} is empty", path.display());
-            }
-            if secret.len() < WEAK_SECRET_BYTES {
-                tracing::warn!(path = %path.display(), "the JWT secret is shorter than {WEAK_SECRET_BYTES} characters and easy to guess");
             }
             Ok(secret)
         }

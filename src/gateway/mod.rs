@@ -24,14 +24,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{unix_now as unix_secs, Authenticator};
+use crate::auth::{unix_now, Authenticator};
 use crate::clock::Clock;
 use crate::config::{mask_url_password, AuthMode, Config};
 use crate::core::rooms::{Rooms, RoomsSetup};
 use crate::http::api::Api;
 use crate::http::cors::Cors;
 use crate::http::health::Health;
-use crate::http::tokens::Tokens;
+use crate::http::tokens::{RevocationStore, Tokens};
 use crate::metrics::Metrics;
 use crate::net::slots::ConnectionSlots;
 use crate::net::tls::Tls;
@@ -101,8 +101,9 @@ impl Gateway {
         };
         let opened = store::open(&config.server.state_dir)?;
         let auth = Authenticator::from_config(&config.auth)?;
-        match store::load_revocations(&opened.connection, unix_secs()) {
-            Ok(revoked) => auth.revocations().load(revoked, unix_secs()),
+        let now = unix_now();
+        match store::load_revocations(&opened.connection, now) {
+            Ok(revoked) => auth.revocations().load(revoked, now),
             // The file opened and checked clean; a read that fails now is
             // the disk's, and the gateway serves rather than refusing to start.
             Err(err) => {
@@ -225,8 +226,9 @@ impl Gateway {
             metrics_auth: config.server.metrics_require_token.then(|| auth.clone()),
             tokens: Tokens {
                 auth: auth.clone(),
-                store: Arc::new(Mutex::new(store::open_reader(&config.server.state_dir)?)),
-                unwritten: Arc::default(),
+                store: Arc::new(Mutex::new(RevocationStore::new(store::open_reader(
+                    &config.server.state_dir,
+                )?))),
                 limits: config.limits.clone(),
                 shutdown: shutdown.clone(),
             },

@@ -31,12 +31,45 @@ const MAX_VALUE_CHARS: usize = 200;
 #[derive(Debug)]
 pub struct Tokens {
     pub auth: Authenticator,
-    /// Its own connection to `state.db`: revocations are rare and small.
-    pub store: Arc<Mutex<Connection>>,
-    /// Accepted but not yet written (the disk refused).
-    pub unwritten: Arc<Mutex<Vec<Revocation>>>,
+    pub store: Arc<Mutex<RevocationStore>>,
     pub limits: LimitsConfig,
     pub shutdown: CancellationToken,
+}
+
+/// Where revocations are written: its own connection to `state.db`
+/// (revocations are rare and small), and what the disk refused so far.
+#[derive(Debug)]
+pub struct RevocationStore {
+    connection: Connection,
+    unwritten: Vec<Revocation>,
+}
+
+impl RevocationStore {
+    pub fn new(connection: Connection) -> Self {
+        Self {
+            connection,
+            unwritten: Vec::new(),
+        }
+    }
+
+    /// Writes `revocation` after whatever an earlier failure left
+    /// unwritten; whether all of it is on disk.
+    fn write(&mut self, revocation: Revocation) -> bool {
+        self.unwritten.push(revocation);
+        let written = self
+            .unwritten
+            .iter()
+            .take_while(|next| match store::save_revocation(&self.connection, next) {
+                Ok(()) => true,
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot write a revocation to state.db; it is in force until the gateway stops, and is written with the next one");
+                    false
+                }
+            })
+            .count();
+        self.unwritten.drain(..written);
+        self.unwritten.is_empty()
+    }
 }
 
 impl Tokens {
@@ -64,25 +97,17 @@ impl Tokens {
         Ok(json_response(StatusCode::OK, &json!({"revoked": revoked})))
     }
 
-    /// Writes `revocation` and whatever an earlier failure left unwritten;
-    /// whether all of it is on disk.
+    /// Writes `revocation` off the runtime (a disk write); whether it is on disk.
     async fn write(&self, revocation: Revocation) -> bool {
-        let (store, unwritten) = (self.store.clone(), self.unwritten.clone());
-        let written = tokio::task::spawn_blocking(move || {
-            let mut unwritten = unwritten.lock().unwrap_or_else(PoisonError::into_inner);
-            unwritten.push(revocation);
-            let connection = store.lock().unwrap_or_else(PoisonError::into_inner);
-            while let Some(next) = unwritten.first() {
-                if let Err(err) = store::save_revocation(&connection, next) {
-                    tracing::error!(error = %err, held = unwritten.len(), "cannot write a revocation to state.db; it is in force until the gateway stops, and is written with the next one");
-                    return false;
-                }
-                unwritten.remove(0);
-            }
-            true
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            store
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .write(revocation)
         })
-        .await;
-        written.unwrap_or(false)
+        .await
+        .unwrap_or(false)
     }
 }
 

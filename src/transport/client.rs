@@ -4,10 +4,9 @@
 //! Socket.IO session both hand it parsed requests and encode its answers in
 //! their own framing.
 
-use std::sync::Arc;
-
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::time::{Duration, Instant};
@@ -174,9 +173,9 @@ struct TokenDeadline {
     closes_at_ms: u64,
     warned: bool,
     check_at: Instant,
-    /// Completes at the next revocation anywhere (then the token is checked).
-    revocation: Pin<Box<WaitForCancellationFutureOwned>>,
-    /// Not checked against the revocations since `revocation` was armed
+    /// Completes at the next revocation or key reload (then the token is checked again).
+    recheck: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Not checked against the revocations since `recheck` was armed
     /// (one may have come between the connect's check and then).
     unchecked: bool,
 }
@@ -191,7 +190,7 @@ impl TokenDeadline {
             closes_at_ms: auth::closes_at(claims).saturating_mul(1000),
             warned: false,
             check_at: Instant::now(),
-            revocation: Box::pin(auth.revocations().changed().cancelled_owned()),
+            recheck: Box::pin(auth.revocations().changed().cancelled_owned()),
             unchecked: true,
         };
         deadline.schedule(deadline.left_ms());
@@ -227,9 +226,9 @@ impl TokenDeadline {
     }
 }
 
-/// See [`Client::poll_revoked`]; over the client's parts, so that a caller
+/// See [`Client::poll_token_ended`]; over the client's parts, so that a caller
 /// can wait on it together with the client's queue.
-fn poll_revoked(
+fn poll_token_ended(
     deadline: &mut Option<Box<TokenDeadline>>,
     sessions: &Sessions,
     identity: &Identity,
@@ -243,12 +242,12 @@ fn poll_revoked(
             return Poll::Ready(ended);
         }
     }
-    while deadline.revocation.as_mut().poll(cx).is_ready() {
+    while deadline.recheck.as_mut().poll(cx).is_ready() {
         if let Err(ended) = sessions.auth().still_valid(identity) {
             return Poll::Ready(ended);
         }
         let next = sessions.auth().revocations().changed();
-        deadline.revocation = Box::pin(next.cancelled_owned());
+        deadline.recheck = Box::pin(next.cancelled_owned());
     }
     Poll::Pending
 }
@@ -315,14 +314,14 @@ impl Client {
     /// Ready, with why, when the connection's token no longer holds
     /// (revoked, or its key removed); each revocation or key reload wakes
     /// it to check, then it waits for the next.
-    pub fn poll_revoked(&mut self, cx: &mut Context<'_>) -> Poll<TokenError> {
-        poll_revoked(&mut self.deadline, &self.sessions, &self.identity, cx)
+    pub fn poll_token_ended(&mut self, cx: &mut Context<'_>) -> Poll<TokenError> {
+        poll_token_ended(&mut self.deadline, &self.sessions, &self.identity, cx)
     }
 
     /// The next room event from the client's queue (only while `deliver`),
     /// or why its token ended as soon as it does — for a session that
     /// waits on both in one place.
-    pub async fn recv_unless_revoked(
+    pub async fn recv_or_token_ended(
         &mut self,
         deliver: bool,
     ) -> Result<Arc<RoomEvent>, TokenError> {
@@ -340,7 +339,7 @@ impl Client {
             }
         });
         std::future::poll_fn(|cx| {
-            if let Poll::Ready(ended) = poll_revoked(deadline, sessions, identity, cx) {
+            if let Poll::Ready(ended) = poll_token_ended(deadline, sessions, identity, cx) {
                 return Poll::Ready(Err(ended));
             }
             next.as_mut().poll(cx).map(Ok)

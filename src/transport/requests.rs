@@ -314,6 +314,12 @@ pub fn reply_event(outcome: &Outcome<'_>, is_join: bool) -> &'static str {
     }
 }
 
+/// The `data` of a refused or ended token (Socket.IO's `connect_error`
+/// and `error` event): `{"code", "message"}`.
+pub fn token_error_data(refused: crate::auth::TokenError) -> serde_json::Value {
+    serde_json::json!({"code": refused.code(), "message": refused.to_string()})
+}
+
 /// The `data` of `token_expiring`: the token's `exp`, sent
 /// [`crate::auth::EXPIRY_WARNING`] before the connection is closed.
 pub fn token_expiring_data(exp: u64) -> serde_json::Value {

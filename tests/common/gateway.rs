@@ -85,6 +85,11 @@ impl TestGateway {
         .expect("sign")
     }
 
+    /// `http://<addr>`, the URL socket.io-client is given.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     pub fn service_token(&self) -> String {
         self.token(Role::Service, None)
     }

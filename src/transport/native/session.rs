@@ -140,7 +140,7 @@ impl Session {
                 biased;
                 () = &mut shutdown => return Err(CloseReason::Shutdown),
                 () = &mut overflowed => return Err(CloseReason::SlowConsumer),
-                ended = poll_fn(|cx| self.client.poll_revoked(cx)) => {
+                ended = poll_fn(|cx| self.client.poll_token_ended(cx)) => {
                     return Err(CloseReason::Token(ended));
                 }
                 () = &mut timer => {

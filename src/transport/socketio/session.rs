@@ -185,9 +185,8 @@ impl EngineSession {
                     Box::pin(client.subscriber().overflowed().clone().cancelled_owned())
                 });
             }
-            let can_deliver = self.disconnecting.is_none()
-                && (matches!(self.transport, Transport::WebSocket(_))
-                    || self.waiting_poll.is_some());
+            let can_deliver =
+                matches!(self.transport, Transport::WebSocket(_)) || self.waiting_poll.is_some();
             let pong_deadline = self.pong_deadline;
             let token_check_at = match self.disconnecting {
                 None => self.client.as_ref().and_then(Client::token_check_at),
@@ -229,7 +228,7 @@ impl EngineSession {
                 }
                 event = async {
                     match self.client.as_mut() {
-                        Some(client) if self.disconnecting.is_none() => client.recv_unless_revoked(can_deliver).await,
+                        Some(client) if self.disconnecting.is_none() => client.recv_or_token_ended(can_deliver).await,
                         _ => pending().await,
                     }
                 } => match event {
@@ -261,7 +260,7 @@ impl EngineSession {
     /// a DISCONNECT, so the client does not reconnect with it; the session
     /// ends once they are sent.
     fn disconnect_for(&mut self, refused: TokenError) {
-        let data = serde_json::json!({"code": refused.code(), "message": refused.to_string()});
+        let data = requests::token_error_data(refused);
         self.queue(TextFrame::from(socketio::event("error", &data)));
         self.queue(TextFrame::from(socketio::disconnect()));
         // Nothing of the rooms after the DISCONNECT.
@@ -499,7 +498,7 @@ impl EngineSession {
                 let packet = socketio::connect_error(
                     namespace,
                     refused.code(),
-                    &serde_json::json!({"code": refused.code(), "message": refused.to_string()}),
+                    &requests::token_error_data(refused),
                 );
                 self.queue(TextFrame::from(packet));
             }
