@@ -154,3 +154,48 @@ async fn a_card_whose_every_write_and_fsync_takes_100_ms_still_commits_and_deliv
     the_box.fs.set("delay 0");
     expect_stream(&the_box, &answered).await;
 }
+
+#[tokio::test]
+async fn a_revocation_the_card_refused_is_written_once_it_heals_and_holds_after_a_power_cut() {
+    let mut the_box = start_box().await;
+    let dir = the_box.fs.path();
+    let tablet = common::mint_token(&dir, &["--role", "staff", "--sub", "nurse-1"]).await;
+    the_box.fs.set("eio on");
+    let body = serde_json::json!({"sub": "nurse-1"})
+        .to_string()
+        .into_bytes();
+    let (status, answer) = http_request(
+        the_box.gateway.addr,
+        "POST",
+        "/api/tokens/revoke",
+        Some(&the_box.token),
+        body,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["durable"], false,
+        "the card refuses the write: {answer}"
+    );
+    let mut refused = TestWsClient::connect(the_box.gateway.addr, Some(&tablet)).await;
+    assert_eq!(
+        refused.expect_close().await,
+        (4401, "revoked_token".to_owned()),
+        "in force while only in memory"
+    );
+
+    the_box.fs.set("eio off");
+    the_box
+        .gateway
+        .wait_for_log("the revocations held in memory are written to state.db")
+        .await;
+    the_box.gateway.signal("KILL");
+    let _ = the_box.gateway.child.wait().await;
+    let restarted = GatewayProcess::start(&dir, &[]).await;
+    let mut after = TestWsClient::connect(restarted.addr, Some(&tablet)).await;
+    assert_eq!(
+        after.expect_close().await,
+        (4401, "revoked_token".to_owned()),
+        "written by the retry, without another revocation"
+    );
+}

@@ -7,30 +7,11 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    wait_until, GatewayProcess, HttpConnection, TestGateway, TestRedis, TestWsClient, PROMPTLY,
+    replicating_to, until_live, wait_drained, wait_until, GatewayProcess, HttpConnection,
+    TestGateway, TestRedis, PROMPTLY, RECONNECT,
 };
 use serde_json::{json, Value};
 use smartwait_gateway::Config;
-
-/// Reconnection backs off up to 30 s; waits for it get that long and more.
-const RECONNECT: Duration = Duration::from_secs(45);
-
-fn replicating_to(redis: &TestRedis, node: &str) -> impl FnOnce(&mut Config) {
-    let url = redis.url();
-    let node = node.to_owned();
-    move |config: &mut Config| {
-        config.redis.url = url;
-        config.clinic.node = node;
-    }
-}
-
-async fn wait_drained(gateway: &TestGateway) {
-    wait_until(RECONNECT, "the outbox to drain into redis", || async {
-        let health = gateway.health().await;
-        health["redis"]["state"] == "connected" && health["redis"]["backlog"] == 0
-    })
-    .await;
-}
 
 fn seqs_of(entries: &[common::StreamEntry], node: &str) -> Vec<u64> {
     entries
@@ -255,41 +236,6 @@ async fn redis_password_right_and_wrong() {
     // No crash loop: it keeps serving and keeps the event for later.
     assert_eq!(health["redis"]["backlog"], 1);
     assert!(seqs_of(&redis.stream("test-clinic").await, "wrong").is_empty());
-}
-
-/// Publishes `warmup` on `from` until `to_screen` (a display on another
-/// box) gets it live, then drains late warm-ups: the boxes' subscriptions
-/// are in place.
-async fn until_live(
-    from: &TestGateway,
-    from_screen: &mut TestWsClient,
-    to_screen: &mut TestWsClient,
-) {
-    let deadline = tokio::time::Instant::now() + PROMPTLY;
-    loop {
-        let (_, answer) = from
-            .publish(
-                "/api/broadcast",
-                json!({"room": "patients", "event": "warmup", "data": null}),
-            )
-            .await;
-        assert_eq!(answer["delivered"], 1);
-        from_screen.expect_event("warmup").await;
-        if tokio::time::timeout(Duration::from_millis(200), to_screen.expect_event("warmup"))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no live delivery between the boxes"
-        );
-    }
-    while tokio::time::timeout(Duration::from_millis(300), to_screen.next_json())
-        .await
-        .is_ok()
-    {}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

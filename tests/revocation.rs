@@ -3,14 +3,23 @@
 //! (or the one token) at once — native with 4401 `revoked_token`, Socket.IO
 //! with an `error` event and a DISCONNECT — and the token is refused from
 //! then on, also after a restart; a token minted later for the same subject
-//! works; bad requests change nothing.
+//! works; bad requests change nothing. With Redis, a revocation made on
+//! one box closes the subject's connections on the clinic's other boxes and
+//! holds there (also on a box that was away, and across its restart without
+//! Redis); forged revocations change nothing.
 
 mod common;
 
+use std::path::Path;
+
 use common::sio::SioDriver;
-use common::{http_request, TestGateway, TestWsClient};
+use common::{
+    http_request, replicating_to, until_live, wait_drained, wait_until, TestGateway, TestRedis,
+    TestWsClient, PROMPTLY,
+};
 use serde_json::{json, Value};
 use smartwait_gateway::auth::Role;
+use smartwait_gateway::Config;
 
 async fn revoke(gateway: &TestGateway, token: Option<&str>, body: Value) -> (u16, Value) {
     http_request(
@@ -23,6 +32,7 @@ async fn revoke(gateway: &TestGateway, token: Option<&str>, body: Value) -> (u16
     .await
 }
 
+/// The `revoked` list of `GET /api/tokens/revoked`.
 async fn revoked_list(gateway: &TestGateway) -> Value {
     let token = gateway.service_token();
     let (status, body) = http_request(
@@ -34,7 +44,7 @@ async fn revoked_list(gateway: &TestGateway) -> Value {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    body
+    body["revoked"].clone()
 }
 
 fn staff_token(gateway: &TestGateway, sub: &str) -> String {
@@ -108,7 +118,7 @@ async fn revoking_a_subject_closes_its_connections_at_once_and_refuses_its_token
         (4401, "revoked_token".to_owned())
     );
     let listed = revoked_list(&gateway).await;
-    let entries = listed["revoked"].as_array().expect("list");
+    let entries = listed.as_array().expect("list");
     assert_eq!(entries.len(), 1, "{listed}");
     assert_eq!(entries[0]["value"], "nurse-1");
     assert!(entries[0]["until"].as_u64() > entries[0]["revokedAt"].as_u64());
@@ -178,7 +188,7 @@ async fn bad_revocations_are_refused_and_change_nothing() {
             "{body}: {answer}"
         );
     }
-    assert_eq!(revoked_list(&gateway).await, json!({"revoked": []}));
+    assert_eq!(revoked_list(&gateway).await, json!([]));
     let (status, _) = http_request(
         gateway.addr,
         "GET",
@@ -190,4 +200,142 @@ async fn bad_revocations_are_refused_and_change_nothing() {
     assert_eq!(status, 403);
     let mut tablet = TestWsClient::connect(gateway.addr, Some(&staff)).await;
     tablet.join("join-staff-room", json!("nurse-1")).await;
+}
+
+const SIGNING_KEY: &str = "the-clinic-signing-key-0123456789";
+
+/// Box `node` of the test clinic on `redis`, with the clinic's JWT secret
+/// and signing key from `keys`.
+fn clinic_box(redis: &TestRedis, node: &str, keys: &Path) -> impl FnOnce(&mut Config) {
+    let replicate = replicating_to(redis, node);
+    let keys = keys.to_path_buf();
+    move |config: &mut Config| {
+        replicate(config);
+        config.auth.secret_file = keys.join("jwt-secret");
+        config.redis.signing_key_file = keys.join("signing-key");
+    }
+}
+
+fn values_of(list: &Value) -> Vec<String> {
+    let mut values: Vec<String> = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|entry| entry["value"].as_str().expect("value").to_owned())
+        .collect();
+    values.sort();
+    values
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_on_one_box_closes_the_subjects_connections_on_every_box_and_holds_there() {
+    let redis = TestRedis::start().await;
+    let keys = tempfile::tempdir().expect("key dir");
+    std::fs::write(keys.path().join("signing-key"), SIGNING_KEY).expect("signing key");
+    let a = TestGateway::start_with(clinic_box(&redis, "a", keys.path())).await;
+    let b_state = tempfile::tempdir().expect("state dir");
+    let mut b = TestGateway::start_in(b_state.path(), clinic_box(&redis, "b", keys.path())).await;
+    wait_drained(&a).await;
+    wait_drained(&b).await;
+    let (mut on_a, mut on_b) = (a.display().await, b.display().await);
+    until_live(&a, &mut on_a, &mut on_b).await;
+
+    let lost_tablet = staff_token(&a, "nurse-1");
+    let colleague = staff_token(&a, "nurse-2");
+    let mut tablet_on_a = TestWsClient::connect(a.addr, Some(&lost_tablet)).await;
+    tablet_on_a.join("join-staff-room", json!("nurse-1")).await;
+    let mut tablet_on_b = TestWsClient::connect(b.addr, Some(&lost_tablet)).await;
+    tablet_on_b.join("join-staff-room", json!("nurse-1")).await;
+    let mut colleague_on_b = TestWsClient::connect(b.addr, Some(&colleague)).await;
+    colleague_on_b
+        .join("join-staff-room", json!("nurse-2"))
+        .await;
+
+    let revoked = std::time::Instant::now();
+    let (status, answer) = revoke(&a, Some(&a.service_token()), json!({"sub": "nurse-1"})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        tablet_on_a.expect_close().await,
+        (4401, "revoked_token".to_owned())
+    );
+    assert_eq!(
+        tablet_on_b.expect_close().await,
+        (4401, "revoked_token".to_owned()),
+        "the other box closes the subject's connection too"
+    );
+    eprintln!(
+        "closed on the other box {:?} after the revocation",
+        revoked.elapsed()
+    );
+    let mut again_on_b = TestWsClient::connect(b.addr, Some(&lost_tablet)).await;
+    assert_eq!(
+        again_on_b.expect_close().await,
+        (4401, "revoked_token".to_owned())
+    );
+    assert_eq!(values_of(&revoked_list(&b).await), ["nurse-1"]);
+
+    // Revocations nobody signed with the clinic's key, live and in the
+    // clinic's hash, close nothing and are counted.
+    let mut connection = redis.client().await;
+    let forged = json!({
+        "node": "intruder",
+        "revocation": {"kind": "sub", "value": "nurse-2", "revokedAt": 4_000_000_000u64, "until": 4_100_000_000u64},
+    });
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("smartwait:{test-clinic}:broadcast")
+        .arg(forged.to_string())
+        .query_async(&mut connection)
+        .await
+        .expect("PUBLISH");
+    let mut wrongly_signed = forged.clone();
+    wrongly_signed["sig"] = json!("00".repeat(32));
+    let _: i64 = redis::cmd("HSET")
+        .arg("smartwait:{test-clinic}:revocations")
+        .arg("sub:nurse-2")
+        .arg(wrongly_signed.to_string())
+        .query_async(&mut connection)
+        .await
+        .expect("HSET");
+    wait_until(PROMPTLY, "the live forgery to be counted", || async {
+        b.health().await["redis"]["forgedEnvelopes"].as_u64() >= Some(1)
+    })
+    .await;
+    colleague_on_b.expect_silence().await;
+    b.publish("/api/queue/new-patient", json!({"name": "A-002"}))
+        .await;
+    colleague_on_b.expect_event("new_patient").await;
+
+    // A box that was away learns of it when it connects, and ignores the forgery.
+    let c = TestGateway::start_with(clinic_box(&redis, "c", keys.path())).await;
+    wait_until(
+        PROMPTLY,
+        "box c to apply the clinic's revocations",
+        || async { !revoked_list(&c).await.as_array().expect("list").is_empty() },
+    )
+    .await;
+    assert_eq!(values_of(&revoked_list(&c).await), ["nurse-1"]);
+    let mut tablet_on_c = TestWsClient::connect(c.addr, Some(&lost_tablet)).await;
+    assert_eq!(
+        tablet_on_c.expect_close().await,
+        (4401, "revoked_token".to_owned())
+    );
+    let mut colleague_on_c = TestWsClient::connect(c.addr, Some(&colleague)).await;
+    colleague_on_c
+        .join("join-staff-room", json!("nurse-2"))
+        .await;
+    assert!(c.health().await["redis"]["forgedEnvelopes"].as_u64() >= Some(1));
+
+    // Box b keeps it across a restart with Redis out of reach: it wrote it to its state.db.
+    b.shutdown().await;
+    let keys_path = keys.path().to_path_buf();
+    let b = TestGateway::start_in(b_state.path(), move |config| {
+        config.clinic.node = "b".to_owned();
+        config.auth.secret_file = keys_path.join("jwt-secret");
+    })
+    .await;
+    let mut after_restart = TestWsClient::connect(b.addr, Some(&lost_tablet)).await;
+    assert_eq!(
+        after_restart.expect_close().await,
+        (4401, "revoked_token".to_owned())
+    );
 }

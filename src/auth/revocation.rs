@@ -82,18 +82,40 @@ pub struct Revocations {
 }
 
 impl Revocations {
-    /// Adds (or, for the same kind and value, replaces) an entry, drops
-    /// expired ones, and wakes every live connection to check its token.
-    pub fn revoke(&self, revocation: Revocation, now: u64) {
-        {
+    /// Puts `revocation` in force, merged with an entry of the same kind and
+    /// value (the later `revokedAt` and the later `until` of the two: it
+    /// covers what either did), drops expired entries, and wakes every live
+    /// connection to check its token. The merged entry when it is new or
+    /// wider than the one in force; `None` when nothing changed (another
+    /// box's copy of an entry this one has), and no connection is woken.
+    pub fn revoke(&self, revocation: Revocation, now: u64) -> Option<Revocation> {
+        let merged = {
             let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
-            entries.retain(|entry| {
-                entry.until >= now
-                    && !(entry.kind == revocation.kind && entry.value == revocation.value)
-            });
-            entries.push(revocation);
-        }
+            entries.retain(|entry| entry.until >= now);
+            let same = entries
+                .iter_mut()
+                .find(|entry| entry.kind == revocation.kind && entry.value == revocation.value);
+            match same {
+                Some(entry) => {
+                    let merged = Revocation {
+                        revoked_at: entry.revoked_at.max(revocation.revoked_at),
+                        until: entry.until.max(revocation.until),
+                        ..revocation
+                    };
+                    if *entry == merged {
+                        return None;
+                    }
+                    *entry = merged.clone();
+                    merged
+                }
+                None => {
+                    entries.push(revocation.clone());
+                    revocation
+                }
+            }
+        };
         self.wake();
+        Some(merged)
     }
 
     /// Makes every live connection check its token again (a revocation, a
@@ -162,8 +184,17 @@ mod tests {
             revoked_at: 1_000,
             until: 5_000,
         };
-        list.revoke(revocation(RevokedKind::Sub, "nurse-1"), 1_000);
+        assert!(list
+            .revoke(revocation(RevokedKind::Sub, "nurse-1"), 1_000)
+            .is_some());
         assert!(signal.is_cancelled(), "live connections are told");
+        let unchanged = list.changed();
+        assert_eq!(
+            list.revoke(revocation(RevokedKind::Sub, "nurse-1"), 1_000),
+            None,
+            "the same entry again (another box's copy) changes nothing"
+        );
+        assert!(!unchanged.is_cancelled(), "and wakes nobody");
         assert!(list.covers(&claims("nurse-1", None, Some(900)), 1_000));
         assert!(list.covers(&claims("nurse-1", None, None), 1_000));
         assert!(list.covers(&claims("nurse-1", None, Some(1_000)), 1_000));
@@ -173,12 +204,23 @@ mod tests {
         );
         assert!(!list.covers(&claims("nurse-2", None, Some(900)), 1_000));
         list.revoke(revocation(RevokedKind::Jti, "abc"), 1_000);
+        let earlier_but_longer = Revocation {
+            revoked_at: 500,
+            until: 9_000,
+            ..revocation(RevokedKind::Jti, "abc")
+        };
+        let merged = list.revoke(earlier_but_longer, 1_000);
+        assert_eq!(
+            merged.map(|entry| (entry.revoked_at, entry.until)),
+            Some((1_000, 9_000)),
+            "merged: the later revocation and the later end"
+        );
         assert!(list.covers(&claims("nurse-9", Some("abc"), Some(2_000)), 1_000));
         assert!(!list.covers(&claims("nurse-9", Some("abd"), Some(2_000)), 1_000));
         assert!(
             !list.covers(&claims("nurse-1", None, Some(900)), 5_001),
             "expired entry"
         );
-        assert_eq!(list.list(5_001), Vec::new());
+        assert_eq!(list.list(9_001), Vec::new());
     }
 }

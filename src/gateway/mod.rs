@@ -31,13 +31,14 @@ use crate::core::rooms::{Rooms, RoomsSetup};
 use crate::http::api::Api;
 use crate::http::cors::Cors;
 use crate::http::health::Health;
-use crate::http::tokens::{RevocationStore, Tokens};
+use crate::http::tokens::Tokens;
 use crate::metrics::Metrics;
 use crate::net::slots::ConnectionSlots;
 use crate::net::tls::Tls;
 use crate::publish::notifications::GetReadyTracker;
-use crate::publish::{DiskBound, Publisher, WriterSetup};
+use crate::publish::{DiskBound, Publisher, RevocationLedger, WriterSetup};
 use crate::replication::link::Replicator;
+use crate::replication::revocations::RevocationSharing;
 use crate::replication::signing::Signer;
 use crate::replication::status::ReplicationStatus;
 use crate::replication::subscription::FanIn;
@@ -174,7 +175,16 @@ impl Gateway {
         if config.redis.enabled() && signer.is_none() {
             tracing::warn!("redis.signing_key_file is not set: any client of the central Redis can publish to this clinic's screens; set the same key on every box of the clinic (docs/replication.md)");
         }
+        let ledger =
+            RevocationLedger::new(auth.clone(), store::open_reader(&config.server.state_dir)?);
         let replication = if config.redis.enabled() {
+            let revocation_sharing = RevocationSharing {
+                clinic: config.clinic.clone(),
+                redis: config.redis.clone(),
+                ledger: ledger.clone(),
+                signer: signer.clone(),
+                metrics: metrics.clone(),
+            };
             tracing::info!(
                 url = %mask_url_password(&config.redis.url),
                 clinic = %config.clinic.id,
@@ -196,6 +206,7 @@ impl Gateway {
                 history_base: opened.history_base,
                 clock: clock.clone(),
                 signer: signer.clone(),
+                revocations: revocation_sharing.clone(),
             };
             let fan_in = FanIn {
                 redis: config.redis.clone(),
@@ -205,6 +216,7 @@ impl Gateway {
                 metrics: metrics.clone(),
                 shutdown: shutdown.clone(),
                 signer,
+                revocations: revocation_sharing,
             };
             Some((replicator, fan_in))
         } else {
@@ -226,9 +238,7 @@ impl Gateway {
             metrics_auth: config.server.metrics_require_token.then(|| auth.clone()),
             tokens: Tokens {
                 auth: auth.clone(),
-                store: Arc::new(Mutex::new(RevocationStore::new(store::open_reader(
-                    &config.server.state_dir,
-                )?))),
+                ledger: ledger.clone(),
                 limits: config.limits.clone(),
                 shutdown: shutdown.clone(),
             },
@@ -295,7 +305,11 @@ impl Gateway {
         } = self;
         systemd::ready();
         let workers = TaskTracker::new();
-        workers.spawn(housekeeping(publisher.clone(), shutdown.clone()));
+        workers.spawn(housekeeping(
+            publisher.clone(),
+            routes.tokens.ledger.clone(),
+            shutdown.clone(),
+        ));
         workers.spawn(systemd::watchdog(rooms, shutdown.clone()));
         workers.spawn(clock.watch(shutdown.clone()));
         if let Some((replicator, fan_in)) = replication {
@@ -348,7 +362,7 @@ impl Gateway {
     }
 }
 
-async fn housekeeping(publisher: Publisher, shutdown: CancellationToken) {
+async fn housekeeping(publisher: Publisher, ledger: RevocationLedger, shutdown: CancellationToken) {
     let mut interval = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     // The writer backs off by itself; this only wakes it when nothing is published.
     let mut retry = tokio::time::interval(STORE_RETRY_INTERVAL);
@@ -356,7 +370,10 @@ async fn housekeeping(publisher: Publisher, shutdown: CancellationToken) {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = interval.tick() => publisher.housekeep().await,
-            _ = retry.tick() => publisher.retry_store(),
+            _ = retry.tick() => {
+                publisher.retry_store();
+                ledger.retry_unwritten().await;
+            }
         }
     }
 }

@@ -4,15 +4,14 @@
 //!
 //! A revocation takes effect in memory at once — every live connection it
 //! covers is closed by its session (`revoked_token`) — and is written to
-//! `state.db`, so it holds across a restart. When the disk refuses the
-//! write the answer says `"durable": false` and the entry is written with
-//! the next revocation that finds the disk working.
-
-use std::sync::{Arc, Mutex, PoisonError};
+//! `state.db`, so it holds across a restart, and shared with the clinic's
+//! other boxes through Redis (the [`RevocationLedger`]). When the disk
+//! refuses the write the answer says `"durable": false` and the entry is
+//! written as soon as the disk allows. Revoking what is already revoked
+//! answers the entry in force (the later `revokedAt` and `until` of the two).
 
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
-use rusqlite::Connection;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -22,7 +21,7 @@ use super::response::{
 };
 use crate::auth::{unix_now, Authenticator, Revocation, RevokedKind};
 use crate::config::LimitsConfig;
-use crate::store;
+use crate::publish::{RevocationLedger, RevocationSource};
 
 /// Longest `sub` or `jti` accepted.
 const MAX_VALUE_CHARS: usize = 200;
@@ -31,45 +30,9 @@ const MAX_VALUE_CHARS: usize = 200;
 #[derive(Debug)]
 pub struct Tokens {
     pub auth: Authenticator,
-    pub store: Arc<Mutex<RevocationStore>>,
+    pub ledger: RevocationLedger,
     pub limits: LimitsConfig,
     pub shutdown: CancellationToken,
-}
-
-/// Where revocations are written: its own connection to `state.db`
-/// (revocations are rare and small), and what the disk refused so far.
-#[derive(Debug)]
-pub struct RevocationStore {
-    connection: Connection,
-    unwritten: Vec<Revocation>,
-}
-
-impl RevocationStore {
-    pub fn new(connection: Connection) -> Self {
-        Self {
-            connection,
-            unwritten: Vec::new(),
-        }
-    }
-
-    /// Writes `revocation` after whatever an earlier failure left
-    /// unwritten; whether all of it is on disk.
-    fn write(&mut self, revocation: Revocation) -> bool {
-        self.unwritten.push(revocation);
-        let written = self
-            .unwritten
-            .iter()
-            .take_while(|next| match store::save_revocation(&self.connection, next) {
-                Ok(()) => true,
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot write a revocation to state.db; it is in force until the gateway stops, and is written with the next one");
-                    false
-                }
-            })
-            .count();
-        self.unwritten.drain(..written);
-        self.unwritten.is_empty()
-    }
 }
 
 impl Tokens {
@@ -81,12 +44,14 @@ impl Tokens {
         let body = read_body(request, limits.max_body_bytes, limits.header_timeout).await?;
         let now = unix_now();
         let revocation = parse_revocation(parse_json_body(&body)?, now, &self.auth)?;
-        self.auth.revocations().revoke(revocation.clone(), now);
         tracing::info!(kind = revocation.kind.as_str(), value = %revocation.value, until = revocation.until, "token revoked");
-        let durable = self.write(revocation.clone()).await;
+        let (in_force, durable) = self
+            .ledger
+            .revoke(revocation, RevocationSource::Local)
+            .await;
         Ok(json_response(
             StatusCode::OK,
-            &json!({"revoked": revocation, "durable": durable}),
+            &json!({"revoked": in_force, "durable": durable}),
         ))
     }
 
@@ -95,19 +60,6 @@ impl Tokens {
         authorize_service(&self.auth, request)?;
         let revoked = self.auth.revocations().list(unix_now());
         Ok(json_response(StatusCode::OK, &json!({"revoked": revoked})))
-    }
-
-    /// Writes `revocation` off the runtime (a disk write); whether it is on disk.
-    async fn write(&self, revocation: Revocation) -> bool {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            store
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .write(revocation)
-        })
-        .await
-        .unwrap_or(false)
     }
 }
 

@@ -35,6 +35,12 @@ pub fn node_health(clinic: &str, node: &str) -> String {
     format!("smartwait:{{{clinic}}}:nodes:{node}:health")
 }
 
+/// The clinic's revocations in force, one field `<kind>:<value>` each
+/// (see [`super::revocations`]).
+pub fn revocations(clinic: &str) -> String {
+    format!("smartwait:{{{clinic}}}:revocations")
+}
+
 /// What goes over the broadcast channel: one event of one node.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Envelope<'a> {
@@ -67,6 +73,7 @@ mod tests {
             replicated_epoch("c", "box-1"),
             "smartwait:{c}:nodes:box-1:replicated_epoch"
         );
+        assert_eq!(revocations("c"), "smartwait:{c}:revocations");
         assert_eq!(
             node_health("c", "box-1"),
             "smartwait:{c}:nodes:box-1:health"

@@ -1,6 +1,7 @@
 //! Replication to the clinic's central Redis: drains the store's outbox, in
 //! seq order and in pipelined batches, into the clinic's stream, publishes
-//! fresh events live, and keeps the node's health key.
+//! fresh events live, keeps the node's health key, and shares the clinic's
+//! revocations ([`super::revocations`]).
 //!
 //! Each batch's `XADD`s and the node's `replicated` seq are written in one
 //! MULTI/EXEC, and Redis's `replicated` seq is read back after every
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::keys::{self, Envelope};
+use super::revocations::RevocationSharing;
 use super::signing::{self, Signer};
 use super::status::{LinkState, ReplicationStatus};
 use crate::clock::{rfc3339_ms, unix_ms, Clock};
@@ -58,6 +60,9 @@ pub struct Replicator {
     pub clock: Clock,
     /// Signs every stream entry and envelope (`redis.signing_key_file`).
     pub signer: Option<Arc<Signer>>,
+    /// Merges the clinic's revocations at connect, with each heartbeat and
+    /// at each local revocation.
+    pub revocations: RevocationSharing,
 }
 
 /// Replicates until shutdown, reconnecting with backoff after any failure.
@@ -117,9 +122,13 @@ impl Replicator {
             if self.shutdown.is_cancelled() {
                 break;
             }
+            let local_revocation = self.revocations.ledger.take_local_change();
             if Instant::now() >= next_health {
                 self.write_health(&mut connection).await?;
+                self.revocations.sync(&mut connection).await?;
                 next_health = Instant::now() + HEALTH_REFRESH;
+            } else if local_revocation {
+                self.revocations.sync(&mut connection).await?;
             }
             let batch = self.read_batch(cursor).await?;
             if let Some(last) = batch.last() {
@@ -140,6 +149,7 @@ impl Replicator {
             tokio::select! {
                 () = self.shutdown.cancelled() => {}
                 () = self.publisher.outbox().added.notified() => {}
+                () = self.revocations.ledger.local_revocation() => {}
                 () = tokio::time::sleep_until(next_health) => {}
             }
         }

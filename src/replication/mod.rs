@@ -1,6 +1,7 @@
 //! The link to the clinic's central Redis: the outbox drained into the
 //! clinic's stream ([`link`]), live events of the clinic's other boxes
-//! ([`subscription`]), the key layout ([`keys`]), envelope [`signing`], the link's state as
+//! ([`subscription`]), revoked tokens shared by the boxes ([`revocations`]),
+//! the key layout ([`keys`]), envelope [`signing`], the link's state as
 //! `/health` shows it ([`status`]) and reconnect [`backoff`].
 //!
 //! Nothing here is on the delivery path: local screens never wait for
@@ -10,6 +11,7 @@
 pub mod backoff;
 pub mod keys;
 pub mod link;
+pub mod revocations;
 pub mod signing;
 pub mod status;
 pub mod subscription;

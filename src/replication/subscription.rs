@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::keys::{self, Envelope};
+use super::revocations::RevocationSharing;
 use super::signing::{self, Signer};
 use super::status::ReplicationStatus;
 use crate::config::{ClinicConfig, RedisConfig};
@@ -31,6 +32,8 @@ pub struct FanIn {
     pub shutdown: CancellationToken,
     /// With `redis.signing_key_file`: only envelopes it verifies are delivered.
     pub signer: Option<Arc<Signer>>,
+    /// Applies revocations that come over the channel.
+    pub revocations: RevocationSharing,
 }
 
 /// Subscribes until shutdown, resubscribing with backoff after any failure.
@@ -86,10 +89,12 @@ impl FanIn {
         }
     }
 
-    /// Publishes one envelope locally unless it is this node's own.
+    /// Publishes one envelope locally unless it is this node's own, or
+    /// applies a revocation.
     async fn receive(&self, payload: &str) {
         let envelope: Envelope<'_> = match serde_json::from_str(payload) {
             Ok(envelope) => envelope,
+            Err(_) if self.revocations.receive(payload).await => return,
             Err(err) => {
                 // Invalid room and event names are refused here, as they are parsed.
                 tracing::warn!(error = %err, "ignoring a malformed broadcast envelope");
@@ -119,7 +124,7 @@ impl FanIn {
             };
             if let Some(why) = why {
                 self.metrics.forged_envelopes.inc();
-                signer.log_forgery(&envelope.node, why);
+                signer.log_forgery(&envelope.node, "event", why);
                 return;
             }
         }

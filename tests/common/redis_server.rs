@@ -2,9 +2,70 @@
 
 use std::process::Stdio;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::*;
+
+/// Reconnection backs off up to 30 s; waits for it get that long and more.
+pub const RECONNECT: Duration = Duration::from_secs(45);
+
+/// The config change that makes a gateway box `node` of the test clinic,
+/// replicating to `redis`.
+pub fn replicating_to(
+    redis: &TestRedis,
+    node: &str,
+) -> impl FnOnce(&mut smartwait_gateway::Config) {
+    let url = redis.url();
+    let node = node.to_owned();
+    move |config: &mut smartwait_gateway::Config| {
+        config.redis.url = url;
+        config.clinic.node = node;
+    }
+}
+
+/// Waits until `gateway` is connected to Redis with an empty outbox.
+pub async fn wait_drained(gateway: &TestGateway) {
+    wait_until(RECONNECT, "the outbox to drain into redis", || async {
+        let health = gateway.health().await;
+        health["redis"]["state"] == "connected" && health["redis"]["backlog"] == 0
+    })
+    .await;
+}
+
+/// Publishes `warmup` on `from` until `to_screen` (a display on another
+/// box) gets it live, then drains late warm-ups: the boxes' subscriptions
+/// are in place.
+pub async fn until_live(
+    from: &TestGateway,
+    from_screen: &mut TestWsClient,
+    to_screen: &mut TestWsClient,
+) {
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        let (_, answer) = from
+            .publish(
+                "/api/broadcast",
+                json!({"room": "patients", "event": "warmup", "data": null}),
+            )
+            .await;
+        assert_eq!(answer["delivered"], 1);
+        from_screen.expect_event("warmup").await;
+        if tokio::time::timeout(Duration::from_millis(200), to_screen.expect_event("warmup"))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no live delivery between the boxes"
+        );
+    }
+    while tokio::time::timeout(Duration::from_millis(300), to_screen.next_json())
+        .await
+        .is_ok()
+    {}
+}
 
 /// A real `redis-server` on a free port with AOF persistence, in its own
 /// directory; killed when dropped. `kill` stops it with SIGKILL and
@@ -101,7 +162,8 @@ impl TestRedis {
             .expect("redis connection")
     }
 
-    /// The `seq` and `node` fields of every stream entry, in stream order.
+    /// Every event entry of the clinic's stream, in stream order (entries
+    /// that record a revocation are left out).
     pub async fn stream(&self, clinic: &str) -> Vec<StreamEntry> {
         let mut connection = self.client().await;
         // In pages, so a long stream stays within each command's timeout
@@ -126,19 +188,22 @@ impl TestRedis {
         }
         entries
             .into_iter()
-            .map(|(_, fields)| {
+            .filter_map(|(_, fields)| {
                 let map: std::collections::HashMap<String, String> = fields
                     .chunks(2)
                     .map(|pair| (pair[0].clone(), pair[1].clone()))
                     .collect();
-                StreamEntry {
+                if map.contains_key("revocation") {
+                    return None;
+                }
+                Some(StreamEntry {
                     seq: map["seq"].parse().expect("seq"),
                     node: map["node"].clone(),
                     rooms: map["rooms"].clone(),
                     event: map["event"].clone(),
                     data: serde_json::from_str(&map["data"]).expect("data JSON"),
                     ts: map["ts"].clone(),
-                }
+                })
             })
             .collect()
     }
