@@ -399,3 +399,45 @@ async fn cross_origin_calls_are_allowed_only_for_the_configured_origins() {
         .await;
     assert!(page.headers.get("access-control-allow-origin").is_none());
 }
+
+/// Found by Schemathesis (tests/openapi.rs): an `Idempotency-Key` with a
+/// space was taken, though the document (and the error message) say
+/// visible ASCII characters only; and a position written `3.0` was refused.
+#[tokio::test]
+async fn an_idempotency_key_with_a_space_is_refused_and_a_whole_float_position_is_taken() {
+    let gateway = TestGateway::start().await;
+    let token = gateway.service_token();
+    let last_seq = gateway.health().await["lastSeq"].clone();
+    let mut http = common::HttpConnection::open(gateway.addr).await;
+    let (status, answer) = http
+        .post(
+            "/api/queue/update",
+            &token,
+            &json!({}),
+            &[("idempotency-key", "two words")],
+        )
+        .await;
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (400, &json!("invalid_idempotency_key")),
+        "{answer}"
+    );
+    assert_eq!(
+        gateway.health().await["lastSeq"],
+        last_seq,
+        "nothing published"
+    );
+
+    let mut phone = gateway.patient("7").await;
+    let (status, answer) = gateway
+        .publish(
+            "/api/patients/7/position",
+            json!({"position": 3.0, "estimatedWait": 12}),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(
+        phone.expect_event("position_update").await["data"]["position"],
+        3
+    );
+}

@@ -144,8 +144,16 @@ async fn revoking_one_jti_leaves_the_subjects_other_tokens_alone() {
     phone.join("join-patient-room", json!("5")).await;
     let service = gateway.service_token();
     let jti = claims.jti.clone().expect("minted tokens carry a jti");
-    let (status, answer) = revoke(&gateway, Some(&service), json!({"jti": jti})).await;
+    // The largest `until` taken (2^53 - 1, docs/openapi.yaml), as a float.
+    let forever = json!({"jti": jti, "until": 9_007_199_254_740_991.0});
+    let (status, answer) = revoke(&gateway, Some(&service), forever).await;
     assert_eq!(status, 200, "{answer}");
+    let revoked = &answer["revoked"];
+    assert_eq!(
+        revoked["until"].as_u64(),
+        revoked["revokedAt"].as_u64().map(|at| at + 400 * 86_400),
+        "capped at the longest token lifetime (auth.max_token_ttl): {answer}"
+    );
     assert_eq!(
         leaked_phone.expect_close().await,
         (4401, "revoked_token".to_owned())
@@ -179,6 +187,10 @@ async fn bad_revocations_are_refused_and_change_nothing() {
         json!({"sub": "a", "until": 1}),
         json!({"sub": "a", "until": "tomorrow"}),
         json!({"sub": "a", "extra": true}),
+        json!({"sub": null, "jti": "b"}),
+        json!({"sub": "a", "until": null}),
+        json!({"sub": "a", "until": u64::MAX}),
+        json!({"sub": "a", "until": 4_000_000_000.5}),
         json!(["sub", "a"]),
     ] {
         let (status, answer) = revoke(&gateway, Some(&service), body.clone()).await;

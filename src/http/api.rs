@@ -185,7 +185,12 @@ fn idempotency_key(request: &Request<Incoming>) -> Result<Option<String>, HttpEr
         return Ok(None);
     };
     match value.to_str() {
-        Ok(key) if (1..=MAX_IDEMPOTENCY_KEY_CHARS).contains(&key.len()) => Ok(Some(key.to_owned())),
+        Ok(key)
+            if (1..=MAX_IDEMPOTENCY_KEY_CHARS).contains(&key.len())
+                && key.bytes().all(|byte| byte.is_ascii_graphic()) =>
+        {
+            Ok(Some(key.to_owned()))
+        }
         _ => Err(HttpError::bad_request(
             BadRequest::InvalidIdempotencyKey,
             format!(

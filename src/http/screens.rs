@@ -1,7 +1,10 @@
 //! The reference screens and the JavaScript client, compiled into the
 //! binary from `web/`: a kiosk TV pointed at `/display`, a tablet at
 //! `/staff` and a phone at `/p/{patient_id}?token=...` work with no CDN and
-//! no build step (docs/screens.md, docs/client.md).
+//! no build step (docs/screens.md, docs/client.md). The box's OpenAPI
+//! document (`docs/openapi.yaml`) is served the same way, at
+//! `/api/openapi.yaml`, so an integrator gets the contract of the version
+//! the box runs.
 //!
 //! This module owns the asset table and how an asset is answered: its
 //! content type, revalidation by ETag, and the headers that keep the pages
@@ -32,6 +35,7 @@ const HTML: &str = "text/html; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
 const SVG: &str = "image/svg+xml";
+const YAML: &str = "application/yaml";
 
 macro_rules! asset {
     ($path:literal, $file:literal, $type:expr) => {
@@ -43,7 +47,7 @@ macro_rules! asset {
     };
 }
 
-static ASSETS: [Asset; 11] = [
+static ASSETS: [Asset; 12] = [
     asset!("/", "index.html", HTML),
     asset!("/display", "display.html", HTML),
     asset!("/staff", "staff.html", HTML),
@@ -55,6 +59,11 @@ static ASSETS: [Asset; 11] = [
     asset!("/patient.js", "patient.js", JS),
     asset!("/screens.css", "screens.css", CSS),
     asset!("/favicon.svg", "favicon.svg", SVG),
+    Asset {
+        path: "/api/openapi.yaml",
+        content_type: YAML,
+        body: include_str!("../../docs/openapi.yaml"),
+    },
 ];
 
 /// Pages may load only the box's own scripts and styles, and talk only to
@@ -67,6 +76,7 @@ const CONTENT_SECURITY: &str = "default-src 'self'; script-src 'self'; style-src
 pub fn resolve(segments: &[&str]) -> Option<&'static Asset> {
     let path = match segments {
         ["p", id] if PatientId::parse(id).is_some() => "/p/{patient_id}",
+        ["api", "openapi.yaml"] => "/api/openapi.yaml",
         [] => "/",
         [name] => ASSETS
             .iter()
@@ -158,6 +168,11 @@ mod tests {
         assert_eq!(resolve(&["p", "no spaces"]), None);
         assert_eq!(resolve(&["p"]), None);
         assert_eq!(resolve(&["nope.js"]), None);
+        assert_eq!(
+            resolve(&["api", "openapi.yaml"]).map(|asset| asset.path),
+            Some("/api/openapi.yaml")
+        );
+        assert_eq!(resolve(&["openapi.yaml"]), None);
         assert_eq!(resolve(&["p", "{patient_id}"]), None);
     }
 

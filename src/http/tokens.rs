@@ -21,6 +21,7 @@ use super::response::{
 };
 use crate::auth::{unix_now, Authenticator, Revocation, RevokedKind};
 use crate::config::LimitsConfig;
+use crate::publish::notifications::whole_number;
 use crate::publish::{RevocationLedger, RevocationSource};
 
 /// Longest `sub` or `jti` accepted.
@@ -72,7 +73,7 @@ fn parse_revocation(body: Value, now: u64, auth: &Authenticator) -> Result<Revoc
         ));
     };
     let named = |object: &mut serde_json::Map<String, Value>, key: &str| match object.remove(key) {
-        None | Some(Value::Null) => Ok(None),
+        None => Ok(None),
         Some(Value::String(text))
             if !text.is_empty() && text.chars().count() <= MAX_VALUE_CHARS =>
         {
@@ -87,10 +88,12 @@ fn parse_revocation(body: Value, now: u64, auth: &Authenticator) -> Result<Revoc
         (None, Some(jti)) => (RevokedKind::Jti, jti),
         _ => return Err(invalid("name exactly one of \"sub\" or \"jti\"")),
     };
+    // Past the longest token lifetime an entry covers nothing more: capped there.
+    let longest = now.saturating_add(auth.max_ttl().as_secs());
     let until = match object.remove("until") {
-        None | Some(Value::Null) => now.saturating_add(auth.max_ttl().as_secs()),
-        Some(Value::Number(number)) => match number.as_u64() {
-            Some(until) if until > now => until,
+        None => longest,
+        Some(number @ Value::Number(_)) => match whole_number(&number) {
+            Some(until) if until > now => until.min(longest),
             _ => {
                 return Err(invalid(
                     "\"until\" is a time in the future, in Unix seconds",

@@ -56,6 +56,27 @@ fn object(body: Value, endpoint: &str) -> Result<Map<String, Value>, ShapeError>
     }
 }
 
+/// The largest whole number the API takes (a position, a time): the
+/// largest integer JavaScript — the screens' language — holds exactly.
+pub const MAX_WHOLE_NUMBER: u64 = (1 << 53) - 1;
+
+/// `value` as a whole number from 0 to [`MAX_WHOLE_NUMBER`]. `3.0` is the
+/// integer 3 in JSON Schema, and some serializers write whole numbers so.
+pub fn whole_number(value: &Value) -> Option<u64> {
+    let whole = match value.as_u64() {
+        Some(whole) => whole,
+        None => {
+            let float = value.as_f64()?;
+            if float < 0.0 || float.fract() != 0.0 || float > MAX_WHOLE_NUMBER as f64 {
+                return None;
+            }
+            // Exact: a whole float within 2^53 converts without rounding.
+            float as u64
+        }
+    };
+    (whole <= MAX_WHOLE_NUMBER).then_some(whole)
+}
+
 /// The position a patient reported: `{"position": integer >= 0, "estimatedWait": number >= 0}`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PositionReport {
@@ -66,10 +87,11 @@ pub struct PositionReport {
 impl PositionReport {
     pub fn parse(body: Value) -> Result<Self, ShapeError> {
         let map = object(body, "the position endpoint")?;
-        let position = map
-            .get("position")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| ShapeError("\"position\" must be an integer >= 0".into()))?;
+        let position = map.get("position").and_then(whole_number).ok_or_else(|| {
+            ShapeError(format!(
+                "\"position\" must be an integer from 0 to {MAX_WHOLE_NUMBER}"
+            ))
+        })?;
         let estimated_wait = map
             .get("estimatedWait")
             .and_then(Value::as_f64)
@@ -269,5 +291,27 @@ mod tests {
         assert!(new_patient(json!([1])).is_err());
         assert!(PositionReport::parse(json!({"position": -1, "estimatedWait": 1})).is_err());
         assert!(PositionReport::parse(json!({"position": 1})).is_err());
+    }
+
+    #[test]
+    fn a_whole_position_written_as_a_float_is_taken_and_one_past_2_53_is_not() {
+        // Found by Schemathesis (tests/openapi.rs): {"position": 82811410.0} was refused.
+        let wait = 1;
+        let parse = |position: Value| {
+            PositionReport::parse(json!({"position": position, "estimatedWait": wait}))
+                .map(|report| report.position)
+        };
+        assert_eq!(parse(json!(82_811_410.0)).ok(), Some(82_811_410));
+        assert_eq!(parse(json!(0.0)).ok(), Some(0));
+        assert_eq!(parse(json!(MAX_WHOLE_NUMBER)).ok(), Some(MAX_WHOLE_NUMBER));
+        for refused in [
+            json!(2.5),
+            json!(-1.0),
+            json!(MAX_WHOLE_NUMBER + 1),
+            json!(1e300),
+            json!("3"),
+        ] {
+            assert!(parse(refused.clone()).is_err(), "{refused}");
+        }
     }
 }
