@@ -83,7 +83,8 @@ impl RevocationSharing {
         let mut in_redis = HashMap::new();
         let mut expired = Vec::new();
         for (name, text) in stored {
-            let Some(shared) = self.accept(&text) else {
+            let parsed = serde_json::from_str::<SharedRevocation>(&text).ok();
+            let Some(shared) = parsed.and_then(|shared| self.verified(shared)) else {
                 continue;
             };
             if field(&shared.revocation) != name {
@@ -157,30 +158,26 @@ impl RevocationSharing {
     /// Applies a revocation that came over the live channel; `false` when
     /// `payload` is not one.
     pub async fn receive(&self, payload: &str) -> bool {
-        let Some(shared) = self.accept(payload) else {
-            return serde_json::from_str::<SharedRevocation>(payload).is_ok();
+        let Ok(shared) = serde_json::from_str::<SharedRevocation>(payload) else {
+            return false;
         };
-        if shared.node != self.clinic.node {
-            self.ledger
-                .revoke(shared.revocation, RevocationSource::Remote)
-                .await;
+        if let Some(shared) = self.verified(shared) {
+            if shared.node != self.clinic.node {
+                self.ledger
+                    .revoke(shared.revocation, RevocationSource::Remote)
+                    .await;
+            }
         }
         true
     }
 
-    /// Parses and verifies one stored or live entry; `None` (counted and
-    /// logged when forged) when it is not a valid one.
-    fn accept(&self, text: &str) -> Option<SharedRevocation> {
-        let shared: SharedRevocation = serde_json::from_str(text).ok()?;
+    /// `shared` when its signature verifies (or the clinic does not sign);
+    /// `None`, counted and logged, when it is forged.
+    fn verified(&self, shared: SharedRevocation) -> Option<SharedRevocation> {
         if let Some(signer) = &self.signer {
-            let why = match &shared.sig {
-                None => Some("no sig"),
-                Some(sig) if !signer.verify(&shared.canonical(), sig) => Some("wrong sig"),
-                Some(_) => None,
-            };
-            if let Some(why) = why {
+            let (bytes, sig) = (shared.canonical(), shared.sig.as_deref());
+            if !signer.accepts(&bytes, sig, &shared.node, "revocation") {
                 self.metrics.forged_envelopes.inc();
-                signer.log_forgery(&shared.node, "revocation", why);
                 return None;
             }
         }

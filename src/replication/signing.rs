@@ -110,10 +110,22 @@ impl Signer {
         self.mac(bytes).verify_slice(&sig).is_ok()
     }
 
+    /// Whether `sig` signs `bytes`. A forgery (no `sig`, a wrong one) is
+    /// logged, with `node` (its claimed origin) and `what` (an event or a
+    /// revocation); the caller drops and counts it.
+    pub fn accepts(&self, bytes: &[u8], sig: Option<&str>, node: &str, what: &str) -> bool {
+        let why = match sig {
+            None => "no sig",
+            Some(sig) if !self.verify(bytes, sig) => "wrong sig",
+            Some(_) => return true,
+        };
+        self.log_forgery(node, what, why);
+        false
+    }
+
     /// Logs a dropped forgery: the first at once, then at most once a
     /// minute with how many came since.
-    /// `what` names it: an event envelope or a revocation.
-    pub fn log_forgery(&self, node: &str, what: &str, why: &str) {
+    fn log_forgery(&self, node: &str, what: &str, why: &str) {
         let mut state = self
             .forgeries
             .lock()

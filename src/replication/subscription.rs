@@ -117,14 +117,8 @@ impl FanIn {
                 &envelope.ts,
                 envelope.data.get(),
             );
-            let why = match &envelope.sig {
-                None => Some("no sig"),
-                Some(sig) if !signer.verify(&bytes, sig) => Some("wrong sig"),
-                Some(_) => None,
-            };
-            if let Some(why) = why {
+            if !signer.accepts(&bytes, envelope.sig.as_deref(), &envelope.node, "event") {
                 self.metrics.forged_envelopes.inc();
-                signer.log_forgery(&envelope.node, "event", why);
                 return;
             }
         }
