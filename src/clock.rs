@@ -18,6 +18,14 @@ pub fn rfc3339_ms(ts_ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ts_ms)).to_string()
 }
 
+/// An RFC 3339 time as Unix milliseconds (`None` when it is not one, or
+/// before 1970).
+pub fn parse_rfc3339_ms(text: &str) -> Option<u64> {
+    let time = humantime::parse_rfc3339_weak(text).ok()?;
+    let elapsed = time.duration_since(UNIX_EPOCH).ok()?;
+    u64::try_from(elapsed.as_millis()).ok()
+}
+
 /// Now as ISO-8601 UTC with milliseconds, as JavaScript's `toISOString()` writes it.
 pub fn timestamp_now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()

@@ -19,8 +19,12 @@ pub struct CommittedEvent {
     pub rooms: Vec<Room>,
     pub event: EventName,
     pub data: Arc<RawValue>,
-    /// Creation time, Unix milliseconds.
+    /// Creation time, Unix milliseconds (on the origin node for a remote event).
     pub ts_ms: u64,
+    /// It reached this box later than `redis.live_window` after it was
+    /// made (another box's event caught up from the clinic's stream): it
+    /// enters history and retained state but is not delivered as news.
+    pub late: bool,
 }
 
 /// How a framing encodes a room event: given by the transport that owns the
@@ -44,6 +48,12 @@ pub struct RoomEvent {
     pub event: EventName,
     pub data: Arc<RawValue>,
     pub published_at: Instant,
+    /// See [`CommittedEvent::late`]: framings mark it, so that no screen
+    /// takes it for news.
+    pub late: bool,
+    /// When it was made, Unix milliseconds (0 when unknown): a late event
+    /// does not replace a retained event made after it.
+    pub made_ms: u64,
     /// One encoding per [`Framing`], made on first use.
     encodings: [OnceLock<Bytes>; 2],
 }
@@ -62,8 +72,22 @@ impl RoomEvent {
             event,
             data,
             published_at,
+            late: false,
+            made_ms: 0,
             encodings: Default::default(),
         }
+    }
+
+    /// The same event, made at `made_ms`.
+    pub fn made_at(mut self, made_ms: u64) -> Self {
+        self.made_ms = made_ms;
+        self
+    }
+
+    /// The same event, marked late.
+    pub fn marked_late(mut self, late: bool) -> Self {
+        self.late = late;
+        self
     }
 
     /// The event in `framing`, made by `encode` on first use only.

@@ -201,6 +201,16 @@ impl History {
         }
     }
 
+    /// Makes every room's history complete only after `seq`: events before
+    /// it may be missing (a gap in what reached this box), so a join with
+    /// an older `since` takes the retained state instead of a holey replay.
+    pub fn cut(&mut self, seq: u64) {
+        for history in self.rooms.values_mut() {
+            history.complete_after = history.complete_after.max(seq);
+        }
+        self.floor = self.floor.max(seq);
+    }
+
     /// The seq of the room's latest event in memory.
     pub fn latest_seq(&self, room: &Room) -> Option<u64> {
         self.rooms.get(room)?.events.back().map(|event| event.seq)

@@ -12,7 +12,7 @@
 //! and never wait on a client. A client that falls too far behind is told
 //! to close (1013) through its overflow token instead of slowing the others.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -80,6 +80,9 @@ struct State {
     history: History,
     retained: Retained,
     last_seq: u64,
+    /// Rooms whose retained event is late and not yet shown to members
+    /// (see [`Rooms::show_late`]).
+    late_unshown: HashSet<Room>,
 }
 
 #[derive(Debug)]
@@ -126,7 +129,8 @@ impl Rooms {
                 event.event,
                 event.data,
                 loaded_at,
-            )));
+            )
+            .made_at(event.ts_ms)));
         }
         let history = match setup.saved_history {
             Some(saved) => History::restore(setup.history_per_room, saved),
@@ -138,6 +142,7 @@ impl Rooms {
                 history,
                 retained,
                 last_seq: setup.last_seq,
+                late_unshown: HashSet::new(),
             }),
             epoch: setup.epoch,
             next_client: AtomicU64::new(1),
@@ -192,9 +197,10 @@ impl Rooms {
     }
 
     /// Delivers committed events, in order, to the members of their rooms,
-    /// and records them in the rooms' history and retained state. Returns
-    /// each event's count of recipients, and the writes to native
-    /// links, for the caller to hand to the [`super::fanout`] thread.
+    /// and records them in the rooms' history and retained state. A late
+    /// event is recorded only (see [`Rooms::show_late`]). Returns each
+    /// event's count of recipients, and the writes to native links, for the
+    /// caller to hand to the [`super::fanout`] thread.
     pub fn deliver(&self, events: &[(&CommittedEvent, Instant)]) -> (Vec<usize>, DirectWrites) {
         let mut writes = self.direct_writes();
         let mut counts = Vec::with_capacity(events.len());
@@ -204,16 +210,36 @@ impl Rooms {
                 state.last_seq = state.last_seq.max(event.seq);
                 let mut delivered = 0;
                 for room in &event.rooms {
-                    let room_event = Arc::new(RoomEvent::new(
-                        event.seq,
-                        room.clone(),
-                        event.event.clone(),
-                        event.data.clone(),
-                        *accepted_at,
-                    ));
+                    let room_event = Arc::new(
+                        RoomEvent::new(
+                            event.seq,
+                            room.clone(),
+                            event.event.clone(),
+                            event.data.clone(),
+                            *accepted_at,
+                        )
+                        .marked_late(event.late)
+                        .made_at(event.ts_ms),
+                    );
                     state.history.record(&room_event);
-                    if is_retained(room, &event.event) {
+                    // A late event is older news than a retained one made after it.
+                    let retained = is_retained(room, &event.event)
+                        && (!event.late
+                            || state
+                                .retained
+                                .get(room)
+                                .is_none_or(|current| current.made_ms <= event.ts_ms));
+                    if retained {
                         state.retained.set(room_event.clone());
+                    }
+                    if event.late {
+                        if retained {
+                            state.late_unshown.insert(room.clone());
+                        }
+                        continue;
+                    }
+                    if retained {
+                        state.late_unshown.remove(room);
                     }
                     delivered += self.fan_out(&state, &room_event, &mut writes);
                 }
@@ -226,6 +252,33 @@ impl Rooms {
             .frames_delivered
             .inc_by(counts.iter().sum::<usize>() as u64);
         (counts, writes)
+    }
+
+    /// Shows each room whose retained event arrived late its members that
+    /// event (marked late), once: after a catch-up, a screen shows the
+    /// current picture, and no old alert as news. Returns the writes to
+    /// native links, as [`Rooms::deliver`] does.
+    pub fn show_late(&self) -> DirectWrites {
+        let mut writes = self.direct_writes();
+        let mut state = self.state();
+        let rooms: Vec<Room> = state.late_unshown.drain().collect();
+        let mut shown = 0;
+        for room in rooms {
+            if let Some(event) = state.retained.get(&room).cloned() {
+                shown += self.fan_out(&state, &event, &mut writes);
+            }
+        }
+        self.0.metrics.frames_delivered.inc_by(shown as u64);
+        writes
+    }
+
+    /// Makes every room's history complete only after the current seq: the
+    /// events before may have a hole (this box missed some of another
+    /// box's), so a screen that resumes from before it resyncs.
+    pub fn cut_history(&self) {
+        let mut state = self.state();
+        let last_seq = state.last_seq;
+        state.history.cut(last_seq);
     }
 
     /// Sends a probe event through the same fan-out path as client events,

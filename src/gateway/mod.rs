@@ -101,6 +101,8 @@ impl Gateway {
             None => None,
         };
         let opened = store::open(&config.server.state_dir)?;
+        let remote_progress = store::load_remote_progress(&opened.connection)
+            .context("cannot read how far other boxes' events were delivered")?;
         let auth = Authenticator::from_config(&config.auth)?;
         let now = unix_now();
         match store::load_revocations(&opened.connection, now) {
@@ -217,6 +219,7 @@ impl Gateway {
                 shutdown: shutdown.clone(),
                 signer,
                 revocations: revocation_sharing,
+                delivered: remote_progress,
             };
             Some((replicator, fan_in))
         } else {

@@ -288,9 +288,9 @@ pub fn publication(notification: &Notification) -> Result<Publication, HttpError
         tracing::error!(error = %err, "cannot encode an event payload");
         HttpError::Internal
     })?;
-    Ok(Publication {
-        rooms: notification.rooms.clone(),
-        event: notification.event.clone(),
-        data: Arc::from(data),
-    })
+    Ok(Publication::new(
+        notification.rooms.clone(),
+        notification.event.clone(),
+        Arc::from(data),
+    ))
 }

@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::response::{json_response, HttpResponse};
-use crate::clock::{timestamp_now, Clock};
+use crate::clock::{timestamp_now, unix_ms, Clock};
 use crate::core::rooms::Rooms;
 use crate::metrics::Metrics;
 use crate::net::slots::ConnectionSlots;
@@ -42,6 +42,10 @@ pub struct Health {
     pub shutdown: CancellationToken,
 }
 
+/// How long `/health` says `degraded` (why: `stream_gap`) after a gap in
+/// the clinic's stream was detected.
+const STREAM_GAP_REPORTED_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+
 impl Health {
     /// `GET /health`: 200 while serving (`degraded` while a configured Redis
     /// is not connected, the store cannot write, or the clock is off from the
@@ -53,7 +57,13 @@ impl Health {
         let redis_connected = link.state == LinkState::Connected;
         let store_status = self.store.status();
         let clock = self.clock.status();
-        let redis_ok = matches!(link.state, LinkState::Connected | LinkState::Disabled);
+        // A gap in what reached this box from other boxes is news for a while.
+        let recent_gap = link.stream.last_gap.as_ref().filter(|gap| {
+            unix_ms().saturating_sub(gap.at_ms) < STREAM_GAP_REPORTED_FOR.as_millis() as u64
+        });
+        let redis_why = recent_gap.map(|_| "stream_gap");
+        let redis_ok = matches!(link.state, LinkState::Connected | LinkState::Disabled)
+            && redis_why.is_none();
         let status = if stopping {
             "shutting_down"
         } else if redis_ok && store_status.state == StoreState::Ok && !clock.off() {
@@ -71,7 +81,9 @@ impl Health {
             "connectedClients": self.slots.connected_clients(),
             "redisAdapter": redis_connected,
             "redis": {
-                "state": link.state,
+                "state": if redis_why.is_some() { json!("degraded") } else { json!(link.state) },
+                "why": redis_why,
+                "stream": link.stream,
                 "backlog": outbox.backlog.load(Ordering::Relaxed),
                 "lastReplicatedSeq": link.last_replicated_seq,
                 "droppedEvents": outbox.dropped.load(Ordering::Relaxed),

@@ -29,7 +29,7 @@ use crate::core::fanout::Fanout;
 use crate::core::room::{is_retained, EventName, Room};
 use crate::core::rooms::Rooms;
 use crate::metrics::Metrics;
-use crate::store;
+use crate::store::{self, RemoteProgress};
 
 /// Commands waiting for the writer; senders wait when it is this far behind.
 const COMMAND_QUEUE: usize = 4096;
@@ -46,15 +46,34 @@ pub struct Publication {
     pub rooms: Vec<Room>,
     pub event: EventName,
     pub data: Arc<RawValue>,
+    /// When it was made, Unix milliseconds: another node's time for a
+    /// remote event; `None` is now.
+    pub made_ms: Option<u64>,
+    /// See [`CommittedEvent::late`].
+    pub late: bool,
+}
+
+impl Publication {
+    /// A local event, made now.
+    pub fn new(rooms: Vec<Room>, event: EventName, data: Arc<RawValue>) -> Self {
+        Self {
+            rooms,
+            event,
+            data,
+            made_ms: None,
+            late: false,
+        }
+    }
 }
 
 /// Where an event comes from: only local events are replicated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
     /// Published on this gateway's API: stored in the outbox for Redis.
     Local,
-    /// Received from another node through Redis: never sent back.
-    Remote,
+    /// Received from another node through Redis: never sent back. The
+    /// progress it makes is stored with it, in the same transaction.
+    Remote(RemoteProgress),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -86,6 +105,10 @@ enum Command {
     Housekeep,
     /// Try to commit the events held in memory.
     RetryStore,
+    /// Show rooms' late retained events to their members (Rooms::show_late).
+    ShowLate,
+    /// A gap in another node's events: cut the rooms' history here.
+    CutHistory,
     /// Save the rooms' history and close the store (graceful stop).
     Close(oneshot::Sender<()>),
 }
@@ -192,6 +215,7 @@ impl Publisher {
             journal: Journal::new(setup.memory_journal_events),
             store_health: store_health.clone(),
             space_warning: (None, 0),
+            pending_progress: RemoteProgress::default(),
             setup,
         };
         let thread = std::thread::Builder::new()
@@ -248,6 +272,18 @@ impl Publisher {
         let _ = self.commands.send(Command::Replicated(seq)).await;
     }
 
+    /// Shows each room whose retained event arrived late its members that
+    /// event, once (after a catch-up), in order with every delivery.
+    pub async fn show_late(&self) {
+        let _ = self.commands.send(Command::ShowLate).await;
+    }
+
+    /// Cuts the rooms' history at the current seq, in order with every
+    /// delivery: events of another node were missed before it.
+    pub async fn cut_history(&self) {
+        let _ = self.commands.send(Command::CutHistory).await;
+    }
+
     pub async fn housekeep(&self) {
         let _ = self.commands.send(Command::Housekeep).await;
     }
@@ -301,6 +337,9 @@ struct Writer {
     store_health: Arc<StoreHealth>,
     /// When dropping for space was last logged, and drops since.
     space_warning: (Option<Instant>, u64),
+    /// Remote progress delivered but not yet committed (the store failed),
+    /// written by the next transaction that succeeds.
+    pending_progress: RemoteProgress,
     /// Stopped with the writer.
     _checkpointer: Option<Checkpointer>,
     /// What idempotency keys and patients' retained state are aged by.
@@ -314,6 +353,8 @@ impl Writer {
             let mut replicated = None;
             let mut housekeep = false;
             let mut retry = false;
+            let mut show_late = false;
+            let mut cut_history = false;
             let mut close = None;
             let mut next = Some(first);
             while let Some(command) = next {
@@ -334,6 +375,8 @@ impl Writer {
                     Command::Replicated(seq) => replicated = replicated.max(Some(seq)),
                     Command::Housekeep => housekeep = true,
                     Command::RetryStore => retry = true,
+                    Command::ShowLate => show_late = true,
+                    Command::CutHistory => cut_history = true,
                     Command::Close(done) => close = Some(done),
                 }
                 next = if requests.len() < MAX_BATCH && close.is_none() {
@@ -351,8 +394,14 @@ impl Writer {
             if housekeep && self.journal.is_empty() {
                 self.housekeep();
             }
+            if cut_history {
+                self.setup.rooms.cut_history();
+            }
             if !requests.is_empty() {
                 self.commit_and_deliver(requests);
+            }
+            if show_late {
+                self.fanout.send(self.setup.rooms.show_late());
             }
             if let Some(done) = close {
                 self.close();
@@ -582,7 +631,8 @@ impl Writer {
                         rooms: publication.rooms.clone(),
                         event: publication.event.clone(),
                         data: publication.data.clone(),
-                        ts_ms: now,
+                        ts_ms: publication.made_ms.unwrap_or(now),
+                        late: publication.late,
                     }
                 })
                 .collect::<Vec<_>>();
@@ -617,6 +667,15 @@ impl Writer {
                 },
             )?;
         let mut added = 0u64;
+        let mut progress = self.pending_progress.clone();
+        for request in requests {
+            if let Origin::Remote(made) = &request.origin {
+                progress.merge(made);
+            }
+        }
+        if !progress.is_empty() {
+            store::save_remote_progress(&transaction, &progress)?;
+        }
         for (request, plan) in requests.iter().zip(&plans) {
             let Plan::Fresh(events) = plan else {
                 continue;
@@ -635,6 +694,7 @@ impl Writer {
         let dropped = self.bound_outbox(&transaction, added)?;
         transaction.commit()?;
         self.pending_answers.clear();
+        self.pending_progress = RemoteProgress::default();
         self.last_seq = next_seq;
         self.trimmed_through = trim_through;
         self.outbox_committed(added, dropped);
@@ -670,6 +730,9 @@ impl Writer {
                     let to_outbox = request.origin == Origin::Local && self.setup.outbox_enabled;
                     for event in events {
                         self.journal.events.push((event.clone(), to_outbox));
+                    }
+                    if let Origin::Remote(made) = &request.origin {
+                        self.pending_progress.merge(made);
                     }
                 }
                 Plan::Refused => {
@@ -711,6 +774,9 @@ impl Writer {
             for (key, answer) in &self.pending_answers {
                 store::remember_answer(&transaction, key, answer, aged)?;
             }
+            if !self.pending_progress.is_empty() {
+                store::save_remote_progress(&transaction, &self.pending_progress)?;
+            }
             store::set_last_seq(&transaction, self.last_seq)?;
             let dropped = self.bound_outbox(&transaction, added)?;
             transaction.commit()?;
@@ -721,6 +787,7 @@ impl Writer {
                 let committed = self.journal.events.len();
                 self.journal.clear();
                 self.pending_answers.clear();
+                self.pending_progress = RemoteProgress::default();
                 self.store_health.recovered(committed);
                 self.setup.metrics.store_in_memory.set(0);
                 self.outbox_committed(added, dropped);

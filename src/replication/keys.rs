@@ -45,6 +45,10 @@ pub fn revocations(clinic: &str) -> String {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Envelope<'a> {
     pub node: String,
+    /// The epoch `seq` counts in (see [`super::catch_up`]); absent from a
+    /// publisher that numbers nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
     pub seq: u64,
     pub rooms: Vec<Room>,
     pub event: EventName,

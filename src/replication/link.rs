@@ -251,6 +251,7 @@ impl Replicator {
             if event.ts_ms >= live_after {
                 let envelope = Envelope {
                     node: clinic.node.clone(),
+                    epoch: Some(self.epoch.clone()),
                     seq: event.seq,
                     rooms: event.rooms.clone(),
                     event: event.event.clone(),

@@ -1,6 +1,6 @@
 //! The link to the clinic's central Redis: the outbox drained into the
-//! clinic's stream ([`link`]), live events of the clinic's other boxes
-//! ([`subscription`]), revoked tokens shared by the boxes ([`revocations`]),
+//! clinic's stream ([`link`]), the clinic's other boxes' events, live and
+//! caught up from the stream exactly once ([`subscription`], [`catch_up`]), revoked tokens shared by the boxes ([`revocations`]),
 //! the key layout ([`keys`]), envelope [`signing`], the link's state as
 //! `/health` shows it ([`status`]) and reconnect [`backoff`].
 //!
@@ -9,6 +9,7 @@
 //! the transports, HTTP or the gateway.
 
 pub mod backoff;
+pub mod catch_up;
 pub mod keys;
 pub mod link;
 pub mod revocations;

@@ -23,6 +23,36 @@ pub struct LinkStatus {
     pub state: LinkState,
     pub last_replicated_seq: u64,
     pub last_error: Option<String>,
+    /// What the catch-up from the clinic's stream has done.
+    pub stream: StreamStatus,
+}
+
+/// The catch-up from the clinic's stream (replication::catch_up).
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamStatus {
+    /// The id of the last entry read.
+    pub cursor: Option<String>,
+    /// Events of other nodes applied from the stream (the live channel
+    /// missed them), and of those, how many were late.
+    pub caught_up: u64,
+    pub late: u64,
+    /// Times entries were trimmed from the stream before this box read
+    /// them, and the last time, when it happened.
+    pub gaps: u64,
+    pub last_gap: Option<GapReport>,
+}
+
+/// A hole in what reached this box: entries after `cursor` were trimmed.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GapReport {
+    pub at: String,
+    /// Unix milliseconds of `at`, for how long health reports it.
+    #[serde(skip)]
+    pub at_ms: u64,
+    pub cursor: String,
+    pub first_available: Option<String>,
 }
 
 /// Shared view of the Redis link.
@@ -46,6 +76,7 @@ impl ReplicationStatus {
                 },
                 last_replicated_seq: 0,
                 last_error: None,
+                stream: StreamStatus::default(),
             }),
             lost: Notify::new(),
         }

@@ -1,25 +1,44 @@
-//! Live fan-in from the clinic's other nodes: subscribes to the clinic's
-//! broadcast channel and publishes every envelope from another node (or a
-//! central service) into the local rooms, through the same single writer as
-//! local events, so it gets a local `seq` and enters history and retained
-//! state — but never the outbox, so it is not sent back.
+//! Fan-in from the clinic's other nodes, exactly once: live envelopes from
+//! the clinic's broadcast channel (the fast path) and, from a cursor kept
+//! in `state.db`, the clinic's stream (the guarantee; see
+//! [`super::catch_up`]). Every event of another node (or a central
+//! service) is published into the local rooms through the same single
+//! writer as local events, so it gets a local `seq` and enters history and
+//! retained state — but never the outbox, so it is not sent back. An event
+//! that reaches this box later than `redis.live_window` after it was made
+//! is late: it is recorded, not delivered as news, and each room's members
+//! get the newest late retained event once the catch-up is done.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use futures_util::StreamExt;
+use redis::aio::MultiplexedConnection;
 use serde_json::value::RawValue;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
+use super::catch_up::{self, Delivered, StreamEntry, Verdict};
 use super::keys::{self, Envelope};
 use super::revocations::RevocationSharing;
 use super::signing::{self, Signer};
-use super::status::ReplicationStatus;
+use super::status::{GapReport, ReplicationStatus};
+use crate::clock::{parse_rfc3339_ms, rfc3339_ms, unix_ms};
 use crate::config::{ClinicConfig, RedisConfig};
+use crate::core::room::{EventName, Room};
 use crate::metrics::Metrics;
 use crate::publish::{Origin, Publication, Publisher};
-use crate::store;
+use crate::store::{self, RemoteProgress};
+
+/// How often the stream is read when the live channel gave no reason to:
+/// what bounds the delay of an event whose live message was lost.
+const CATCH_UP_EVERY: Duration = Duration::from_secs(2);
+
+/// A cursor that moved over entries already delivered (nothing to store
+/// with it) is written at most this often: it only saves re-reading them.
+const CURSOR_SAVE_EVERY: Duration = Duration::from_secs(30);
 
 /// The live fan-in: where it subscribes and where it publishes.
 #[derive(Debug)]
@@ -34,15 +53,29 @@ pub struct FanIn {
     pub signer: Option<Arc<Signer>>,
     /// Applies revocations that come over the channel.
     pub revocations: RevocationSharing,
+    /// What `state.db` says was delivered at start.
+    pub delivered: RemoteProgress,
+}
+
+/// One event of another node, checked, ready to publish.
+struct Remote {
+    node: String,
+    epoch: Option<String>,
+    seq: u64,
+    publication: Publication,
 }
 
 /// Subscribes until shutdown, resubscribing with backoff after any failure.
 pub async fn run(fan_in: FanIn) {
     let mut backoff = Backoff::default();
+    let mut delivered = Delivered {
+        progress: fan_in.delivered.clone(),
+    };
+    let mut cursor_saved = Instant::now();
     loop {
         let session = tokio::select! {
             () = fan_in.shutdown.cancelled() => return,
-            session = fan_in.subscribe(&mut backoff) => session,
+            session = fan_in.subscribe(&mut backoff, &mut delivered, &mut cursor_saved) => session,
         };
         if let Err(err) = session {
             tracing::warn!(
@@ -58,7 +91,12 @@ pub async fn run(fan_in: FanIn) {
 }
 
 impl FanIn {
-    async fn subscribe(&self, backoff: &mut Backoff) -> anyhow::Result<()> {
+    async fn subscribe(
+        &self,
+        backoff: &mut Backoff,
+        delivered: &mut Delivered,
+        cursor_saved: &mut Instant,
+    ) -> anyhow::Result<()> {
         let timeout = self.redis.command_timeout;
         let channel = keys::broadcast_channel(&self.clinic.id);
         let client = redis::Client::open(self.redis.url.as_str()).context("invalid redis.url")?;
@@ -70,73 +108,359 @@ impl FanIn {
         .await
         .context("redis did not answer the subscription in time")?
         .context("cannot subscribe to the clinic's broadcast channel")?;
+        let mut connection = super::connect(&self.redis).await?;
         backoff.reset();
         tracing::info!("subscribed to the clinic's live events");
+        // Subscribed first, so nothing falls between the catch-up and live.
+        self.catch_up(&mut connection, delivered, cursor_saved)
+            .await?;
         let mut messages = pubsub.on_message();
+        let mut next_catch_up = Instant::now() + CATCH_UP_EVERY;
         loop {
             tokio::select! {
                 () = self.status.lost.notified() => anyhow::bail!("the replication link lost redis"),
+                () = tokio::time::sleep_until(next_catch_up) => {
+                    self.catch_up(&mut connection, delivered, cursor_saved).await?;
+                    next_catch_up = Instant::now() + CATCH_UP_EVERY;
+                }
                 message = messages.next() => {
                     let Some(message) = message else {
                         anyhow::bail!("the subscription connection closed");
                     };
-                    match message.get_payload::<String>() {
-                        Ok(payload) => self.receive(&payload).await,
-                        Err(err) => tracing::warn!(error = %err, "ignoring a non-text broadcast message"),
+                    let payload = match message.get_payload::<String>() {
+                        Ok(payload) => payload,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "ignoring a non-text broadcast message");
+                            continue;
+                        }
+                    };
+                    if self.receive(&payload, delivered).await? == Verdict::Behind {
+                        self.catch_up(&mut connection, delivered, cursor_saved).await?;
+                        next_catch_up = Instant::now() + CATCH_UP_EVERY;
                     }
                 }
             }
         }
     }
 
-    /// Publishes one envelope locally unless it is this node's own, or
-    /// applies a revocation.
-    async fn receive(&self, payload: &str) {
+    /// Publishes one live envelope locally when it is the origin's next
+    /// event, or applies a revocation. `Behind` asks for a catch-up.
+    async fn receive(&self, payload: &str, delivered: &mut Delivered) -> anyhow::Result<Verdict> {
         let envelope: Envelope<'_> = match serde_json::from_str(payload) {
             Ok(envelope) => envelope,
-            Err(_) if self.revocations.receive(payload).await => return,
+            Err(_) if self.revocations.receive(payload).await => return Ok(Verdict::Apply),
             Err(err) => {
                 // Invalid room and event names are refused here, as they are parsed.
                 tracing::warn!(error = %err, "ignoring a malformed broadcast envelope");
-                return;
+                return Ok(Verdict::Duplicate);
             }
         };
         if envelope.node == self.clinic.node {
-            return;
+            return Ok(Verdict::Duplicate);
         }
         if envelope.rooms.is_empty() {
             tracing::warn!(node = %envelope.node, "ignoring a broadcast envelope without rooms");
-            return;
+            return Ok(Verdict::Duplicate);
         }
-        if let Some(signer) = &self.signer {
-            let bytes = signing::canonical(
-                &envelope.node,
-                envelope.seq,
-                &store::rooms_json(&envelope.rooms),
-                envelope.event.as_str(),
-                &envelope.ts,
-                envelope.data.get(),
-            );
-            if !signer.accepts(&bytes, envelope.sig.as_deref(), &envelope.node, "event") {
-                self.metrics.forged_envelopes.inc();
-                return;
-            }
+        let verdict = delivered.live(&envelope.node, envelope.epoch.as_deref(), envelope.seq);
+        if verdict != Verdict::Apply {
+            return Ok(verdict);
+        }
+        if !self.verified(
+            &envelope.node,
+            envelope.seq,
+            &envelope.rooms,
+            &envelope.event,
+            &envelope.ts,
+            envelope.data.get(),
+            envelope.sig.as_deref(),
+        ) {
+            return Ok(Verdict::Duplicate);
         }
         let data: Box<RawValue> = envelope.data.to_owned();
-        let publication = Publication {
-            rooms: envelope.rooms,
-            event: envelope.event,
-            data: Arc::from(data),
+        let remote = Remote {
+            node: envelope.node,
+            epoch: envelope.epoch,
+            seq: envelope.seq,
+            // Live means on time: it was fresh when its origin sent it.
+            publication: Publication {
+                made_ms: parse_rfc3339_ms(&envelope.ts),
+                ..Publication::new(envelope.rooms, envelope.event, Arc::from(data))
+            },
         };
-        match self
-            .publisher
-            .publish(vec![publication], None, Origin::Remote)
+        self.apply(vec![remote], None, delivered).await?;
+        self.metrics.remote_events.inc();
+        Ok(Verdict::Apply)
+    }
+
+    /// Whether the clinic signs nothing, or `sig` signs these fields; a
+    /// forgery is counted.
+    #[allow(clippy::too_many_arguments)]
+    fn verified(
+        &self,
+        node: &str,
+        seq: u64,
+        rooms: &[Room],
+        event: &EventName,
+        ts: &str,
+        data: &str,
+        sig: Option<&str>,
+    ) -> bool {
+        let Some(signer) = &self.signer else {
+            return true;
+        };
+        let bytes = signing::canonical(
+            node,
+            seq,
+            &store::rooms_json(rooms),
+            event.as_str(),
+            ts,
+            data,
+        );
+        if signer.accepts(&bytes, sig, node, "event") {
+            return true;
+        }
+        self.metrics.forged_envelopes.inc();
+        false
+    }
+
+    /// Publishes `events` with the progress they make (and the stream
+    /// cursor), stored together; then records it.
+    async fn apply(
+        &self,
+        events: Vec<Remote>,
+        stream_cursor: Option<String>,
+        delivered: &mut Delivered,
+    ) -> anyhow::Result<()> {
+        let mut made = RemoteProgress {
+            stream_cursor,
+            ..RemoteProgress::default()
+        };
+        let mut publications = Vec::with_capacity(events.len());
+        for remote in events {
+            if let Some(epoch) = &remote.epoch {
+                catch_up::origin_seq(&mut made, &remote.node, epoch, remote.seq);
+            }
+            publications.push(remote.publication);
+        }
+        self.publisher
+            .publish(publications, None, Origin::Remote(made.clone()))
+            .await
+            .context("cannot store events from another node")?;
+        delivered.advance(&made);
+        Ok(())
+    }
+
+    /// Reads the clinic's stream from the cursor and applies every event
+    /// of another node not yet delivered, batch by batch; then shows rooms
+    /// their late retained events.
+    async fn catch_up(
+        &self,
+        connection: &mut MultiplexedConnection,
+        delivered: &mut Delivered,
+        cursor_saved: &mut Instant,
+    ) -> anyhow::Result<()> {
+        let stream = keys::events_stream(&self.clinic.id);
+        let Some(mut cursor) = delivered.progress.stream_cursor.clone() else {
+            return self.start_cursor(connection, &stream, delivered).await;
+        };
+        self.detect_gap(connection, &stream, &cursor).await?;
+        let batch = self.redis.batch_events;
+        let live_window = self.redis.live_window.as_millis() as u64;
+        let mut any_late = false;
+        loop {
+            let reply: redis::Value = redis::cmd("XRANGE")
+                .arg(&stream)
+                .arg(format!("({cursor}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(batch)
+                .query_async(connection)
+                .await
+                .context("cannot read the clinic's stream")?;
+            let entries = catch_up::entries(reply);
+            let Some(last) = entries.last() else {
+                break;
+            };
+            let full = entries.len() >= batch;
+            cursor = last.id.clone();
+            let mut events = Vec::new();
+            let mut batch_delivered = Delivered {
+                progress: delivered.progress.clone(),
+            };
+            let now = unix_ms();
+            for entry in &entries {
+                let Some(remote) = self.stream_event(entry, &batch_delivered).await else {
+                    continue;
+                };
+                if let Some(epoch) = &remote.epoch {
+                    let mut made = RemoteProgress::default();
+                    catch_up::origin_seq(&mut made, &remote.node, epoch, remote.seq);
+                    batch_delivered.advance(&made);
+                }
+                let mut remote = remote;
+                let made_ms = remote.publication.made_ms.unwrap_or(now);
+                remote.publication.late = now.saturating_sub(made_ms) > live_window;
+                any_late |= remote.publication.late;
+                events.push(remote);
+            }
+            let caught_up = events.len() as u64;
+            let late = events
+                .iter()
+                .filter(|remote| remote.publication.late)
+                .count() as u64;
+            if !events.is_empty() || cursor_saved.elapsed() >= CURSOR_SAVE_EVERY {
+                self.apply(events, Some(cursor.clone()), delivered).await?;
+                *cursor_saved = Instant::now();
+            } else {
+                delivered.progress.stream_cursor = Some(cursor.clone());
+            }
+            self.metrics.remote_events.inc_by(caught_up);
+            self.status.update(|status| {
+                status.stream.cursor = Some(cursor.clone());
+                status.stream.caught_up += caught_up;
+                status.stream.late += late;
+            });
+            if caught_up > 0 {
+                tracing::info!(
+                    events = caught_up,
+                    late,
+                    cursor = %cursor,
+                    "caught up events of other nodes from the clinic's stream"
+                );
+            }
+            if !full {
+                break;
+            }
+        }
+        self.status
+            .update(|status| status.stream.cursor = Some(cursor.clone()));
+        if any_late {
+            self.publisher.show_late().await;
+        }
+        Ok(())
+    }
+
+    /// A box's first connection starts at the stream's end: it does not
+    /// replay the clinic's past to its screens.
+    async fn start_cursor(
+        &self,
+        connection: &mut MultiplexedConnection,
+        stream: &str,
+        delivered: &mut Delivered,
+    ) -> anyhow::Result<()> {
+        let reply: redis::Value = redis::cmd("XREVRANGE")
+            .arg(stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(connection)
+            .await
+            .context("cannot read the clinic's stream")?;
+        let cursor = catch_up::entries(reply)
+            .pop()
+            .map_or_else(|| "0-0".to_owned(), |entry| entry.id);
+        tracing::info!(cursor = %cursor, "reading the clinic's stream from its end");
+        self.apply(Vec::new(), Some(cursor.clone()), delivered)
+            .await?;
+        self.status
+            .update(|status| status.stream.cursor = Some(cursor));
+        Ok(())
+    }
+
+    /// Says so (log, `/health`) when entries after `cursor` were trimmed
+    /// before this box read them, and cuts the rooms' history there, so
+    /// screens that resume across the hole resync.
+    async fn detect_gap(
+        &self,
+        connection: &mut MultiplexedConnection,
+        stream: &str,
+        cursor: &str,
+    ) -> anyhow::Result<()> {
+        let info: redis::Value = match redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(stream)
+            .query_async(connection)
             .await
         {
-            Ok(_) => {
-                self.metrics.remote_events.inc();
-            }
-            Err(err) => tracing::error!(error = %err, "cannot store an event from another node"),
+            Ok(info) => info,
+            // No stream (yet, or deleted): nothing to miss.
+            Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => return Ok(()),
+            Err(err) => return Err(err).context("cannot read the clinic's stream info"),
+        };
+        let max_deleted = catch_up::info_field(&info, "max-deleted-entry-id").and_then(catch_up::text);
+        let first = catch_up::info_field(&info, "first-entry")
+            .and_then(|entry| catch_up::entries(redis::Value::Array(vec![entry])).pop())
+            .map(|entry| entry.id);
+        if !catch_up::gap_after(cursor, max_deleted.as_deref(), first.as_deref()) {
+            return Ok(());
         }
+        tracing::warn!(
+            cursor,
+            first_available = first.as_deref().unwrap_or("none"),
+            "the clinic's stream was trimmed past this box's cursor (redis.stream_maxlen): events of other nodes were missed; screens that resume across the gap resync to the retained state"
+        );
+        self.publisher.cut_history().await;
+        let now = unix_ms();
+        let report = GapReport {
+            at: rfc3339_ms(now),
+            at_ms: now,
+            cursor: cursor.to_owned(),
+            first_available: first,
+        };
+        self.status.update(|status| {
+            status.stream.gaps += 1;
+            status.stream.last_gap = Some(report);
+        });
+        Ok(())
+    }
+
+    /// The event of one stream entry when it is another node's, well
+    /// formed, signed (when the clinic signs) and not yet delivered; a
+    /// revocation entry is applied on the way.
+    async fn stream_event(&self, entry: &StreamEntry, delivered: &Delivered) -> Option<Remote> {
+        let node = entry.field("node")?;
+        if node == self.clinic.node {
+            return None;
+        }
+        if let Some(revocation) = entry.field("revocation") {
+            let shared = serde_json::json!({
+                "node": node,
+                "revocation": serde_json::from_str::<serde_json::Value>(revocation).ok()?,
+                "sig": entry.field("sig"),
+            });
+            self.revocations.receive(&shared.to_string()).await;
+            return None;
+        }
+        let parsed = (|| {
+            let epoch = entry.field("epoch").unwrap_or_default().to_owned();
+            let seq: u64 = entry.field("seq")?.parse().ok()?;
+            let rooms: Vec<Room> = serde_json::from_str(entry.field("rooms")?).ok()?;
+            let event = EventName::parse(entry.field("event")?)?;
+            let data = RawValue::from_string(entry.field("data")?.to_owned()).ok()?;
+            let ts = entry.field("ts")?.to_owned();
+            Some((epoch, seq, rooms, event, data, ts))
+        })();
+        let Some((epoch, seq, rooms, event, data, ts)) = parsed else {
+            tracing::warn!(id = %entry.id, node, "ignoring a malformed entry of the clinic's stream");
+            return None;
+        };
+        if rooms.is_empty() || delivered.from_stream(node, &epoch, seq) == Verdict::Duplicate {
+            return None;
+        }
+        if !self.verified(node, seq, &rooms, &event, &ts, data.get(), entry.field("sig")) {
+            return None;
+        }
+        let made_ms = parse_rfc3339_ms(&ts).or_else(|| catch_up::EntryId::parse(&entry.id).map(|id| id.ms()));
+        Some(Remote {
+            node: node.to_owned(),
+            epoch: Some(epoch),
+            seq,
+            publication: Publication {
+                made_ms,
+                ..Publication::new(rooms, event, Arc::from(data))
+            },
+        })
     }
 }

@@ -54,6 +54,11 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE revoked (
          kind TEXT NOT NULL, value TEXT NOT NULL, revoked_at INTEGER NOT NULL,
          until INTEGER NOT NULL, PRIMARY KEY (kind, value));",
+    // 5: how far the clinic's other boxes' events are delivered here
+    // (replication::fan_in): per origin node its epoch and last seq; the
+    // stream cursor is the `meta` key STREAM_CURSOR_KEY.
+    "CREATE TABLE remote_origins (
+         node TEXT PRIMARY KEY, epoch TEXT NOT NULL, seq INTEGER NOT NULL);",
 ];
 
 /// The `meta` key present while a run is under way, holding how many events
@@ -70,6 +75,10 @@ const AGE_CLOCK_KEY: &str = "age_clock";
 
 /// The `meta` key holding `"<last_seq> <floor>"` of the saved history.
 const HISTORY_SNAPSHOT_KEY: &str = "history_snapshot";
+
+/// The `meta` key holding the id of the last entry of the clinic's stream
+/// this box has read.
+const STREAM_CURSOR_KEY: &str = "stream_cursor";
 
 mod queries;
 pub mod recovery;
@@ -367,6 +376,7 @@ pub(crate) fn decode_event(
         event,
         data: Arc::from(data),
         ts_ms,
+        late: false,
     })
 }
 
@@ -457,6 +467,7 @@ mod tests {
                 event: EventName::known("queue_update"),
                 data: Arc::from(RawValue::from_string(format!("{{\"n\":{seq}}}")).unwrap()),
                 ts_ms: 1000 + seq,
+                late: false,
             };
             insert_outbox(&transaction, &event).unwrap();
         }

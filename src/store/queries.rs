@@ -1,11 +1,14 @@
 //! One function per query of `state.db`: the outbox, retained state, the
 //! saved history, idempotency keys and revoked tokens.
 
+use std::collections::HashMap;
+
 use anyhow::Context;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{
     decode_event, from_sql, meta, rooms_json, set_meta, to_sql, AGE_CLOCK_KEY, HISTORY_SNAPSHOT_KEY,
+    STREAM_CURSOR_KEY,
 };
 use crate::auth::{Revocation, RevokedKind};
 use crate::clock::AgeReading;
@@ -99,7 +102,9 @@ pub fn upsert_retained(
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (room) DO UPDATE SET seq = excluded.seq, event = excluded.event,
                  data = excluded.data, ts_ms = excluded.ts_ms,
-                 kept_since_ms = excluded.kept_since_ms",
+                 kept_since_ms = excluded.kept_since_ms
+             -- A late event is older news than a retained one made after it.
+             WHERE ?7 = 0 OR excluded.ts_ms >= retained.ts_ms",
         )?
         .execute(params![
             room.to_string(),
@@ -107,7 +112,8 @@ pub fn upsert_retained(
             event.event.as_str(),
             event.data.get(),
             to_sql(event.ts_ms),
-            to_sql(kept_since_ms)
+            to_sql(kept_since_ms),
+            event.late
         ])?;
     Ok(())
 }
@@ -332,4 +338,71 @@ pub fn load_revocations(connection: &Connection, now: u64) -> rusqlite::Result<V
         });
     }
     Ok(revocations)
+}
+
+/// How far this box has delivered the events of the clinic's other boxes:
+/// per origin node, the epoch it numbers in and the last seq delivered here,
+/// and the id of the last stream entry read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoteProgress {
+    pub origins: HashMap<String, OriginSeq>,
+    pub stream_cursor: Option<String>,
+}
+
+/// One origin node's numbering: seqs count within an epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginSeq {
+    pub epoch: String,
+    pub seq: u64,
+}
+
+impl RemoteProgress {
+    /// Takes what `newer` says over what this says.
+    pub fn merge(&mut self, newer: &RemoteProgress) {
+        for (node, origin) in &newer.origins {
+            self.origins.insert(node.clone(), origin.clone());
+        }
+        if newer.stream_cursor.is_some() {
+            self.stream_cursor.clone_from(&newer.stream_cursor);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.origins.is_empty() && self.stream_cursor.is_none()
+    }
+}
+
+/// Records `progress`, in the same transaction as the events it delivered.
+pub fn save_remote_progress(
+    transaction: &Transaction<'_>,
+    progress: &RemoteProgress,
+) -> rusqlite::Result<()> {
+    for (node, origin) in &progress.origins {
+        transaction.execute(
+            "INSERT OR REPLACE INTO remote_origins (node, epoch, seq) VALUES (?1, ?2, ?3)",
+            params![node, origin.epoch, to_sql(origin.seq)],
+        )?;
+    }
+    if let Some(cursor) = &progress.stream_cursor {
+        set_meta(transaction, STREAM_CURSOR_KEY, cursor)?;
+    }
+    Ok(())
+}
+
+/// What [`save_remote_progress`] recorded.
+pub fn load_remote_progress(connection: &Connection) -> rusqlite::Result<RemoteProgress> {
+    let mut statement = connection.prepare("SELECT node, epoch, seq FROM remote_origins")?;
+    let rows = statement.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            OriginSeq {
+                epoch: row.get(1)?,
+                seq: from_sql(row.get(2)?),
+            },
+        ))
+    })?;
+    Ok(RemoteProgress {
+        origins: rows.collect::<rusqlite::Result<_>>()?,
+        stream_cursor: meta(connection, STREAM_CURSOR_KEY)?,
+    })
 }

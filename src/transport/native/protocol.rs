@@ -133,17 +133,21 @@ struct RoomEventFrame<'a> {
     room: String,
     seq: u64,
     data: &'a serde_json::value::RawValue,
+    /// Only when true: another box's event that reached this one late.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    late: bool,
 }
 
 /// A room event as the WebSocket frame a native client receives, header
 /// included: the same bytes for every recipient. The text is
-/// `{"event", "room", "seq", "data"}`.
+/// `{"event", "room", "seq", "data"}`, and `"late": true` for a late one.
 pub fn encode_room_event_frame(event: &RoomEvent) -> Bytes {
     let frame = RoomEventFrame {
         event: event.event.as_str(),
         room: event.room.to_string(),
         seq: event.seq,
         data: &event.data,
+        late: event.late,
     };
     text_frame(serde_json::to_string(&frame).unwrap_or_default().as_bytes())
 }

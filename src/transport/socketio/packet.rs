@@ -147,11 +147,24 @@ pub fn ack(id: u64, data: &Value) -> String {
 }
 
 /// `42["event", data]`: a room event as Socket.IO clients receive it,
-/// with the seed's payload and nothing else.
+/// with the seed's payload and nothing else; a late one (another box's,
+/// caught up) carries a second argument, `{"late": true}`, which the
+/// seed's handlers ignore.
 pub fn encode_room_event(event: &RoomEvent) -> Bytes {
     #[derive(serde::Serialize)]
     struct Args<'a>(&'a str, &'a RawValue);
-    let args = serde_json::to_string(&Args(event.event.as_str(), &event.data)).unwrap_or_default();
+    #[derive(serde::Serialize)]
+    struct LateArgs<'a>(&'a str, &'a RawValue, serde_json::Value);
+    let args = if event.late {
+        serde_json::to_string(&LateArgs(
+            event.event.as_str(),
+            &event.data,
+            serde_json::json!({"late": true}),
+        ))
+    } else {
+        serde_json::to_string(&Args(event.event.as_str(), &event.data))
+    }
+    .unwrap_or_default();
     let mut frame = String::with_capacity(args.len() + 2);
     frame.push_str("42");
     frame.push_str(&args);
