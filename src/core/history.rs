@@ -201,14 +201,16 @@ impl History {
         }
     }
 
-    /// Makes every room's history complete only after `seq`: events before
-    /// it may be missing (a gap in what reached this box), so a join with
-    /// an older `since` takes the retained state instead of a holey replay.
-    pub fn cut(&mut self, seq: u64) {
+    /// Marks a hole just after `seq` (events of another box that never
+    /// reached this one belong there): a join with `since <= seq` takes the
+    /// retained state instead of a replay that skips them; one that saw an
+    /// event after the hole still resumes.
+    pub fn cut_after(&mut self, seq: u64) {
+        let complete_from = seq + 1;
         for history in self.rooms.values_mut() {
-            history.complete_after = history.complete_after.max(seq);
+            history.complete_after = history.complete_after.max(complete_from);
         }
-        self.floor = self.floor.max(seq);
+        self.floor = self.floor.max(complete_from);
     }
 
     /// The seq of the room's latest event in memory.
@@ -293,6 +295,23 @@ mod tests {
             "before a restart"
         );
         assert_eq!(history.latest_seq(&room), Some(15));
+    }
+
+    #[test]
+    fn a_cut_makes_a_screen_that_saw_its_seq_resync_and_one_past_it_resume() {
+        let room = Room::Staff;
+        let mut history = History::new(10, 0);
+        for seq in 1..=5 {
+            history.record(&event(&room, seq));
+        }
+        history.cut_after(5);
+        history.record(&event(&room, 6));
+        history.record(&event(&room, 7));
+        assert_eq!(seqs(history.since(&room, 5, 7)), None, "missed the hole");
+        assert_eq!(seqs(history.since(&room, 4, 7)), None);
+        assert_eq!(seqs(history.since(&room, 6, 7)), Some(vec![7]));
+        assert_eq!(seqs(history.since(&Room::Patients, 5, 7)), None);
+        assert_eq!(seqs(history.since(&Room::Patients, 6, 7)), Some(vec![]));
     }
 
     #[test]

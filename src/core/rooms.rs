@@ -123,14 +123,10 @@ impl Rooms {
         let mut retained = Retained::default();
         let loaded_at = Instant::now();
         for (room, event) in setup.retained {
-            retained.set(Arc::new(RoomEvent::new(
-                event.seq,
-                room,
-                event.event,
-                event.data,
-                loaded_at,
-            )
-            .made_at(event.ts_ms)));
+            retained.set(Arc::new(
+                RoomEvent::new(event.seq, room, event.event, event.data, loaded_at)
+                    .made_at(event.ts_ms),
+            ));
         }
         let history = match setup.saved_history {
             Some(saved) => History::restore(setup.history_per_room, saved),
@@ -278,7 +274,7 @@ impl Rooms {
     pub fn cut_history(&self) {
         let mut state = self.state();
         let last_seq = state.last_seq;
-        state.history.cut(last_seq);
+        state.history.cut_after(last_seq);
     }
 
     /// Sends a probe event through the same fan-out path as client events,

@@ -62,8 +62,8 @@ impl Health {
             unix_ms().saturating_sub(gap.at_ms) < STREAM_GAP_REPORTED_FOR.as_millis() as u64
         });
         let redis_why = recent_gap.map(|_| "stream_gap");
-        let redis_ok = matches!(link.state, LinkState::Connected | LinkState::Disabled)
-            && redis_why.is_none();
+        let redis_ok =
+            matches!(link.state, LinkState::Connected | LinkState::Disabled) && redis_why.is_none();
         let status = if stopping {
             "shutting_down"
         } else if redis_ok && store_status.state == StoreState::Ok && !clock.off() {

@@ -10,7 +10,6 @@
 //! a new epoch) is left to the stream, read from the cursor, which applies
 //! every entry not yet delivered, in stream order.
 
-use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use redis::Value;
@@ -50,7 +49,7 @@ impl Delivered {
 
     /// For a stream entry: everything not yet delivered, in stream order
     /// (a new epoch of the origin starts its numbering again).
-    pub fn from_stream(&self, node: &str, epoch: &str, seq: u64) -> Verdict {
+    pub fn in_stream(&self, node: &str, epoch: &str, seq: u64) -> Verdict {
         match self.progress.origins.get(node) {
             Some(known) if known.epoch == epoch && seq <= known.seq => Verdict::Duplicate,
             _ => Verdict::Apply,
@@ -90,18 +89,93 @@ impl EntryId {
     }
 }
 
-/// Whether entries after `cursor` were trimmed away before this box read
-/// them: `max_deleted` (XINFO STREAM's `max-deleted-entry-id`, Redis 7) or,
-/// without it, the first entry still there, newer than the cursor (which
-/// can also mean nothing was missed, when the cursor was the entry before).
-pub fn gap_after(cursor: &str, max_deleted: Option<&str>, first: Option<&str>) -> bool {
-    let Some(cursor) = EntryId::parse(cursor) else {
-        return false;
-    };
-    match (max_deleted.and_then(EntryId::parse), first.and_then(EntryId::parse)) {
-        (Some(deleted), _) => deleted.cmp(&cursor) == Ordering::Greater,
-        (None, Some(first)) => first > cursor && cursor != EntryId(0, 0),
-        (None, None) => false,
+impl std::fmt::Display for EntryId {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{}-{}", self.0, self.1)
+    }
+}
+
+/// What `XINFO STREAM` says of the clinic's stream at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamInfo {
+    pub length: u64,
+    /// Every entry ever added (Redis 7; trimming does not lower it).
+    pub entries_added: Option<u64>,
+    pub last_generated: Option<EntryId>,
+    pub first: Option<String>,
+}
+
+impl StreamInfo {
+    /// A stream that does not exist: nothing was ever added to it.
+    pub fn none() -> Self {
+        Self {
+            length: 0,
+            entries_added: Some(0),
+            last_generated: None,
+            first: None,
+        }
+    }
+
+    /// From an `XINFO STREAM` reply (a flat array or a map).
+    pub fn parse(reply: &Value) -> Self {
+        let number = |name| match info_field(reply, name) {
+            Some(Value::Int(n)) => u64::try_from(n).ok(),
+            Some(other) => text(other).and_then(|text| text.parse().ok()),
+            None => None,
+        };
+        Self {
+            length: number("length").unwrap_or(0),
+            entries_added: number("entries-added"),
+            last_generated: info_field(reply, "last-generated-id")
+                .and_then(text)
+                .and_then(|id| EntryId::parse(&id)),
+            first: info_field(reply, "first-entry")
+                .and_then(|entry| entries(Value::Array(vec![entry])).pop())
+                .map(|entry| entry.id),
+        }
+    }
+
+    /// Whether entries after the one at `offset` were trimmed away before
+    /// this box read them: the first entry still there has offset
+    /// `entries_added - length + 1` (the gateway never deletes entries, it
+    /// only trims the oldest). A stream with fewer entries ever added than
+    /// `offset` is a new one (Redis lost its data): not a gap this box can see.
+    pub fn gap_after(&self, offset: Option<u64>) -> bool {
+        match (offset, self.entries_added) {
+            (Some(offset), Some(added)) => added >= offset && added - self.length > offset,
+            _ => false,
+        }
+    }
+
+    /// The offset of the last of `read`, the entries an XRANGE after this
+    /// reply returned from the entry at `offset` on (`gap`: entries were
+    /// trimmed in between): known when the read reached the stream's end
+    /// as of this reply, or counted on from a known offset without a gap.
+    pub fn offset_after(
+        &self,
+        offset: Option<u64>,
+        gap: bool,
+        read: &[StreamEntry],
+    ) -> Option<u64> {
+        let added = self.entries_added?;
+        let ids: Vec<Option<EntryId>> =
+            read.iter().map(|entry| EntryId::parse(&entry.id)).collect();
+        let last_generated = self.last_generated.unwrap_or(EntryId(0, 0));
+        let reached_end = match ids.last() {
+            Some(last) => last.is_some_and(|last| last >= last_generated),
+            None => true,
+        };
+        if reached_end {
+            let newer = ids
+                .iter()
+                .filter(|id| id.is_some_and(|id| id > last_generated))
+                .count();
+            return Some(added + newer as u64);
+        }
+        match offset {
+            Some(offset) if !gap && added >= offset => Some(offset + read.len() as u64),
+            _ => None,
+        }
     }
 }
 
@@ -171,10 +245,13 @@ pub fn text(value: Value) -> Option<String> {
 /// One field of an `XINFO STREAM` reply (a flat array or a map).
 pub fn info_field(reply: &Value, name: &str) -> Option<Value> {
     let pairs: Vec<(&Value, &Value)> = match reply {
-        Value::Array(flat) => flat.chunks(2).filter_map(|pair| match pair {
-            [key, value] => Some((key, value)),
-            _ => None,
-        }).collect(),
+        Value::Array(flat) => flat
+            .chunks(2)
+            .filter_map(|pair| match pair {
+                [key, value] => Some((key, value)),
+                _ => None,
+            })
+            .collect(),
         Value::Map(pairs) => pairs.iter().map(|(key, value)| (key, value)).collect(),
         _ => return None,
     };
@@ -211,10 +288,10 @@ mod tests {
     #[test]
     fn the_stream_applies_whatever_is_not_delivered() {
         let delivered = known("a", "e1", 10);
-        assert_eq!(delivered.from_stream("a", "e1", 10), Verdict::Duplicate);
-        assert_eq!(delivered.from_stream("a", "e1", 15), Verdict::Apply);
-        assert_eq!(delivered.from_stream("a", "e2", 1), Verdict::Apply);
-        assert_eq!(delivered.from_stream("b", "x", 1), Verdict::Apply);
+        assert_eq!(delivered.in_stream("a", "e1", 10), Verdict::Duplicate);
+        assert_eq!(delivered.in_stream("a", "e1", 15), Verdict::Apply);
+        assert_eq!(delivered.in_stream("a", "e2", 1), Verdict::Apply);
+        assert_eq!(delivered.in_stream("b", "x", 1), Verdict::Apply);
     }
 
     #[test]
@@ -225,14 +302,68 @@ mod tests {
         assert_eq!(EntryId::parse("12"), None);
     }
 
+    fn info(length: u64, added: u64, last: &str) -> StreamInfo {
+        StreamInfo {
+            length,
+            entries_added: Some(added),
+            last_generated: EntryId::parse(last),
+            first: None,
+        }
+    }
+
+    fn read(ids: &[&str]) -> Vec<StreamEntry> {
+        ids.iter()
+            .map(|id| StreamEntry {
+                id: (*id).to_owned(),
+                fields: HashMap::new(),
+            })
+            .collect()
+    }
+
     #[test]
     fn a_gap_is_what_was_trimmed_past_the_cursor() {
-        assert!(gap_after("5-0", Some("7-0"), Some("8-0")));
-        assert!(!gap_after("5-0", Some("5-0"), Some("6-0")));
-        assert!(!gap_after("5-0", Some("0-0"), Some("1-0")));
-        assert!(gap_after("5-0", None, Some("8-0")));
-        assert!(!gap_after("0-0", None, Some("8-0")));
-        assert!(!gap_after("5-0", None, None));
+        // 50 added, 10 kept: offsets 41..=50 are there.
+        let stream = info(10, 50, "50-0");
+        assert!(!stream.gap_after(Some(40)), "the next one, 41, is there");
+        assert!(!stream.gap_after(Some(45)));
+        assert!(stream.gap_after(Some(39)), "40 was trimmed unread");
+        assert!(!stream.gap_after(None), "unknown offset: nothing to tell");
+        assert!(!stream.gap_after(Some(60)), "a new stream is not a gap");
+        let before_redis_7 = StreamInfo {
+            entries_added: None,
+            ..stream
+        };
+        assert!(!before_redis_7.gap_after(Some(1)));
+    }
+
+    #[test]
+    fn the_offset_is_known_at_the_streams_end_and_counted_from_there() {
+        let stream = info(10, 50, "50-0");
+        assert_eq!(
+            stream.offset_after(None, false, &read(&["49-0", "50-0"])),
+            Some(50)
+        );
+        assert_eq!(stream.offset_after(None, false, &[]), Some(50));
+        // Added between XINFO and XRANGE.
+        assert_eq!(
+            stream.offset_after(None, false, &read(&["50-0", "51-0", "52-0"])),
+            Some(52)
+        );
+        // A full batch short of the end.
+        assert_eq!(
+            stream.offset_after(Some(40), false, &read(&["41-0", "42-0"])),
+            Some(42)
+        );
+        assert_eq!(stream.offset_after(None, false, &read(&["41-0"])), None);
+        assert_eq!(stream.offset_after(Some(30), true, &read(&["41-0"])), None);
+        let before_redis_7 = StreamInfo {
+            entries_added: None,
+            ..stream
+        };
+        assert_eq!(
+            before_redis_7.offset_after(Some(40), false, &read(&["50-0"])),
+            None
+        );
     }
 
     #[test]

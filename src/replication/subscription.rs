@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
-use super::catch_up::{self, Delivered, StreamEntry, Verdict};
+use super::catch_up::{self, Delivered, StreamEntry, StreamInfo, Verdict};
 use super::keys::{self, Envelope};
 use super::revocations::RevocationSharing;
 use super::signing::{self, Signer};
@@ -229,11 +229,13 @@ impl FanIn {
     async fn apply(
         &self,
         events: Vec<Remote>,
-        stream_cursor: Option<String>,
+        stream_position: Option<(String, Option<u64>)>,
         delivered: &mut Delivered,
     ) -> anyhow::Result<()> {
+        let (stream_cursor, stream_offset) = stream_position.unzip();
         let mut made = RemoteProgress {
             stream_cursor,
+            stream_offset: stream_offset.flatten(),
             ..RemoteProgress::default()
         };
         let mut publications = Vec::with_capacity(events.len());
@@ -264,11 +266,16 @@ impl FanIn {
         let Some(mut cursor) = delivered.progress.stream_cursor.clone() else {
             return self.start_cursor(connection, &stream, delivered).await;
         };
-        self.detect_gap(connection, &stream, &cursor).await?;
+        let mut offset = delivered.progress.stream_offset;
         let batch = self.redis.batch_events;
         let live_window = self.redis.live_window.as_millis() as u64;
         let mut any_late = false;
         loop {
+            let info = self.stream_info(connection, &stream).await?;
+            let gap = info.gap_after(offset);
+            if gap {
+                self.report_gap(&cursor, info.first.clone()).await;
+            }
             let reply: redis::Value = redis::cmd("XRANGE")
                 .arg(&stream)
                 .arg(format!("({cursor}"))
@@ -279,7 +286,9 @@ impl FanIn {
                 .await
                 .context("cannot read the clinic's stream")?;
             let entries = catch_up::entries(reply);
+            offset = info.offset_after(offset, gap, &entries);
             let Some(last) = entries.last() else {
+                delivered.progress.stream_offset = offset;
                 break;
             };
             let full = entries.len() >= batch;
@@ -310,10 +319,12 @@ impl FanIn {
                 .filter(|remote| remote.publication.late)
                 .count() as u64;
             if !events.is_empty() || cursor_saved.elapsed() >= CURSOR_SAVE_EVERY {
-                self.apply(events, Some(cursor.clone()), delivered).await?;
+                self.apply(events, Some((cursor.clone(), offset)), delivered)
+                    .await?;
                 *cursor_saved = Instant::now();
             } else {
                 delivered.progress.stream_cursor = Some(cursor.clone());
+                delivered.progress.stream_offset = offset;
             }
             self.metrics.remote_events.inc_by(caught_up);
             self.status.update(|status| {
@@ -349,56 +360,53 @@ impl FanIn {
         stream: &str,
         delivered: &mut Delivered,
     ) -> anyhow::Result<()> {
-        let reply: redis::Value = redis::cmd("XREVRANGE")
-            .arg(stream)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(connection)
-            .await
-            .context("cannot read the clinic's stream")?;
-        let cursor = catch_up::entries(reply)
-            .pop()
-            .map_or_else(|| "0-0".to_owned(), |entry| entry.id);
+        let info = self.stream_info(connection, stream).await?;
+        let cursor = info
+            .last_generated
+            .map_or_else(|| "0-0".to_owned(), |id| id.to_string());
         tracing::info!(cursor = %cursor, "reading the clinic's stream from its end");
-        self.apply(Vec::new(), Some(cursor.clone()), delivered)
-            .await?;
+        self.apply(
+            Vec::new(),
+            Some((cursor.clone(), info.entries_added)),
+            delivered,
+        )
+        .await?;
         self.status
             .update(|status| status.stream.cursor = Some(cursor));
         Ok(())
     }
 
-    /// Says so (log, `/health`) when entries after `cursor` were trimmed
-    /// before this box read them, and cuts the rooms' history there, so
-    /// screens that resume across the hole resync.
-    async fn detect_gap(
+    /// What Redis says of the clinic's stream; a stream that does not
+    /// exist (yet, or Redis lost it) has had no entries.
+    async fn stream_info(
         &self,
         connection: &mut MultiplexedConnection,
         stream: &str,
-        cursor: &str,
-    ) -> anyhow::Result<()> {
-        let info: redis::Value = match redis::cmd("XINFO")
+    ) -> anyhow::Result<StreamInfo> {
+        match redis::cmd("XINFO")
             .arg("STREAM")
             .arg(stream)
-            .query_async(connection)
+            .query_async::<redis::Value>(connection)
             .await
         {
-            Ok(info) => info,
-            // No stream (yet, or deleted): nothing to miss.
-            Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => return Ok(()),
-            Err(err) => return Err(err).context("cannot read the clinic's stream info"),
-        };
-        let max_deleted = catch_up::info_field(&info, "max-deleted-entry-id").and_then(catch_up::text);
-        let first = catch_up::info_field(&info, "first-entry")
-            .and_then(|entry| catch_up::entries(redis::Value::Array(vec![entry])).pop())
-            .map(|entry| entry.id);
-        if !catch_up::gap_after(cursor, max_deleted.as_deref(), first.as_deref()) {
-            return Ok(());
+            Ok(reply) => Ok(StreamInfo::parse(&reply)),
+            Err(err)
+                if err.kind()
+                    == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+            {
+                Ok(StreamInfo::none())
+            }
+            Err(err) => Err(err).context("cannot read the clinic's stream info"),
         }
+    }
+
+    /// Says so (log, `/health`) when entries after `cursor` were trimmed
+    /// before this box read them, and cuts the rooms' history there, so
+    /// screens that resume across the hole resync.
+    async fn report_gap(&self, cursor: &str, first_available: Option<String>) {
         tracing::warn!(
             cursor,
-            first_available = first.as_deref().unwrap_or("none"),
+            first_available = first_available.as_deref().unwrap_or("none"),
             "the clinic's stream was trimmed past this box's cursor (redis.stream_maxlen): events of other nodes were missed; screens that resume across the gap resync to the retained state"
         );
         self.publisher.cut_history().await;
@@ -407,13 +415,12 @@ impl FanIn {
             at: rfc3339_ms(now),
             at_ms: now,
             cursor: cursor.to_owned(),
-            first_available: first,
+            first_available,
         };
         self.status.update(|status| {
             status.stream.gaps += 1;
             status.stream.last_gap = Some(report);
         });
-        Ok(())
     }
 
     /// The event of one stream entry when it is another node's, well
@@ -446,13 +453,22 @@ impl FanIn {
             tracing::warn!(id = %entry.id, node, "ignoring a malformed entry of the clinic's stream");
             return None;
         };
-        if rooms.is_empty() || delivered.from_stream(node, &epoch, seq) == Verdict::Duplicate {
+        if rooms.is_empty() || delivered.in_stream(node, &epoch, seq) == Verdict::Duplicate {
             return None;
         }
-        if !self.verified(node, seq, &rooms, &event, &ts, data.get(), entry.field("sig")) {
+        if !self.verified(
+            node,
+            seq,
+            &rooms,
+            &event,
+            &ts,
+            data.get(),
+            entry.field("sig"),
+        ) {
             return None;
         }
-        let made_ms = parse_rfc3339_ms(&ts).or_else(|| catch_up::EntryId::parse(&entry.id).map(|id| id.ms()));
+        let made_ms =
+            parse_rfc3339_ms(&ts).or_else(|| catch_up::EntryId::parse(&entry.id).map(|id| id.ms()));
         Some(Remote {
             node: node.to_owned(),
             epoch: Some(epoch),

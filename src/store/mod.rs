@@ -80,6 +80,9 @@ const HISTORY_SNAPSHOT_KEY: &str = "history_snapshot";
 /// this box has read.
 const STREAM_CURSOR_KEY: &str = "stream_cursor";
 
+/// The `meta` key holding the stream offset of that entry.
+const STREAM_OFFSET_KEY: &str = "stream_offset";
+
 mod queries;
 pub mod recovery;
 

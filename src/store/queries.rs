@@ -7,8 +7,8 @@ use anyhow::Context;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{
-    decode_event, from_sql, meta, rooms_json, set_meta, to_sql, AGE_CLOCK_KEY, HISTORY_SNAPSHOT_KEY,
-    STREAM_CURSOR_KEY,
+    decode_event, from_sql, meta, rooms_json, set_meta, to_sql, AGE_CLOCK_KEY,
+    HISTORY_SNAPSHOT_KEY, STREAM_CURSOR_KEY, STREAM_OFFSET_KEY,
 };
 use crate::auth::{Revocation, RevokedKind};
 use crate::clock::AgeReading;
@@ -342,11 +342,14 @@ pub fn load_revocations(connection: &Connection, now: u64) -> rusqlite::Result<V
 
 /// How far this box has delivered the events of the clinic's other boxes:
 /// per origin node, the epoch it numbers in and the last seq delivered here,
-/// and the id of the last stream entry read.
+/// and the id of the last stream entry read with its offset (how many
+/// entries the stream had ever been given when that one was added).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RemoteProgress {
     pub origins: HashMap<String, OriginSeq>,
     pub stream_cursor: Option<String>,
+    /// Unknown until a read reached the stream's end (or before Redis 7).
+    pub stream_offset: Option<u64>,
 }
 
 /// One origin node's numbering: seqs count within an epoch.
@@ -364,6 +367,7 @@ impl RemoteProgress {
         }
         if newer.stream_cursor.is_some() {
             self.stream_cursor.clone_from(&newer.stream_cursor);
+            self.stream_offset = newer.stream_offset;
         }
     }
 
@@ -385,6 +389,12 @@ pub fn save_remote_progress(
     }
     if let Some(cursor) = &progress.stream_cursor {
         set_meta(transaction, STREAM_CURSOR_KEY, cursor)?;
+        match progress.stream_offset {
+            Some(offset) => set_meta(transaction, STREAM_OFFSET_KEY, &offset.to_string())?,
+            None => {
+                transaction.execute("DELETE FROM meta WHERE key = ?1", [STREAM_OFFSET_KEY])?;
+            }
+        }
     }
     Ok(())
 }
@@ -404,5 +414,6 @@ pub fn load_remote_progress(connection: &Connection) -> rusqlite::Result<RemoteP
     Ok(RemoteProgress {
         origins: rows.collect::<rusqlite::Result<_>>()?,
         stream_cursor: meta(connection, STREAM_CURSOR_KEY)?,
+        stream_offset: meta(connection, STREAM_OFFSET_KEY)?.and_then(|text| text.parse().ok()),
     })
 }

@@ -163,6 +163,29 @@ mod tests {
     }
 
     #[test]
+    fn a_room_event_frame_says_late_only_when_it_is() {
+        let event = crate::core::event::RoomEvent::new(
+            7,
+            Room::Patients,
+            crate::core::room::EventName::known("queue_update"),
+            std::sync::Arc::from(
+                serde_json::value::RawValue::from_string(r#"{"n":1}"#.to_owned()).unwrap(),
+            ),
+            std::time::Instant::now(),
+        );
+        // An unmasked server text frame: FIN|text, then the payload length.
+        let on_time = encode_room_event_frame(&event);
+        let text = br#"{"event":"queue_update","room":"patients","seq":7,"data":{"n":1}}"#;
+        assert_eq!(&on_time[..2], &[0x81, text.len() as u8]);
+        assert_eq!(&on_time[2..], &text[..]);
+        let late = encode_room_event_frame(&event.marked_late(true));
+        let text =
+            br#"{"event":"queue_update","room":"patients","seq":7,"data":{"n":1},"late":true}"#;
+        assert_eq!(&late[..2], &[0x81, text.len() as u8]);
+        assert_eq!(&late[2..], &text[..]);
+    }
+
+    #[test]
     fn joins_accept_the_seed_forms() {
         let patient = |id: &str| RoomRequest {
             room: Some(Room::Patient(PatientId::parse(id).unwrap())),

@@ -176,6 +176,27 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    #[test]
+    fn a_room_event_has_the_seeds_arguments_and_a_late_one_a_third() {
+        let event = crate::core::event::RoomEvent::new(
+            3,
+            crate::core::room::Room::Staff,
+            crate::core::room::EventName::known("patient_called"),
+            std::sync::Arc::from(
+                RawValue::from_string(r#"{"patientId":"12"}"#.to_owned()).unwrap(),
+            ),
+            std::time::Instant::now(),
+        );
+        assert_eq!(
+            &encode_room_event(&event)[..],
+            br#"42["patient_called",{"patientId":"12"}]"#
+        );
+        assert_eq!(
+            &encode_room_event(&event.marked_late(true))[..],
+            br#"42["patient_called",{"patientId":"12"},{"late":true}]"#
+        );
+    }
+
     // Examples from the Socket.IO v5 protocol document.
     #[test]
     fn packets_from_the_protocol_document() {
