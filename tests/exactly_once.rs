@@ -98,6 +98,17 @@ async fn display(gateway: &TestGateway) -> (TestWsClient, Value) {
     (screen, joined)
 }
 
+/// Once both boxes have drained and A's events reach B live: a display on
+/// B and its join reply.
+async fn linked_display(a: &TestGateway, b: &TestGateway) -> (TestWsClient, Value) {
+    wait_drained(a).await;
+    wait_drained(b).await;
+    let (mut a_screen, _) = display(a).await;
+    let (mut b_screen, joined) = display(b).await;
+    until_live(a, &mut a_screen, &mut b_screen).await;
+    (b_screen, joined)
+}
+
 /// Frames until `limit` passes with none (pings skipped).
 async fn frames_until_quiet(screen: &mut TestWsClient, limit: Duration) -> Vec<Value> {
     let mut frames = Vec::new();
@@ -114,12 +125,7 @@ async fn a_box_cut_from_redis_gets_every_event_of_the_other_box_once_and_in_orde
     create_user_b(&redis).await;
     let a = TestGateway::start_with(replicating_to(&redis, "a")).await;
     let b = TestGateway::start_with(box_b(&redis, Duration::from_secs(600))).await;
-    wait_drained(&a).await;
-    wait_drained(&b).await;
-    let (mut a_screen, _) = display(&a).await;
-    let (mut b_screen, _) = display(&b).await;
-    until_live(&a, &mut a_screen, &mut b_screen).await;
-    drop(a_screen);
+    let (mut b_screen, _) = linked_display(&a, &b).await;
 
     cut_b(&redis, &b).await;
     for n in 0..1000 {
@@ -190,12 +196,7 @@ async fn a_box_restarted_during_the_cut_records_late_events_and_shows_each_room_
     let b_state = tempfile::tempdir().expect("state dir");
     let live_window = Duration::from_secs(1);
     let mut b = TestGateway::start_in(b_state.path(), box_b(&redis, live_window)).await;
-    wait_drained(&a).await;
-    wait_drained(&b).await;
-    let (mut a_screen, _) = display(&a).await;
-    let (mut b_screen, _) = display(&b).await;
-    until_live(&a, &mut a_screen, &mut b_screen).await;
-    drop(a_screen);
+    let (b_screen, _) = linked_display(&a, &b).await;
 
     cut_b(&redis, &b).await;
     drop(b_screen);
@@ -260,13 +261,8 @@ async fn a_stream_trimmed_past_the_cursor_is_a_gap_that_health_reports_and_scree
     })
     .await;
     let b = TestGateway::start_with(box_b(&redis, Duration::from_secs(600))).await;
-    wait_drained(&a).await;
-    wait_drained(&b).await;
-    let (mut a_screen, _) = display(&a).await;
-    let (mut b_screen, joined) = display(&b).await;
+    let (mut b_screen, joined) = linked_display(&a, &b).await;
     let epoch = joined["epoch"].as_str().expect("epoch").to_owned();
-    until_live(&a, &mut a_screen, &mut b_screen).await;
-    drop(a_screen);
     let (_, before_cut) = display(&b).await;
     let last_seen = before_cut["seq"].as_u64().expect("seq");
     let health = b.health().await;

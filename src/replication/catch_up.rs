@@ -233,7 +233,7 @@ fn entry(item: Value) -> Option<StreamEntry> {
 }
 
 /// A string reply as text.
-pub fn text(value: Value) -> Option<String> {
+fn text(value: Value) -> Option<String> {
     match value {
         Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
         Value::SimpleString(text) => Some(text),
@@ -243,7 +243,7 @@ pub fn text(value: Value) -> Option<String> {
 }
 
 /// One field of an `XINFO STREAM` reply (a flat array or a map).
-pub fn info_field(reply: &Value, name: &str) -> Option<Value> {
+fn info_field(reply: &Value, name: &str) -> Option<Value> {
     let pairs: Vec<(&Value, &Value)> = match reply {
         Value::Array(flat) => flat
             .chunks(2)
