@@ -54,6 +54,8 @@ pub struct Metrics {
     pub remote_events: Counter,
     /// Envelopes from Redis dropped because their signature did not verify.
     pub forged_envelopes: Counter,
+    /// Live subscriptions found stalled by their canary and rebuilt.
+    pub subscription_stalls: Counter,
 }
 
 impl Default for Metrics {
@@ -86,6 +88,7 @@ impl Metrics {
         let redis_reconnects = Counter::default();
         let remote_events = Counter::default();
         let forged_envelopes = Counter::default();
+        let subscription_stalls = Counter::default();
 
         let mut registry = Registry::with_prefix("smartwait");
         registry.register(
@@ -137,6 +140,11 @@ impl Metrics {
             "forged_envelopes",
             "Envelopes from Redis dropped unsigned or wrongly signed (redis.signing_key_file)",
             forged_envelopes.clone(),
+        );
+        registry.register(
+            "subscription_stalls",
+            "Live Redis subscriptions whose canary did not come back within 2 s, rebuilt",
+            subscription_stalls.clone(),
         );
         registry.register(
             "connections",
@@ -207,6 +215,7 @@ impl Metrics {
             redis_reconnects,
             remote_events,
             forged_envelopes,
+            subscription_stalls,
         }
     }
 

@@ -7,14 +7,16 @@
 //! shown once, marked late) — none twice; also when B was restarted during
 //! the cut. A stream trimmed past B's cursor is a gap that B detects, says
 //! in `/health`, and turns into a resync for screens that resume across it.
+//! A subscription silenced by a proxy (open, publishing, receiving nothing)
+//! is told by its canary in `/health` and rebuilt.
 
 mod common;
 
 use std::time::Duration;
 
 use common::{
-    replicating_to, until_live, wait_drained, wait_until, TestGateway, TestRedis, TestWsClient,
-    PROMPTLY, RECONNECT,
+    replicating_to, until_live, wait_drained, wait_until, TcpProxy, TestGateway, TestRedis,
+    TestWsClient, PROMPTLY, RECONNECT,
 };
 use serde_json::{json, Value};
 use smartwait_gateway::Config;
@@ -311,4 +313,86 @@ async fn a_stream_trimmed_past_the_cursor_is_a_gap_that_health_reports_and_scree
         .await;
     assert_eq!(joined["ok"], true, "{joined}");
     assert_eq!(joined["recovered"], false, "{joined}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_that_goes_quiet_is_told_by_its_canary_and_rebuilt() {
+    let redis = TestRedis::start().await;
+    // B reaches Redis through a proxy that can silence B's subscription
+    // alone: its publishes and stream reads still work.
+    let proxy = TcpProxy::start(redis.port).await;
+    let a = TestGateway::start_with(replicating_to(&redis, "a")).await;
+    let replicate_b = replicating_to(&redis, "b");
+    let through_proxy = format!("redis://127.0.0.1:{}", proxy.port);
+    let b = TestGateway::start_with(move |config: &mut Config| {
+        replicate_b(config);
+        config.redis.url = through_proxy;
+    })
+    .await;
+    let (mut b_screen, _) = linked_display(&a, &b).await;
+    let (mut a_screen, _) = display(&a).await;
+    wait_until(PROMPTLY, "b's first canary to come back", || async {
+        b.health().await["redis"]["canary"]["lastRoundTripMs"].is_u64()
+    })
+    .await;
+    let health = b.health().await;
+    assert_eq!(health["status"], "healthy", "{health}");
+    assert_eq!(health["redis"]["canary"]["stalled"], false, "{health}");
+
+    assert!(
+        proxy.freeze_subscribers() >= 1,
+        "b's subscription passes the proxy"
+    );
+    wait_until(
+        Duration::from_secs(15),
+        "b to report its stalled subscription",
+        || async {
+            let health = b.health().await;
+            health["redis"]["state"] == "degraded"
+                && health["redis"]["why"] == "subscription_stalled"
+                && health["status"] == "degraded"
+        },
+    )
+    .await;
+    let health = b.health().await;
+    assert!(
+        health["redis"]["canary"]["stalls"].as_u64() >= Some(1),
+        "{health}"
+    );
+    let (_, metrics) = b.get("/metrics").await;
+    assert!(
+        metrics.lines().any(
+            |line| line.starts_with("smartwait_subscription_stalls_total ")
+                && !line.ends_with(" 0")
+        ),
+        "{metrics}"
+    );
+
+    // The rebuilt subscription receives: health heals, events come live.
+    wait_until(RECONNECT, "b's health to heal", || async {
+        let health = b.health().await;
+        health["status"] == "healthy" && health["redis"]["why"].is_null()
+    })
+    .await;
+    broadcast(&a, "after", 0).await;
+    a_screen.expect_event("after").await;
+    b_screen.expect_event("after").await;
+    let extra = frames_until_quiet(&mut b_screen, Duration::from_secs(3)).await;
+    assert!(extra.is_empty(), "b's screen got more: {extra:?}");
+    let extra = frames_until_quiet(&mut a_screen, Duration::from_secs(1)).await;
+    assert!(extra.is_empty(), "a's screen got more: {extra:?}");
+
+    // Canaries travelled all along; none is in the stream.
+    let events: Vec<String> = redis
+        .stream("test-clinic")
+        .await
+        .into_iter()
+        .map(|entry| entry.event)
+        .collect();
+    assert!(
+        events
+            .iter()
+            .all(|event| event == "warmup" || event == "after"),
+        "{events:?}"
+    );
 }

@@ -61,7 +61,11 @@ impl Health {
         let recent_gap = link.stream.last_gap.as_ref().filter(|gap| {
             unix_ms().saturating_sub(gap.at_ms) < STREAM_GAP_REPORTED_FOR.as_millis() as u64
         });
-        let redis_why = recent_gap.map(|_| "stream_gap");
+        let redis_why = if link.canary.reported_stalled(unix_ms()) {
+            Some("subscription_stalled")
+        } else {
+            recent_gap.map(|_| "stream_gap")
+        };
         let redis_ok =
             matches!(link.state, LinkState::Connected | LinkState::Disabled) && redis_why.is_none();
         let status = if stopping {
@@ -84,6 +88,7 @@ impl Health {
                 "state": if redis_why.is_some() { json!("degraded") } else { json!(link.state) },
                 "why": redis_why,
                 "stream": link.stream,
+                "canary": link.canary,
                 "backlog": outbox.backlog.load(Ordering::Relaxed),
                 "lastReplicatedSeq": link.last_replicated_seq,
                 "droppedEvents": outbox.dropped.load(Ordering::Relaxed),

@@ -1,7 +1,8 @@
 //! The link to the clinic's central Redis: the outbox drained into the
 //! clinic's stream ([`link`]), the clinic's other boxes' events, live and
-//! caught up from the stream exactly once ([`subscription`], [`catch_up`]), revoked tokens shared by the boxes ([`revocations`]),
-//! the key layout ([`keys`]), envelope [`signing`], the link's state as
+//! caught up from the stream exactly once ([`subscription`], [`catch_up`]),
+//! the subscription's [`canary`], revoked tokens shared by the boxes
+//! ([`revocations`]), the key layout ([`keys`]), envelope [`signing`], the link's state as
 //! `/health` shows it ([`status`]) and reconnect [`backoff`].
 //!
 //! Nothing here is on the delivery path: local screens never wait for
@@ -9,6 +10,7 @@
 //! the transports, HTTP or the gateway.
 
 pub mod backoff;
+pub mod canary;
 pub mod catch_up;
 pub mod keys;
 pub mod link;

@@ -25,6 +25,38 @@ pub struct LinkStatus {
     pub last_error: Option<String>,
     /// What the catch-up from the clinic's stream has done.
     pub stream: StreamStatus,
+    /// Whether the live subscription really receives (super::canary).
+    pub canary: CanaryStatus,
+}
+
+/// The subscription's canary, as `/health` shows it (`redis.canary`).
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStatus {
+    /// The last canary did not come back in time, and none has since.
+    pub stalled: bool,
+    /// Times the subscription was found stalled and rebuilt.
+    pub stalls: u64,
+    /// How long the last canary that came back took.
+    pub last_round_trip_ms: Option<u64>,
+    /// When the subscription was last found stalled.
+    pub last_stall: Option<String>,
+    #[serde(skip)]
+    pub last_stall_ms: u64,
+}
+
+/// How long `/health` keeps saying `subscription_stalled` after a stall,
+/// even when the rebuilt subscription works at once: long enough for the
+/// 10 s node health report and a scraper to see that it happened.
+const STALL_REPORTED_FOR_MS: u64 = 30_000;
+
+impl CanaryStatus {
+    /// Whether `/health` reports the subscription stalled at `now_ms`.
+    pub fn reported_stalled(&self, now_ms: u64) -> bool {
+        self.stalled
+            || (self.last_stall.is_some()
+                && now_ms.saturating_sub(self.last_stall_ms) < STALL_REPORTED_FOR_MS)
+    }
 }
 
 /// The catch-up from the clinic's stream (replication::catch_up).
@@ -77,6 +109,7 @@ impl ReplicationStatus {
                 last_replicated_seq: 0,
                 last_error: None,
                 stream: StreamStatus::default(),
+                canary: CanaryStatus::default(),
             }),
             lost: Notify::new(),
         }

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
+use super::canary::{Canary, Seen};
 use super::catch_up::{self, Delivered, StreamEntry, StreamInfo, Verdict};
 use super::keys::{self, Envelope};
 use super::revocations::RevocationSharing;
@@ -116,13 +117,13 @@ impl FanIn {
             .await?;
         let mut messages = pubsub.on_message();
         let mut next_catch_up = Instant::now() + CATCH_UP_EVERY;
+        let mut canary = Canary::new(&self.clinic.node);
         loop {
+            // Messages before timers: a canary that came back while a
+            // catch-up ran is seen before its deadline is judged.
             tokio::select! {
+                biased;
                 () = self.status.lost.notified() => anyhow::bail!("the replication link lost redis"),
-                () = tokio::time::sleep_until(next_catch_up) => {
-                    self.catch_up(&mut connection, delivered, cursor_saved).await?;
-                    next_catch_up = Instant::now() + CATCH_UP_EVERY;
-                }
                 message = messages.next() => {
                     let Some(message) = message else {
                         anyhow::bail!("the subscription connection closed");
@@ -134,12 +135,77 @@ impl FanIn {
                             continue;
                         }
                     };
+                    match canary.seen(&payload, Instant::now()) {
+                        Seen::NotACanary => {}
+                        Seen::Returned(took) => {
+                            self.canary_returned(took);
+                            continue;
+                        }
+                        Seen::Ignored => continue,
+                    }
                     if self.receive(&payload, delivered).await? == Verdict::Behind {
                         self.catch_up(&mut connection, delivered, cursor_saved).await?;
                         next_catch_up = Instant::now() + CATCH_UP_EVERY;
                     }
                 }
+                () = tokio::time::sleep_until(next_catch_up) => {
+                    self.catch_up(&mut connection, delivered, cursor_saved).await?;
+                    next_catch_up = Instant::now() + CATCH_UP_EVERY;
+                }
+                () = tokio::time::sleep_until(canary.deadline()) => {
+                    self.send_canary(&mut connection, &channel, &mut canary).await?;
+                }
             }
+        }
+    }
+
+    /// Publishes the canary when one is due; ends the subscription (so it
+    /// is rebuilt) when the awaited one did not come back in time.
+    async fn send_canary(
+        &self,
+        connection: &mut MultiplexedConnection,
+        channel: &str,
+        canary: &mut Canary,
+    ) -> anyhow::Result<()> {
+        match canary.due(Instant::now()) {
+            Ok(None) => Ok(()),
+            Ok(Some(message)) => {
+                redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(message)
+                    .query_async::<redis::Value>(connection)
+                    .await
+                    .context("cannot publish the subscription's canary")?;
+                Ok(())
+            }
+            Err(waited) => {
+                self.metrics.subscription_stalls.inc();
+                let now = unix_ms();
+                self.status.update(|status| {
+                    status.canary.stalled = true;
+                    status.canary.stalls += 1;
+                    status.canary.last_stall = Some(rfc3339_ms(now));
+                    status.canary.last_stall_ms = now;
+                });
+                anyhow::bail!(
+                    "the live subscription stalled: its canary did not come back in {} ms; rebuilding it (events still come from the stream every 2 s)",
+                    waited.as_millis()
+                )
+            }
+        }
+    }
+
+    fn canary_returned(&self, took: Duration) {
+        let was_stalled = self.status.status().canary.stalled;
+        self.status.update(|status| {
+            status.canary.stalled = false;
+            status.canary.last_round_trip_ms = Some(took.as_millis() as u64);
+        });
+        if was_stalled {
+            tracing::info!(
+                round_trip_ms = took.as_millis() as u64,
+                "the rebuilt live subscription receives again"
+            );
         }
     }
 

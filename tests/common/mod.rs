@@ -2,8 +2,9 @@
 //! in-process ([`gateway`]), the real binary ([`process`]), a native
 //! WebSocket client ([`ws_client`]), HTTP requests ([`http_client`]), a real Redis
 //! ([`redis_server`]), Node.js drivers ([`node`]) for the official socket.io-client
-//! ([`sio`]) and headless Chromium ([`browser`]), and the fault-injecting
-//! file system ([`faultfs`]). Everything uses real sockets.
+//! ([`sio`]) and headless Chromium ([`browser`]), the fault-injecting
+//! file system ([`faultfs`]) and a TCP proxy that silences a flow
+//! ([`proxy`]). Everything uses real sockets.
 
 // Each suite compiles this module and uses a part of it.
 #![allow(dead_code)]
@@ -14,6 +15,7 @@ pub mod gateway;
 pub mod http_client;
 pub mod node;
 pub mod process;
+pub mod proxy;
 pub mod redis_server;
 pub mod sio;
 pub mod ws_client;
@@ -31,6 +33,8 @@ pub use http_client::*;
 pub use node::*;
 #[allow(unused_imports)]
 pub use process::*;
+#[allow(unused_imports)]
+pub use proxy::*;
 #[allow(unused_imports)]
 pub use redis_server::*;
 #[allow(unused_imports)]
