@@ -315,8 +315,22 @@ pub struct ClinicConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]` or `rediss://...`; empty = off.
+    /// `redis://[user:password@]host:port[/db]` or `rediss://...`; empty = off
+    /// (unless `sentinels` is set). With sentinels, only its scheme (TLS),
+    /// user, password and db are used: the sentinels say where the primary is.
     pub url: String,
+    /// Redis Sentinel: `host:port` (or `redis://[:password@]host:port`,
+    /// `rediss://...`) of each sentinel that watches the primary.
+    pub sentinels: Vec<String>,
+    /// The name the sentinels know the primary by (`sentinel monitor NAME ...`).
+    pub sentinel_master: String,
+    /// Outbox entries are kept until Redis has them on this many replicas
+    /// (`WAIT` after each batch). Default: 1 with sentinels, else 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_replicas: Option<u32>,
+    /// Longest one `WAIT` for the replicas may take.
+    #[serde(with = "duration_text")]
+    pub wait_timeout: Duration,
     /// Approximate length the clinic's stream is trimmed to.
     pub stream_maxlen: u64,
     /// Events older than this when replicated go to the stream only, not live.
@@ -343,6 +357,10 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: String::new(),
+            sentinels: Vec::new(),
+            sentinel_master: String::new(),
+            wait_replicas: None,
+            wait_timeout: Duration::from_secs(1),
             stream_maxlen: 1_000_000,
             live_window: Duration::from_secs(5),
             outbox_max_events: 1_000_000,
@@ -395,9 +413,24 @@ impl RedisConfig {
         Ok(())
     }
 
-    /// Whether replication is configured (`redis.url` set).
+    /// Whether replication is configured (`redis.url` or `redis.sentinels` set).
     pub fn enabled(&self) -> bool {
         !self.url.is_empty()
+    }
+
+    /// How many replicas must have a batch before its outbox entries go.
+    pub fn replicas_to_wait_for(&self) -> u32 {
+        self.wait_replicas
+            .unwrap_or(if self.sentinels.is_empty() { 0 } else { 1 })
+    }
+
+    /// With sentinels and no `url`, the primary is reached without a
+    /// password, in db 0, without TLS: `url` says so, so that
+    /// `password_file` and every later reader find one URL.
+    fn default_url_for_sentinels(&mut self) {
+        if self.url.is_empty() && !self.sentinels.is_empty() {
+            self.url = format!("redis://{}", self.sentinel_master);
+        }
     }
 }
 
@@ -482,6 +515,7 @@ impl Config {
             .try_into()
             .map_err(|err: toml::de::Error| anyhow::anyhow!("{}", err.message()))?;
         config.resolve_paths(env);
+        config.redis.default_url_for_sentinels();
         config.redis.apply_password_file(env)?;
         if !config.redis.signing_key_file.as_os_str().is_empty() {
             config.redis.signing_key_file = credential_path(&config.redis.signing_key_file, env);
@@ -581,6 +615,18 @@ impl Config {
             && !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("rediss://"))
         {
             bail!("redis.url must start with redis:// or rediss://");
+        }
+        if !self.redis.sentinels.is_empty() && self.redis.sentinel_master.is_empty() {
+            bail!("redis.sentinels is set: set redis.sentinel_master too (the name the sentinels monitor)");
+        }
+        if self.redis.sentinels.is_empty() && !self.redis.sentinel_master.is_empty() {
+            bail!("redis.sentinel_master is set but redis.sentinels is empty");
+        }
+        if self.redis.replicas_to_wait_for() > 0
+            && (self.redis.wait_timeout.is_zero()
+                || self.redis.wait_timeout >= self.redis.command_timeout)
+        {
+            bail!("redis.wait_timeout must be greater than 0 and less than redis.command_timeout while redis.wait_replicas is");
         }
         if self.redis.outbox_max_events == 0
             || self.redis.stream_maxlen == 0
@@ -738,6 +784,29 @@ mod tests {
         assert!(format!("{unknown_section:#}").contains("unknown config section"));
         let zero = Config::from_sources("[limits]\nclient_queue = 0\n", &[]).unwrap_err();
         assert!(format!("{zero:#}").contains("client_queue"));
+    }
+
+    #[test]
+    fn sentinels_name_the_primary_and_wait_for_one_replica_by_default() {
+        let config = Config::from_sources(
+            "[redis]\nsentinels = [\"10.0.0.5:26379\"]\nsentinel_master = \"clinic\"\n",
+            &[],
+        )
+        .unwrap();
+        assert!(config.redis.enabled());
+        assert_eq!(config.redis.url, "redis://clinic");
+        assert_eq!(config.redis.replicas_to_wait_for(), 1);
+        let plain = Config::from_sources("[redis]\nurl = \"redis://h:6379\"\n", &[]).unwrap();
+        assert_eq!(plain.redis.replicas_to_wait_for(), 0);
+        let nameless =
+            Config::from_sources("[redis]\nsentinels = [\"h:26379\"]\n", &[]).unwrap_err();
+        assert!(format!("{nameless:#}").contains("redis.sentinel_master"));
+        let slow_wait = Config::from_sources(
+            "[redis]\nurl = \"redis://h\"\nwait_replicas = 1\nwait_timeout = \"10s\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(format!("{slow_wait:#}").contains("redis.wait_timeout"));
     }
 
     #[test]

@@ -317,6 +317,11 @@ impl Gateway {
         workers.spawn(clock.watch(shutdown.clone()));
         if let Some((replicator, fan_in)) = replication {
             workers.spawn(crate::replication::link::run(replicator));
+            workers.spawn(crate::replication::sentinel::watch_failovers(
+                fan_in.redis.clone(),
+                fan_in.status.clone(),
+                fan_in.shutdown.clone(),
+            ));
             workers.spawn(crate::replication::subscription::run(fan_in));
         }
         // hyper-util's GracefulShutdown cannot watch upgradeable http1

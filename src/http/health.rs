@@ -61,10 +61,19 @@ impl Health {
         let recent_gap = link.stream.last_gap.as_ref().filter(|gap| {
             unix_ms().saturating_sub(gap.at_ms) < STREAM_GAP_REPORTED_FOR.as_millis() as u64
         });
-        let redis_why = if link.canary.reported_stalled(unix_ms()) {
+        let now = unix_ms();
+        let redis_why = if link.canary.reported_stalled(now) {
             Some("subscription_stalled")
+        } else if recent_gap.is_some() {
+            Some("stream_gap")
+        } else if link
+            .replicas
+            .as_ref()
+            .is_some_and(|replicas| replicas.reported_behind(now))
+        {
+            Some("replicas_behind")
         } else {
-            recent_gap.map(|_| "stream_gap")
+            None
         };
         let redis_ok =
             matches!(link.state, LinkState::Connected | LinkState::Disabled) && redis_why.is_none();
@@ -89,6 +98,7 @@ impl Health {
                 "why": redis_why,
                 "stream": link.stream,
                 "canary": link.canary,
+                "replicas": link.replicas,
                 "backlog": outbox.backlog.load(Ordering::Relaxed),
                 "lastReplicatedSeq": link.last_replicated_seq,
                 "droppedEvents": outbox.dropped.load(Ordering::Relaxed),

@@ -37,6 +37,10 @@ use crate::store;
 const HEALTH_REFRESH: Duration = Duration::from_secs(10);
 const HEALTH_TTL_SECS: u64 = 30;
 
+/// How often a batch that is not yet on enough replicas is asked after
+/// while nothing new is sent.
+const CONFIRM_AGAIN_AFTER: Duration = Duration::from_secs(1);
+
 /// The outbox drain: what it reads, where it writes, what it reports.
 #[derive(Debug)]
 pub struct Replicator {
@@ -88,6 +92,8 @@ pub async fn run(replicator: Replicator) {
         tokio::select! {
             () = replicator.shutdown.cancelled() => return,
             () = tokio::time::sleep(backoff.delay()) => {}
+            // A new primary: no need to wait out the backoff for the old one.
+            () = replicator.status.moved.notified() => {}
         }
     }
 }
@@ -109,7 +115,10 @@ impl Replicator {
             .await
             .context("cannot read this node's replicated seq")?;
         let mut cursor = self.resume_cursor(stored.unwrap_or(0), stored_epoch.as_deref());
-        self.publisher.replicated(cursor).await;
+        // What this primary has may be less than what the last one had
+        // (a failover lost writes): the outbox still holds what no replica
+        // confirmed, and is re-sent from here.
+        let mut unconfirmed = !self.confirm(&mut connection, cursor).await?;
         self.status.update(|status| {
             status.state = LinkState::Connected;
             status.last_error = None;
@@ -139,7 +148,7 @@ impl Replicator {
                 self.write_batch(&mut connection, &batch, &replicated_key, &epoch_key)
                     .await?;
                 cursor = last.seq;
-                self.publisher.replicated(cursor).await;
+                unconfirmed = !self.confirm(&mut connection, cursor).await?;
                 self.metrics.replicated_events.inc_by(batch.len() as u64);
                 self.status
                     .update(|status| status.last_replicated_seq = cursor);
@@ -151,6 +160,10 @@ impl Replicator {
                 () = self.publisher.outbox().added.notified() => {}
                 () = self.revocations.ledger.local_revocation() => {}
                 () = tokio::time::sleep_until(next_health) => {}
+                () = self.status.moved.notified() => anyhow::bail!("the sentinels switched the primary"),
+                () = tokio::time::sleep(CONFIRM_AGAIN_AFTER), if unconfirmed => {
+                    unconfirmed = !self.confirm(&mut connection, cursor).await?;
+                }
             }
         }
         // Central operations see the box leave at once, not after the TTL.
@@ -159,6 +172,45 @@ impl Replicator {
             .query_async::<()>(&mut connection)
             .await
             .context("cannot remove this node's health key")
+    }
+
+    /// Forgets the outbox up to `seq` once Redis has it on
+    /// `redis.wait_replicas` replicas (at once when that is 0); whether it
+    /// did. Unconfirmed entries stay, so a failover to a replica that
+    /// lacks them re-sends them.
+    async fn confirm(
+        &self,
+        connection: &mut MultiplexedConnection,
+        seq: u64,
+    ) -> anyhow::Result<bool> {
+        let wanted = self.redis.replicas_to_wait_for();
+        if wanted == 0 {
+            self.publisher.replicated(seq).await;
+            return Ok(true);
+        }
+        let acked: u64 = redis::cmd("WAIT")
+            .arg(wanted)
+            .arg(self.redis.wait_timeout.as_millis() as u64)
+            .query_async(connection)
+            .await
+            .context("cannot WAIT for the replicas")?;
+        let confirmed = acked >= u64::from(wanted);
+        if confirmed {
+            self.publisher.replicated(seq).await;
+        }
+        let now = unix_ms();
+        self.status.update(|status| {
+            let replicas = status.replicas.get_or_insert_with(Default::default);
+            replicas.wanted = wanted;
+            replicas.acked = acked;
+            if confirmed {
+                replicas.confirmed_seq = seq;
+                replicas.behind_since_ms = None;
+            } else {
+                replicas.behind_since_ms.get_or_insert(now);
+            }
+        });
+        Ok(confirmed)
     }
 
     /// Where to resume from, given the cursor in Redis and the epoch it counts

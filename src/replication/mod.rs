@@ -2,8 +2,9 @@
 //! clinic's stream ([`link`]), the clinic's other boxes' events, live and
 //! caught up from the stream exactly once ([`subscription`], [`catch_up`]),
 //! the subscription's [`canary`], revoked tokens shared by the boxes
-//! ([`revocations`]), the key layout ([`keys`]), envelope [`signing`], the link's state as
-//! `/health` shows it ([`status`]) and reconnect [`backoff`].
+//! ([`revocations`]), where the primary is ([`sentinel`]), the key layout
+//! ([`keys`]), envelope [`signing`], the link's state as `/health` shows it
+//! ([`status`]) and reconnect [`backoff`].
 //!
 //! Nothing here is on the delivery path: local screens never wait for
 //! Redis. Imports the core, the store, the publisher and the leaves; never
@@ -15,6 +16,7 @@ pub mod catch_up;
 pub mod keys;
 pub mod link;
 pub mod revocations;
+pub mod sentinel;
 pub mod signing;
 pub mod status;
 pub mod subscription;
@@ -28,7 +30,7 @@ use crate::config::RedisConfig;
 /// Opens a multiplexed connection with the configured timeouts.
 pub async fn connect(redis: &RedisConfig) -> anyhow::Result<MultiplexedConnection> {
     let timeout = redis.command_timeout;
-    let client = redis::Client::open(redis.url.as_str()).context("invalid redis.url")?;
+    let client = sentinel::primary(redis).await?;
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout));

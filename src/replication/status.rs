@@ -27,6 +27,35 @@ pub struct LinkStatus {
     pub stream: StreamStatus,
     /// Whether the live subscription really receives (super::canary).
     pub canary: CanaryStatus,
+    /// With `redis.wait_replicas`: how far Redis's replicas have the stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<ReplicaStatus>,
+}
+
+/// What `WAIT` said of the replicas (`redis.replicas` in `/health`).
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaStatus {
+    /// `redis.wait_replicas`.
+    pub wanted: u32,
+    /// Replicas that had everything at the last `WAIT`.
+    pub acked: u64,
+    /// The last seq on enough replicas: outbox entries up to it are gone.
+    pub confirmed_seq: u64,
+    /// Since when events sent to Redis are not on enough replicas (Unix ms).
+    #[serde(skip)]
+    pub behind_since_ms: Option<u64>,
+}
+
+/// How long replicas may stay behind before `/health` says so.
+const REPLICAS_BEHIND_REPORTED_AFTER_MS: u64 = 30_000;
+
+impl ReplicaStatus {
+    /// Whether `/health` reports the replicas behind at `now_ms`.
+    pub fn reported_behind(&self, now_ms: u64) -> bool {
+        self.behind_since_ms
+            .is_some_and(|since| now_ms.saturating_sub(since) >= REPLICAS_BEHIND_REPORTED_AFTER_MS)
+    }
 }
 
 /// The subscription's canary, as `/health` shows it (`redis.canary`).
@@ -95,6 +124,8 @@ pub struct ReplicationStatus {
     /// Woken when the replicator loses Redis, so the live subscription,
     /// which cannot tell a silent server from a quiet one, reconnects too.
     pub(super) lost: Notify,
+    /// Woken when the sentinels switch the primary: every link reconnects.
+    pub(super) moved: Notify,
 }
 
 impl ReplicationStatus {
@@ -110,8 +141,10 @@ impl ReplicationStatus {
                 last_error: None,
                 stream: StreamStatus::default(),
                 canary: CanaryStatus::default(),
+                replicas: None,
             }),
             lost: Notify::new(),
+            moved: Notify::new(),
         }
     }
 
@@ -124,5 +157,35 @@ impl ReplicationStatus {
 
     pub(super) fn update(&self, change: impl FnOnce(&mut LinkStatus)) {
         change(&mut self.status.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_are_reported_behind_after_thirty_seconds_without_a_confirmation() {
+        let mut replicas = ReplicaStatus {
+            wanted: 1,
+            ..ReplicaStatus::default()
+        };
+        assert!(!replicas.reported_behind(1_000_000));
+        replicas.behind_since_ms = Some(1_000_000);
+        assert!(!replicas.reported_behind(1_029_999));
+        assert!(replicas.reported_behind(1_030_000));
+    }
+
+    #[test]
+    fn a_stall_is_reported_while_it_lasts_and_for_thirty_seconds() {
+        let mut canary = CanaryStatus::default();
+        assert!(!canary.reported_stalled(5_000_000));
+        canary.stalled = true;
+        assert!(canary.reported_stalled(5_000_000));
+        canary.stalled = false;
+        canary.last_stall = Some("…".to_owned());
+        canary.last_stall_ms = 5_000_000;
+        assert!(canary.reported_stalled(5_029_999));
+        assert!(!canary.reported_stalled(5_030_000));
     }
 }

@@ -87,6 +87,8 @@ pub async fn run(fan_in: FanIn) {
         tokio::select! {
             () = fan_in.shutdown.cancelled() => return,
             () = tokio::time::sleep(backoff.delay()) => {}
+            // A new primary: no need to wait out the backoff for the old one.
+            () = fan_in.status.moved.notified() => {}
         }
     }
 }
@@ -100,7 +102,7 @@ impl FanIn {
     ) -> anyhow::Result<()> {
         let timeout = self.redis.command_timeout;
         let channel = keys::broadcast_channel(&self.clinic.id);
-        let client = redis::Client::open(self.redis.url.as_str()).context("invalid redis.url")?;
+        let client = super::sentinel::primary(&self.redis).await?;
         let mut pubsub = tokio::time::timeout(timeout, async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
@@ -124,6 +126,7 @@ impl FanIn {
             tokio::select! {
                 biased;
                 () = self.status.lost.notified() => anyhow::bail!("the replication link lost redis"),
+                () = self.status.moved.notified() => anyhow::bail!("the sentinels switched the primary"),
                 message = messages.next() => {
                     let Some(message) = message else {
                         anyhow::bail!("the subscription connection closed");

@@ -1,10 +1,11 @@
 //! The tests' vocabulary, one file per thing it provides: a gateway served
 //! in-process ([`gateway`]), the real binary ([`process`]), a native
-//! WebSocket client ([`ws_client`]), HTTP requests ([`http_client`]), a real Redis
-//! ([`redis_server`]), Node.js drivers ([`node`]) for the official socket.io-client
-//! ([`sio`]) and headless Chromium ([`browser`]), the fault-injecting
-//! file system ([`faultfs`]) and a TCP proxy that silences a flow
-//! ([`proxy`]). Everything uses real sockets.
+//! WebSocket client ([`ws_client`]), HTTP requests ([`http_client`]), a
+//! real Redis ([`redis_server`]) and its sentinels ([`sentinel`]), Node.js
+//! drivers ([`node`]) for the official socket.io-client ([`sio`]) and
+//! headless Chromium ([`browser`]), the fault-injecting file system
+//! ([`faultfs`]) and a TCP proxy that silences a flow ([`proxy`]).
+//! Everything uses real sockets.
 
 // Each suite compiles this module and uses a part of it.
 #![allow(dead_code)]
@@ -17,6 +18,7 @@ pub mod node;
 pub mod process;
 pub mod proxy;
 pub mod redis_server;
+pub mod sentinel;
 pub mod sio;
 pub mod ws_client;
 
@@ -37,6 +39,8 @@ pub use process::*;
 pub use proxy::*;
 #[allow(unused_imports)]
 pub use redis_server::*;
+#[allow(unused_imports)]
+pub use sentinel::*;
 #[allow(unused_imports)]
 pub use ws_client::*;
 

@@ -1,8 +1,11 @@
 //! [`TcpProxy`]: a TCP proxy on a free loopback port in front of a real
-//! server, which can make the Redis subscriptions that pass through it go
-//! quiet: their connections stay open and the client's commands still
-//! reach the server, but nothing comes back — a NAT or firewall that
-//! dropped one flow, the failure a subscription's canary exists to catch.
+//! server, which can make chosen Redis connections that pass through it go
+//! quiet: they stay open and the client's bytes still reach the server,
+//! but nothing comes back — a NAT or firewall that dropped one flow. A
+//! quiet subscription is what a subscription's canary exists to catch; a
+//! quiet replica link makes writes that the primary acknowledged exist on
+//! the primary alone (SIGSTOP on the replica does not: on loopback the
+//! kernel buffers the stream, and the replica reads it when resumed).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,6 +18,8 @@ use tokio::net::{TcpListener, TcpStream};
 struct Flow {
     /// The client sent SUBSCRIBE on it.
     subscriber: AtomicBool,
+    /// The client is a replica (it sent PSYNC).
+    replica: AtomicBool,
     /// Server-to-client bytes are dropped.
     frozen: AtomicBool,
 }
@@ -54,13 +59,20 @@ impl TcpProxy {
     /// From now on, every connection that has subscribed gets nothing back
     /// (connections opened later pass normally). Returns how many.
     pub fn freeze_subscribers(&self) -> usize {
+        self.freeze(|flow| flow.subscriber.load(Ordering::SeqCst))
+    }
+
+    /// From now on, every replica's link to the primary gets nothing more.
+    pub fn freeze_replicas(&self) -> usize {
+        self.freeze(|flow| flow.replica.load(Ordering::SeqCst))
+    }
+
+    fn freeze(&self, chosen: impl Fn(&Flow) -> bool) -> usize {
         let flows = self.flows.lock().expect("flows");
         let mut frozen = 0;
-        for flow in flows.iter() {
-            if flow.subscriber.load(Ordering::SeqCst) {
-                flow.frozen.store(true, Ordering::SeqCst);
-                frozen += 1;
-            }
+        for flow in flows.iter().filter(|flow| chosen(flow)) {
+            flow.frozen.store(true, Ordering::SeqCst);
+            frozen += 1;
         }
         frozen
     }
@@ -85,11 +97,11 @@ async fn forward(client: TcpStream, server: TcpStream, flow: Arc<Flow>) {
                     Ok(n) => n,
                 };
                 let bytes = &buffer[..n];
-                if bytes
-                    .windows(9)
-                    .any(|window| window.eq_ignore_ascii_case(b"SUBSCRIBE"))
-                {
+                if says(bytes, b"SUBSCRIBE") {
                     flow.subscriber.store(true, Ordering::SeqCst);
+                }
+                if says(bytes, b"PSYNC") {
+                    flow.replica.store(true, Ordering::SeqCst);
                 }
                 if server_write.write_all(bytes).await.is_err() {
                     return;
@@ -117,4 +129,11 @@ async fn forward(client: TcpStream, server: TcpStream, flow: Arc<Flow>) {
         () = upstream => {}
         () = downstream => {}
     }
+}
+
+/// Whether `bytes` hold the command `word` (any case).
+fn says(bytes: &[u8], word: &[u8]) -> bool {
+    bytes
+        .windows(word.len())
+        .any(|window| window.eq_ignore_ascii_case(word))
 }
