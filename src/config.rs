@@ -324,6 +324,9 @@ pub struct RedisConfig {
     pub sentinels: Vec<String>,
     /// The name the sentinels know the primary by (`sentinel monitor NAME ...`).
     pub sentinel_master: String,
+    /// Redis Cluster: `host:port` (or URLs) of some of its nodes; the rest
+    /// is discovered. As with sentinels, `url` gives only TLS, user and password.
+    pub cluster_nodes: Vec<String>,
     /// Outbox entries are kept until Redis has them on this many replicas
     /// (`WAIT` after each batch). Default: 1 with sentinels, else 0.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -359,6 +362,7 @@ impl Default for RedisConfig {
             url: String::new(),
             sentinels: Vec::new(),
             sentinel_master: String::new(),
+            cluster_nodes: Vec::new(),
             wait_replicas: None,
             wait_timeout: Duration::from_secs(1),
             stream_maxlen: 1_000_000,
@@ -413,7 +417,8 @@ impl RedisConfig {
         Ok(())
     }
 
-    /// Whether replication is configured (`redis.url` or `redis.sentinels` set).
+    /// Whether replication is configured (`redis.url`, `redis.sentinels` or
+    /// `redis.cluster_nodes` set).
     pub fn enabled(&self) -> bool {
         !self.url.is_empty()
     }
@@ -424,12 +429,15 @@ impl RedisConfig {
             .unwrap_or(if self.sentinels.is_empty() { 0 } else { 1 })
     }
 
-    /// With sentinels and no `url`, the primary is reached without a
-    /// password, in db 0, without TLS: `url` says so, so that
+    /// With sentinels or cluster nodes and no `url`, Redis is reached
+    /// without a password, in db 0, without TLS: `url` says so, so that
     /// `password_file` and every later reader find one URL.
-    fn default_url_for_sentinels(&mut self) {
+    fn default_url_for_discovery(&mut self) {
         if self.url.is_empty() && !self.sentinels.is_empty() {
             self.url = format!("redis://{}", self.sentinel_master);
+        }
+        if self.url.is_empty() && !self.cluster_nodes.is_empty() {
+            self.url = "redis://cluster".to_owned();
         }
     }
 }
@@ -515,7 +523,7 @@ impl Config {
             .try_into()
             .map_err(|err: toml::de::Error| anyhow::anyhow!("{}", err.message()))?;
         config.resolve_paths(env);
-        config.redis.default_url_for_sentinels();
+        config.redis.default_url_for_discovery();
         config.redis.apply_password_file(env)?;
         if !config.redis.signing_key_file.as_os_str().is_empty() {
             config.redis.signing_key_file = credential_path(&config.redis.signing_key_file, env);
@@ -621,6 +629,9 @@ impl Config {
         }
         if self.redis.sentinels.is_empty() && !self.redis.sentinel_master.is_empty() {
             bail!("redis.sentinel_master is set but redis.sentinels is empty");
+        }
+        if !self.redis.sentinels.is_empty() && !self.redis.cluster_nodes.is_empty() {
+            bail!("redis.sentinels and redis.cluster_nodes are both set: a Redis Cluster has no sentinels, keep one");
         }
         if self.redis.replicas_to_wait_for() > 0
             && (self.redis.wait_timeout.is_zero()
@@ -787,7 +798,7 @@ mod tests {
     }
 
     #[test]
-    fn sentinels_name_the_primary_and_wait_for_one_replica_by_default() {
+    fn sentinels_or_cluster_nodes_replace_the_url_and_sentinels_wait_for_one_replica() {
         let config = Config::from_sources(
             "[redis]\nsentinels = [\"10.0.0.5:26379\"]\nsentinel_master = \"clinic\"\n",
             &[],
@@ -807,6 +818,15 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{slow_wait:#}").contains("redis.wait_timeout"));
+        let cluster = Config::from_sources("[redis]\ncluster_nodes = [\"h:7000\"]\n", &[]).unwrap();
+        assert!(cluster.redis.enabled());
+        assert_eq!(cluster.redis.replicas_to_wait_for(), 0);
+        let both = Config::from_sources(
+            "[redis]\ncluster_nodes = [\"h:7000\"]\nsentinels = [\"h:26379\"]\nsentinel_master = \"m\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(format!("{both:#}").contains("redis.cluster_nodes"));
     }
 
     #[test]

@@ -14,12 +14,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant as StdInstant};
 
 use anyhow::Context;
-use redis::aio::MultiplexedConnection;
 use rusqlite::Connection;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
+use super::connection::RedisConnection;
 use super::keys::{self, Envelope};
 use super::revocations::RevocationSharing;
 use super::signing::{self, Signer};
@@ -178,20 +178,18 @@ impl Replicator {
     /// `redis.wait_replicas` replicas (at once when that is 0); whether it
     /// did. Unconfirmed entries stay, so a failover to a replica that
     /// lacks them re-sends them.
-    async fn confirm(
-        &self,
-        connection: &mut MultiplexedConnection,
-        seq: u64,
-    ) -> anyhow::Result<bool> {
+    async fn confirm(&self, connection: &mut RedisConnection, seq: u64) -> anyhow::Result<bool> {
         let wanted = self.redis.replicas_to_wait_for();
         if wanted == 0 {
             self.publisher.replicated(seq).await;
             return Ok(true);
         }
-        let acked: u64 = redis::cmd("WAIT")
-            .arg(wanted)
-            .arg(self.redis.wait_timeout.as_millis() as u64)
-            .query_async(connection)
+        let acked = connection
+            .wait_for_replicas(
+                &keys::events_stream(&self.clinic.id),
+                wanted,
+                self.redis.wait_timeout,
+            )
             .await
             .context("cannot WAIT for the replicas")?;
         let confirmed = acked >= u64::from(wanted);
@@ -251,7 +249,7 @@ impl Replicator {
     /// published live, and the node's `replicated` seq.
     async fn write_batch(
         &self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut RedisConnection,
         batch: &[CommittedEvent],
         replicated_key: &str,
         epoch_key: &str,
@@ -311,7 +309,7 @@ impl Replicator {
                     ts,
                     sig,
                 };
-                pipe.cmd("PUBLISH")
+                pipe.cmd(connection.publish_command())
                     .arg(&channel)
                     .arg(serde_json::to_string(&envelope)?)
                     .ignore();
@@ -328,10 +326,7 @@ impl Replicator {
     }
 
     /// This clock minus Redis's (`TIME`), half the round trip taken off.
-    async fn measure_clock_offset(
-        &self,
-        connection: &mut MultiplexedConnection,
-    ) -> anyhow::Result<i64> {
+    async fn measure_clock_offset(&self, connection: &mut RedisConnection) -> anyhow::Result<i64> {
         let sent = unix_ms() as i64;
         let (seconds, micros): (i64, i64) = redis::cmd("TIME")
             .query_async(connection)
@@ -342,7 +337,7 @@ impl Replicator {
         Ok((sent + received) / 2 - redis_ms)
     }
 
-    async fn write_health(&self, connection: &mut MultiplexedConnection) -> anyhow::Result<()> {
+    async fn write_health(&self, connection: &mut RedisConnection) -> anyhow::Result<()> {
         let offset = self.measure_clock_offset(connection).await?;
         self.clock.set_offset(Some(offset));
         let clinic = &self.clinic;

@@ -2,9 +2,10 @@
 //! clinic's stream ([`link`]), the clinic's other boxes' events, live and
 //! caught up from the stream exactly once ([`subscription`], [`catch_up`]),
 //! the subscription's [`canary`], revoked tokens shared by the boxes
-//! ([`revocations`]), where the primary is ([`sentinel`]), the key layout
-//! ([`keys`]), envelope [`signing`], the link's state as `/health` shows it
-//! ([`status`]) and reconnect [`backoff`].
+//! ([`revocations`]), one server, sentinels or a cluster ([`connection`],
+//! [`sentinel`]), the key layout ([`keys`]), envelope [`signing`], the
+//! link's state as `/health` shows it ([`status`]) and reconnect
+//! [`backoff`].
 //!
 //! Nothing here is on the delivery path: local screens never wait for
 //! Redis. Imports the core, the store, the publisher and the leaves; never
@@ -13,6 +14,7 @@
 pub mod backoff;
 pub mod canary;
 pub mod catch_up;
+pub mod connection;
 pub mod keys;
 pub mod link;
 pub mod revocations;
@@ -21,21 +23,4 @@ pub mod signing;
 pub mod status;
 pub mod subscription;
 
-use anyhow::Context;
-use redis::aio::MultiplexedConnection;
-use redis::AsyncConnectionConfig;
-
-use crate::config::RedisConfig;
-
-/// Opens a multiplexed connection with the configured timeouts.
-pub async fn connect(redis: &RedisConfig) -> anyhow::Result<MultiplexedConnection> {
-    let timeout = redis.command_timeout;
-    let client = sentinel::primary(redis).await?;
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout));
-    client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .context("cannot connect to Redis")
-}
+pub use connection::connect;

@@ -20,9 +20,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Context;
-use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 
+use super::connection::RedisConnection;
 use super::keys;
 use super::signing::{self, Signer};
 use crate::auth::{unix_now, Revocation};
@@ -72,7 +72,7 @@ pub struct RevocationSharing {
 
 impl RevocationSharing {
     /// Merges the clinic's hash with this box's list, both ways.
-    pub async fn sync(&self, connection: &mut MultiplexedConnection) -> anyhow::Result<()> {
+    pub async fn sync(&self, connection: &mut RedisConnection) -> anyhow::Result<()> {
         let hash = keys::revocations(&self.clinic.id);
         let stored: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(&hash)
@@ -141,7 +141,10 @@ impl RevocationSharing {
                 xadd.arg("sig").arg(sig);
             }
             xadd.ignore();
-            pipe.cmd("PUBLISH").arg(&channel).arg(&text).ignore();
+            pipe.cmd(connection.publish_command())
+                .arg(&channel)
+                .arg(&text)
+                .ignore();
         }
         pipe.query_async::<()>(connection)
             .await

@@ -13,8 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures_util::StreamExt;
-use redis::aio::MultiplexedConnection;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::backoff::Backoff;
 use super::canary::{Canary, Seen};
 use super::catch_up::{self, Delivered, StreamEntry, StreamInfo, Verdict};
+use super::connection::{Received, RedisConnection, Subscription};
 use super::keys::{self, Envelope};
 use super::revocations::RevocationSharing;
 use super::signing::{self, Signer};
@@ -100,24 +99,14 @@ impl FanIn {
         delivered: &mut Delivered,
         cursor_saved: &mut Instant,
     ) -> anyhow::Result<()> {
-        let timeout = self.redis.command_timeout;
         let channel = keys::broadcast_channel(&self.clinic.id);
-        let client = super::sentinel::primary(&self.redis).await?;
-        let mut pubsub = tokio::time::timeout(timeout, async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        })
-        .await
-        .context("redis did not answer the subscription in time")?
-        .context("cannot subscribe to the clinic's broadcast channel")?;
+        let mut subscription = Subscription::open(&self.redis, &channel).await?;
         let mut connection = super::connect(&self.redis).await?;
         backoff.reset();
         tracing::info!("subscribed to the clinic's live events");
         // Subscribed first, so nothing falls between the catch-up and live.
         self.catch_up(&mut connection, delivered, cursor_saved)
             .await?;
-        let mut messages = pubsub.on_message();
         let mut next_catch_up = Instant::now() + CATCH_UP_EVERY;
         let mut canary = Canary::new(&self.clinic.node);
         loop {
@@ -127,16 +116,20 @@ impl FanIn {
                 biased;
                 () = self.status.lost.notified() => anyhow::bail!("the replication link lost redis"),
                 () = self.status.moved.notified() => anyhow::bail!("the sentinels switched the primary"),
-                message = messages.next() => {
-                    let Some(message) = message else {
-                        anyhow::bail!("the subscription connection closed");
-                    };
-                    let payload = match message.get_payload::<String>() {
-                        Ok(payload) => payload,
-                        Err(err) => {
-                            tracing::warn!(error = %err, "ignoring a non-text broadcast message");
+                received = subscription.next() => {
+                    let payload = match received {
+                        Received::Message(payload) => payload,
+                        Received::NotText => {
+                            tracing::warn!("ignoring a non-text broadcast message");
                             continue;
                         }
+                        Received::Lagged => {
+                            tracing::warn!("the live subscription lagged; reading the stream");
+                            self.catch_up(&mut connection, delivered, cursor_saved).await?;
+                            next_catch_up = Instant::now() + CATCH_UP_EVERY;
+                            continue;
+                        }
+                        Received::Ended(why) => anyhow::bail!(why),
                     };
                     match canary.seen(&payload, Instant::now()) {
                         Seen::NotACanary => {}
@@ -166,14 +159,14 @@ impl FanIn {
     /// is rebuilt) when the awaited one did not come back in time.
     async fn send_canary(
         &self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut RedisConnection,
         channel: &str,
         canary: &mut Canary,
     ) -> anyhow::Result<()> {
         match canary.due(Instant::now()) {
             Ok(None) => Ok(()),
             Ok(Some(message)) => {
-                redis::cmd("PUBLISH")
+                redis::cmd(connection.publish_command())
                     .arg(channel)
                     .arg(message)
                     .query_async::<redis::Value>(connection)
@@ -327,7 +320,7 @@ impl FanIn {
     /// their late retained events.
     async fn catch_up(
         &self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut RedisConnection,
         delivered: &mut Delivered,
         cursor_saved: &mut Instant,
     ) -> anyhow::Result<()> {
@@ -425,7 +418,7 @@ impl FanIn {
     /// replay the clinic's past to its screens.
     async fn start_cursor(
         &self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut RedisConnection,
         stream: &str,
         delivered: &mut Delivered,
     ) -> anyhow::Result<()> {
@@ -449,7 +442,7 @@ impl FanIn {
     /// exist (yet, or Redis lost it) has had no entries.
     async fn stream_info(
         &self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut RedisConnection,
         stream: &str,
     ) -> anyhow::Result<StreamInfo> {
         match redis::cmd("XINFO")

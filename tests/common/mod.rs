@@ -1,16 +1,17 @@
 //! The tests' vocabulary, one file per thing it provides: a gateway served
 //! in-process ([`gateway`]), the real binary ([`process`]), a native
 //! WebSocket client ([`ws_client`]), HTTP requests ([`http_client`]), a
-//! real Redis ([`redis_server`]) and its sentinels ([`sentinel`]), Node.js
-//! drivers ([`node`]) for the official socket.io-client ([`sio`]) and
-//! headless Chromium ([`browser`]), the fault-injecting file system
-//! ([`faultfs`]) and a TCP proxy that silences a flow ([`proxy`]).
-//! Everything uses real sockets.
+//! real Redis ([`redis_server`]), its sentinels ([`sentinel`]) and a Redis
+//! Cluster ([`cluster`]), Node.js drivers ([`node`]) for the official
+//! socket.io-client ([`sio`]) and headless Chromium ([`browser`]), the
+//! fault-injecting file system ([`faultfs`]) and a TCP proxy that silences
+//! a flow ([`proxy`]). Everything uses real sockets.
 
 // Each suite compiles this module and uses a part of it.
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod cluster;
 pub mod faultfs;
 pub mod gateway;
 pub mod http_client;
@@ -25,6 +26,8 @@ pub mod ws_client;
 use std::time::Duration;
 
 // Re-exported for the suites, each of which uses a part.
+#[allow(unused_imports)]
+pub use cluster::*;
 #[allow(unused_imports)]
 pub use faultfs::*;
 #[allow(unused_imports)]
