@@ -3,7 +3,9 @@
 //! clinic's keys in one slot, while operators move that slot to another
 //! primary and fail its primary over to a replica. Box B's screen gets
 //! every event of box A once and in order throughout, B subscribes again
-//! on the slot's new owner, and the stream has each event once.
+//! on the slot's new owner, and the stream has each event once. Two boxes
+//! of another clinic, on another primary, share their rooms too, and
+//! nothing crosses between the clinics.
 
 mod common;
 
@@ -17,16 +19,31 @@ use smartwait_gateway::Config;
 const STREAM: &str = "smartwait:{test-clinic}:events";
 const CHANNEL: &str = "smartwait:{test-clinic}:broadcast";
 
-fn on_cluster(cluster: &TestCluster, node: &str) -> impl FnOnce(&mut Config) {
+fn on_cluster(cluster: &TestCluster, clinic: &str, node: &str) -> impl FnOnce(&mut Config) {
     let nodes = cluster.addresses();
+    let clinic = clinic.to_owned();
     let node = node.to_owned();
     move |config: &mut Config| {
         // Only the scheme and credentials of url are used.
         config.redis.url = "redis://cluster".to_owned();
         config.redis.cluster_nodes = nodes;
+        config.clinic.id = clinic;
         config.clinic.node = node;
         config.limits.client_queue = 4096;
     }
+}
+
+/// A clinic id whose keys sit on another primary than `STREAM`'s.
+async fn clinic_on_another_primary(cluster: &TestCluster) -> String {
+    let ours = cluster.primary_for(STREAM).await;
+    for n in 0.. {
+        let clinic = format!("other-clinic-{n}");
+        let stream = format!("smartwait:{{{clinic}}}:events");
+        if cluster.primary_for(&stream).await != ours {
+            return clinic;
+        }
+    }
+    unreachable!()
 }
 
 async fn display(gateway: &TestGateway) -> TestWsClient {
@@ -76,13 +93,30 @@ async fn subscribed_on(cluster: &TestCluster, port: u16) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boxes_share_rooms_through_a_cluster_while_the_clinics_slot_moves_and_fails_over() {
     let cluster = TestCluster::start().await;
-    let a = TestGateway::start_with(on_cluster(&cluster, "a")).await;
-    let b = TestGateway::start_with(on_cluster(&cluster, "b")).await;
-    wait_drained(&a).await;
-    wait_drained(&b).await;
+    let a = TestGateway::start_with(on_cluster(&cluster, "test-clinic", "a")).await;
+    let b = TestGateway::start_with(on_cluster(&cluster, "test-clinic", "b")).await;
+    // A box of another clinic, whose slot sits on another primary.
+    let other_clinic = clinic_on_another_primary(&cluster).await;
+    let c = TestGateway::start_with(on_cluster(&cluster, &other_clinic, "c")).await;
+    let d = TestGateway::start_with(on_cluster(&cluster, &other_clinic, "d")).await;
+    for gateway in [&a, &b, &c, &d] {
+        wait_drained(gateway).await;
+    }
     let mut a_screen = display(&a).await;
     let mut b_screen = display(&b).await;
+    let mut c_screen = display(&c).await;
+    let mut d_screen = display(&d).await;
     until_live(&a, &mut a_screen, &mut b_screen).await;
+    until_live(&c, &mut c_screen, &mut d_screen).await;
+    // Fan-out stays within a clinic.
+    let (status, _) = c
+        .publish(
+            "/api/broadcast",
+            json!({"room": "patients", "event": "other_clinic", "data": null}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    d_screen.expect_event("other_clinic").await;
     let owner = cluster.primary_for(STREAM).await;
     assert!(
         subscribed_on(&cluster, owner).await,
@@ -132,4 +166,30 @@ async fn boxes_share_rooms_through_a_cluster_while_the_clinics_slot_moves_and_fa
     );
     let health = b.health().await;
     assert_eq!(health["status"], "healthy", "{health}");
+
+    // Nothing crossed between the clinics, either way.
+    let crossed =
+        tokio::time::timeout(std::time::Duration::from_secs(1), d_screen.next_json()).await;
+    assert!(crossed.is_err(), "another clinic's box got: {crossed:?}");
+    let other_stream = cluster
+        .node(
+            cluster
+                .primary_for(&format!("smartwait:{{{other_clinic}}}:events"))
+                .await,
+        )
+        .stream(&other_clinic)
+        .await;
+    assert!(
+        other_stream.iter().all(|entry| entry.node == "c"),
+        "only its own clinic's events in its stream"
+    );
+    assert!(
+        cluster
+            .node(promoted)
+            .stream("test-clinic")
+            .await
+            .iter()
+            .all(|entry| entry.node == "a"),
+        "and none of it in ours"
+    );
 }
