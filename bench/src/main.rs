@@ -46,6 +46,10 @@ struct Args {
     /// The server's address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
+    /// Where to publish, when not at `--addr`: another box of the clinic,
+    /// so the clients measure delivery across boxes (bench/replication.sh).
+    #[arg(long)]
+    publish_addr: Option<SocketAddr>,
     /// The server's pid, for CPU and memory figures.
     #[arg(long)]
     pid: Option<u32>,
@@ -236,7 +240,7 @@ async fn deliveries(args: &Args) -> anyhow::Result<serde_json::Value> {
     };
     let mut tasks = Vec::new();
     for first in 0..publishers {
-        let (addr, token) = (args.addr, args.token.clone());
+        let (addr, token) = (args.publish_addr.unwrap_or(args.addr), args.token.clone());
         let (targeted, clients) = (targeted, args.clients);
         tasks.push(tokio::spawn(async move {
             let room_of = move |n: usize| {
