@@ -396,3 +396,50 @@ async fn a_subscription_that_goes_quiet_is_told_by_its_canary_and_rebuilt() {
         "{events:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_from_another_box_is_taken_in_live_once_and_in_its_order() {
+    let redis = TestRedis::start().await;
+    let a = std::sync::Arc::new(TestGateway::start_with(replicating_to(&redis, "a")).await);
+    let replicate_b = replicating_to(&redis, "b");
+    let b = TestGateway::start_with(move |config: &mut Config| {
+        replicate_b(config);
+        config.limits.client_queue = 4096;
+    })
+    .await;
+    let (mut b_screen, _) = linked_display(&a, &b).await;
+
+    // Eight publishers at once: A replicates in large batches, so B's
+    // subscription has many messages waiting at a time.
+    let mut publishers = Vec::new();
+    for publisher in 0..8u64 {
+        let a = a.clone();
+        publishers.push(tokio::spawn(async move {
+            for k in 0..100u64 {
+                broadcast(&a, "tick", publisher * 100 + k).await;
+            }
+        }));
+    }
+    for publisher in publishers {
+        publisher.await.expect("publisher");
+    }
+    let mut received = Vec::new();
+    while received.len() < 800 {
+        let frame = tokio::time::timeout(RECONNECT, b_screen.next_json())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of 800 ticks reached b", received.len()));
+        assert_eq!(frame["event"], "tick", "{frame}");
+        received.push(frame["data"]["n"].as_u64().expect("n"));
+    }
+    wait_drained(&a).await;
+    let in_stream: Vec<u64> = redis
+        .stream("test-clinic")
+        .await
+        .into_iter()
+        .filter(|entry| entry.event == "tick")
+        .map(|entry| entry.data["n"].as_u64().expect("n"))
+        .collect();
+    assert_eq!(received, in_stream, "once each, in A's order");
+    let extra = frames_until_quiet(&mut b_screen, Duration::from_secs(3)).await;
+    assert!(extra.is_empty(), "b got more: {extra:?}");
+}

@@ -117,29 +117,38 @@ impl FanIn {
                 () = self.status.lost.notified() => anyhow::bail!("the replication link lost redis"),
                 () = self.status.moved.notified() => anyhow::bail!("the sentinels switched the primary"),
                 received = subscription.next() => {
-                    let payload = match received {
-                        Received::Message(payload) => payload,
-                        Received::NotText => {
-                            tracing::warn!("ignoring a non-text broadcast message");
-                            continue;
+                    let mut messages = Vec::new();
+                    let mut then = Some(received);
+                    // What else is waiting goes in the same commit: a
+                    // burst from another box is taken in as a batch.
+                    loop {
+                        match then.take() {
+                            Some(Received::Message(payload)) => {
+                                messages.push(payload);
+                                if messages.len() < self.redis.batch_events {
+                                    then = futures_util::FutureExt::now_or_never(subscription.next());
+                                }
+                            }
+                            other => {
+                                then = other;
+                                break;
+                            }
                         }
-                        Received::Lagged => {
+                    }
+                    let behind = self.receive(messages, &mut canary, delivered).await?;
+                    match then {
+                        None | Some(Received::Message(_)) => {}
+                        Some(Received::NotText) => {
+                            tracing::warn!("ignoring a non-text broadcast message");
+                        }
+                        Some(Received::Lagged) => {
                             tracing::warn!("the live subscription lagged; reading the stream");
                             self.catch_up(&mut connection, delivered, cursor_saved).await?;
                             next_catch_up = Instant::now() + CATCH_UP_EVERY;
-                            continue;
                         }
-                        Received::Ended(why) => anyhow::bail!(why),
-                    };
-                    match canary.seen(&payload, Instant::now()) {
-                        Seen::NotACanary => {}
-                        Seen::Returned(took) => {
-                            self.canary_returned(took);
-                            continue;
-                        }
-                        Seen::Ignored => continue,
+                        Some(Received::Ended(why)) => anyhow::bail!(why),
                     }
-                    if self.receive(&payload, delivered).await? == Verdict::Behind {
+                    if behind {
                         self.catch_up(&mut connection, delivered, cursor_saved).await?;
                         next_catch_up = Instant::now() + CATCH_UP_EVERY;
                     }
@@ -205,28 +214,73 @@ impl FanIn {
         }
     }
 
-    /// Publishes one live envelope locally when it is the origin's next
-    /// event, or applies a revocation. `Behind` asks for a catch-up.
-    async fn receive(&self, payload: &str, delivered: &mut Delivered) -> anyhow::Result<Verdict> {
+    /// Publishes the live envelopes among `messages` that are their
+    /// origin's next event, in one commit; applies revocations and notes
+    /// canaries on the way. Whether one showed a hole (a catch-up is due).
+    async fn receive(
+        &self,
+        messages: Vec<String>,
+        canary: &mut Canary,
+        delivered: &mut Delivered,
+    ) -> anyhow::Result<bool> {
+        let mut batch = Delivered {
+            progress: delivered.progress.clone(),
+        };
+        let mut events = Vec::new();
+        let mut behind = false;
+        for payload in &messages {
+            match canary.seen(payload, Instant::now()) {
+                Seen::NotACanary => {}
+                Seen::Returned(took) => {
+                    self.canary_returned(took);
+                    continue;
+                }
+                Seen::Ignored => continue,
+            }
+            match self.live_event(payload, &batch).await {
+                (Verdict::Apply, Some(remote)) => {
+                    if let Some(epoch) = &remote.epoch {
+                        let mut made = RemoteProgress::default();
+                        catch_up::origin_seq(&mut made, &remote.node, epoch, remote.seq);
+                        batch.advance(&made);
+                    }
+                    events.push(remote);
+                }
+                (Verdict::Behind, _) => behind = true,
+                _ => {}
+            }
+        }
+        if !events.is_empty() {
+            let applied = events.len() as u64;
+            self.apply(events, None, delivered).await?;
+            self.metrics.remote_events.inc_by(applied);
+        }
+        Ok(behind)
+    }
+
+    /// One live message: the event to publish when it is a well-formed,
+    /// signed envelope that is its origin's next event (`Apply`); `Behind`
+    /// when it shows a hole; a revocation is applied on the way.
+    async fn live_event(&self, payload: &str, delivered: &Delivered) -> (Verdict, Option<Remote>) {
         let envelope: Envelope<'_> = match serde_json::from_str(payload) {
             Ok(envelope) => envelope,
-            Err(_) if self.revocations.receive(payload).await => return Ok(Verdict::Apply),
+            Err(_) if self.revocations.receive(payload).await => return (Verdict::Duplicate, None),
             Err(err) => {
                 // Invalid room and event names are refused here, as they are parsed.
                 tracing::warn!(error = %err, "ignoring a malformed broadcast envelope");
-                return Ok(Verdict::Duplicate);
+                return (Verdict::Duplicate, None);
             }
         };
         if envelope.node == self.clinic.node {
-            return Ok(Verdict::Duplicate);
+            return (Verdict::Duplicate, None);
         }
         if envelope.rooms.is_empty() {
             tracing::warn!(node = %envelope.node, "ignoring a broadcast envelope without rooms");
-            return Ok(Verdict::Duplicate);
+            return (Verdict::Duplicate, None);
         }
         let verdict = delivered.live(&envelope.node, envelope.epoch.as_deref(), envelope.seq);
         if verdict != Verdict::Apply {
-            return Ok(verdict);
+            return (verdict, None);
         }
         if !self.verified(
             &envelope.node,
@@ -237,7 +291,7 @@ impl FanIn {
             envelope.data.get(),
             envelope.sig.as_deref(),
         ) {
-            return Ok(Verdict::Duplicate);
+            return (Verdict::Duplicate, None);
         }
         let data: Box<RawValue> = envelope.data.to_owned();
         let remote = Remote {
@@ -250,9 +304,7 @@ impl FanIn {
                 ..Publication::new(envelope.rooms, envelope.event, Arc::from(data))
             },
         };
-        self.apply(vec![remote], None, delivered).await?;
-        self.metrics.remote_events.inc();
-        Ok(Verdict::Apply)
+        (Verdict::Apply, Some(remote))
     }
 
     /// Whether the clinic signs nothing, or `sig` signs these fields; a
