@@ -7,6 +7,7 @@
 //!
 //! | layer | owns |
 //! |---|---|
+//! | `fleet` | central operations' view of every box, from what the boxes report to Redis; never talks to a box |
 //! | `gateway` | the assembly: builds every part from the config, the route table, the accept loop, background tasks, three-phase shutdown, systemd |
 //! | `transport` | client sessions: the framing-neutral client, `transport::native` (`/ws`) and `transport::socketio` (`/socket.io/`) |
 //! | `http` | the HTTP vocabulary (errors as statuses, bodies, queries, deadlines) and the plain-HTTP handlers: API, health, screens, redirect |
@@ -25,6 +26,8 @@
 //! - `publish` imports no `replication`, `transport`, `http`, `net`, `gateway`;
 //! - `transport`, `http`, `replication` and `net` import no `gateway`;
 //!   `http` and `replication` import no `transport`;
+//! - `fleet` imports only `replication` and the leaves, and only the
+//!   binary imports `fleet`;
 //! - no two modules import each other.
 //!
 //! One broadcast flows like this: the queue system `POST`s to `http::api`,
@@ -50,6 +53,7 @@ pub mod auth;
 pub(crate) mod clock;
 pub mod config;
 pub(crate) mod core;
+pub(crate) mod fleet;
 mod gateway;
 pub(crate) mod http;
 pub(crate) mod metrics;
@@ -60,7 +64,9 @@ pub(crate) mod store;
 pub(crate) mod transport;
 
 pub use config::Config;
+pub use fleet::{run_command as fleet_command, FleetCommand};
 pub use gateway::{bind, Gateway, TlsReloader};
+pub use replication::status::StopReason;
 
 /// The parsers of what arrives from the network, public for the fuzz
 /// targets in `fuzz/` (each finding becomes a unit test where the parser

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use smartwait_gateway::auth::{Authenticator, Role};
-use smartwait_gateway::{Config, Gateway, TlsReloader};
+use smartwait_gateway::{fleet_command, Config, FleetCommand, Gateway, StopReason, TlsReloader};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -58,6 +58,27 @@ enum Command {
     },
     /// Validate the config and print the effective values.
     CheckConfig,
+    /// Central operations: every box of every clinic that reports to the
+    /// central Redis — up, degraded, stopped or missing, since when and why.
+    /// Exit status 0 when every box is up, 1 when any is degraded or
+    /// missing, 2 when Redis cannot be reached.
+    Fleet {
+        /// The central Redis (default: the config's redis.url).
+        #[arg(long)]
+        redis: Option<String>,
+        /// Only this clinic's boxes.
+        #[arg(long)]
+        clinic: Option<String>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Refresh in place every 2 s until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// Remove a decommissioned box, given as CLINIC/NODE.
+        #[arg(long, value_name = "CLINIC/NODE")]
+        forget: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -107,6 +128,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Fleet {
+            redis,
+            clinic,
+            json,
+            watch,
+            forget,
+        } => {
+            let mut redis_config = config.redis;
+            if let Some(url) = redis {
+                redis_config.url = url;
+                redis_config.sentinels.clear();
+                redis_config.sentinel_master.clear();
+                redis_config.cluster_nodes.clear();
+            }
+            if !redis_config.enabled() {
+                eprintln!(
+                    "error: no central Redis: set redis.url in the config or pass --redis URL"
+                );
+                std::process::exit(2);
+            }
+            let command = FleetCommand {
+                clinic,
+                json,
+                watch,
+                forget,
+            };
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let status = runtime.block_on(fleet_command(&redis_config, &command));
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            std::process::exit(i32::from(status));
+        }
         Command::CheckConfig => {
             let source = path
                 .as_ref()
@@ -150,7 +203,7 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
             "listening on {scheme}://{address} (WebSocket at /ws); health: {scheme}://{health_host}/health; \
              mint a token: smartwait-gateway token --role staff --sub nurse-1"
         );
-        tokio::spawn(stop_on_signal(shutdown));
+        tokio::spawn(stop_on_signal(shutdown, gateway.stop_reason()));
         tokio::spawn(reload_on_hangup(gateway.tls_reloader(), gateway.authenticator()));
         gateway.run(listener).await?;
         tracing::info!("stopped");
@@ -188,7 +241,7 @@ async fn reload_on_hangup(tls: TlsReloader, auth: Authenticator) {
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT.
-async fn stop_on_signal(shutdown: CancellationToken) {
+async fn stop_on_signal(shutdown: CancellationToken, reason: StopReason) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = match signal(SignalKind::terminate()) {
         Ok(signal) => signal,
@@ -197,9 +250,11 @@ async fn stop_on_signal(shutdown: CancellationToken) {
             return;
         }
     };
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-    }
+    let received = tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    };
+    tracing::info!("{received} received");
+    reason.set(received);
     shutdown.cancel();
 }

@@ -36,9 +36,24 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         "publish",
         &["replication", "transport", "http", "net", "gateway"],
     ),
-    ("replication", &["transport", "http", "gateway"]),
-    ("http", &["transport", "gateway"]),
-    ("transport", &["store", "publish", "replication", "gateway"]),
+    ("replication", &["transport", "http", "gateway", "fleet"]),
+    ("http", &["transport", "gateway", "fleet"]),
+    (
+        "transport",
+        &["store", "publish", "replication", "gateway", "fleet"],
+    ),
+    (
+        "fleet",
+        &[
+            "core",
+            "store",
+            "publish",
+            "transport",
+            "http",
+            "net",
+            "gateway",
+        ],
+    ),
     (
         "net",
         &[

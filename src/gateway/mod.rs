@@ -40,7 +40,7 @@ use crate::publish::{DiskBound, Publisher, RevocationLedger, WriterSetup};
 use crate::replication::link::Replicator;
 use crate::replication::revocations::RevocationSharing;
 use crate::replication::signing::Signer;
-use crate::replication::status::ReplicationStatus;
+use crate::replication::status::{ReplicationStatus, StopReason};
 use crate::replication::subscription::FanIn;
 use crate::store;
 use crate::transport::native::protocol::encode_room_event_frame;
@@ -69,6 +69,8 @@ pub struct Gateway {
     replication: Option<(Replicator, FanIn)>,
     clock: Clock,
     shutdown: CancellationToken,
+    /// Why it stops, for the fleet's last report.
+    stop_reason: StopReason,
 }
 
 /// Re-reads the TLS certificate of a running gateway (SIGHUP).
@@ -123,6 +125,7 @@ impl Gateway {
             );
         }
         let started = Instant::now();
+        let stop_reason = StopReason::default();
         let clock = Clock::default();
         let metrics = Metrics::new();
         let rooms = Rooms::new(
@@ -209,6 +212,9 @@ impl Gateway {
                 clock: clock.clone(),
                 signer: signer.clone(),
                 revocations: revocation_sharing.clone(),
+                started_ms: crate::clock::unix_ms(),
+                state_dir: config.server.state_dir.clone(),
+                stop_reason: stop_reason.clone(),
             };
             let fan_in = FanIn {
                 redis: config.redis.clone(),
@@ -278,6 +284,7 @@ impl Gateway {
             replication,
             clock,
             shutdown,
+            stop_reason,
         })
     }
 
@@ -285,6 +292,12 @@ impl Gateway {
     /// re-reads the JWT keys of the running gateway (SIGHUP).
     pub fn authenticator(&self) -> Authenticator {
         self.routes.tokens.auth.clone()
+    }
+
+    /// Where whoever stops the gateway says why (`SIGTERM`, ...): the
+    /// fleet's last report of the box keeps it.
+    pub fn stop_reason(&self) -> StopReason {
+        self.stop_reason.clone()
     }
 
     /// A handle that re-reads the TLS certificate while the gateway runs.
@@ -305,6 +318,7 @@ impl Gateway {
             replication,
             clock,
             shutdown,
+            stop_reason: _,
         } = self;
         systemd::ready();
         let workers = TaskTracker::new();

@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::net::slots::ConnectionSlots;
 use crate::publish::store_health::{StoreHealth, StoreState};
 use crate::publish::Outbox;
-use crate::replication::status::{LinkState, ReplicationStatus};
+use crate::replication::status::{degraded_why, LinkState, ReplicationStatus};
 use crate::store;
 
 /// How long the readiness canary may take through the rooms core.
@@ -42,10 +42,6 @@ pub struct Health {
     pub shutdown: CancellationToken,
 }
 
-/// How long `/health` says `degraded` (why: `stream_gap`) after a gap in
-/// the clinic's stream was detected.
-const STREAM_GAP_REPORTED_FOR: std::time::Duration = std::time::Duration::from_secs(600);
-
 impl Health {
     /// `GET /health`: 200 while serving (`degraded` while a configured Redis
     /// is not connected, the store cannot write, or the clock is off from the
@@ -57,29 +53,17 @@ impl Health {
         let redis_connected = link.state == LinkState::Connected;
         let store_status = self.store.status();
         let clock = self.clock.status();
-        // A gap in what reached this box from other boxes is news for a while.
-        let recent_gap = link.stream.last_gap.as_ref().filter(|gap| {
-            unix_ms().saturating_sub(gap.at_ms) < STREAM_GAP_REPORTED_FOR.as_millis() as u64
-        });
         let now = unix_ms();
-        let redis_why = if link.canary.reported_stalled(now) {
-            Some("subscription_stalled")
-        } else if recent_gap.is_some() {
-            Some("stream_gap")
-        } else if link
-            .replicas
-            .as_ref()
-            .is_some_and(|replicas| replicas.reported_behind(now))
-        {
-            Some("replicas_behind")
-        } else {
-            None
-        };
-        let redis_ok =
-            matches!(link.state, LinkState::Connected | LinkState::Disabled) && redis_why.is_none();
+        let redis_why = link.path_degraded(now);
+        let degraded = degraded_why(
+            &link,
+            store_status.state == StoreState::Ok,
+            clock.off(),
+            now,
+        );
         let status = if stopping {
             "shutting_down"
-        } else if redis_ok && store_status.state == StoreState::Ok && !clock.off() {
+        } else if degraded.is_none() {
             "healthy"
         } else {
             "degraded"
@@ -93,6 +77,7 @@ impl Health {
             "status": status,
             "connectedClients": self.slots.connected_clients(),
             "redisAdapter": redis_connected,
+            "why": degraded,
             "redis": {
                 "state": if redis_why.is_some() { json!("degraded") } else { json!(link.state) },
                 "why": redis_why,

@@ -41,6 +41,24 @@ pub fn revocations(clinic: &str) -> String {
     format!("smartwait:{{{clinic}}}:revocations")
 }
 
+/// `node`'s last report, kept without expiry: the fleet view remembers a
+/// box that went dark (see [`super::fleet`]).
+pub fn node_last_report(clinic: &str, node: &str) -> String {
+    format!("smartwait:{{{clinic}}}:nodes:{node}:last")
+}
+
+/// The fleet index: a sorted set of `<clinic>/<node>` by last report
+/// (Unix ms). Not a clinic's key: on a cluster it has a slot of its own.
+pub const FLEET_SEEN: &str = "smartwait:fleet:seen";
+
+/// Every box's state changes (`up`, `degraded`, `recovered`, `stopped`).
+pub const FLEET_EVENTS: &str = "smartwait:fleet:events";
+
+/// How `node` of `clinic` is named in the fleet index.
+pub fn fleet_member(clinic: &str, node: &str) -> String {
+    format!("{clinic}/{node}")
+}
+
 /// What goes over the broadcast channel: one event of one node.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Envelope<'a> {
@@ -82,5 +100,10 @@ mod tests {
             node_health("c", "box-1"),
             "smartwait:{c}:nodes:box-1:health"
         );
+        assert_eq!(
+            node_last_report("c", "box-1"),
+            "smartwait:{c}:nodes:box-1:last"
+        );
+        assert_eq!(fleet_member("c", "box-1"), "c/box-1");
     }
 }

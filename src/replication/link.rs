@@ -15,21 +15,24 @@ use std::time::{Duration, Instant as StdInstant};
 
 use anyhow::Context;
 use rusqlite::Connection;
+use serde_json::{json, Value};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::connection::RedisConnection;
+use super::fleet::{self, Heartbeat, Reported};
 use super::keys::{self, Envelope};
 use super::revocations::RevocationSharing;
 use super::signing::{self, Signer};
-use super::status::{LinkState, ReplicationStatus};
+use super::status::{degraded_why, LinkState, ReplicationStatus, StopReason};
 use crate::clock::{rfc3339_ms, unix_ms, Clock};
 use crate::config::{ClinicConfig, RedisConfig};
 use crate::core::event::CommittedEvent;
 use crate::core::rooms::Rooms;
 use crate::metrics::Metrics;
 use crate::net::slots::ConnectionSlots;
+use crate::publish::store_health::StoreState;
 use crate::publish::Publisher;
 use crate::store;
 
@@ -67,6 +70,12 @@ pub struct Replicator {
     /// Merges the clinic's revocations at connect, with each heartbeat and
     /// at each local revocation.
     pub revocations: RevocationSharing,
+    /// When it started (Unix ms), for the fleet report's `startedAt`.
+    pub started_ms: u64,
+    /// Where `state.db` is: the free disk beside it goes in the report.
+    pub state_dir: std::path::PathBuf,
+    /// Why the gateway stops, for the last report.
+    pub stop_reason: StopReason,
 }
 
 /// Replicates until shutdown, reconnecting with backoff after any failure.
@@ -127,13 +136,19 @@ impl Replicator {
         backoff.reset();
         tracing::info!(replicated_seq = cursor, "connected to redis");
         let mut next_health = Instant::now();
+        // What this connection last told the fleet: its first report says
+        // where the box stands, later ones only what changed.
+        let mut reported: Option<Reported> = None;
         loop {
             if self.shutdown.is_cancelled() {
                 break;
             }
             let local_revocation = self.revocations.ledger.take_local_change();
             if Instant::now() >= next_health {
-                self.write_health(&mut connection).await?;
+                reported = Some(
+                    self.write_health(&mut connection, reported.as_ref())
+                        .await?,
+                );
                 self.revocations.sync(&mut connection).await?;
                 next_health = Instant::now() + HEALTH_REFRESH;
             } else if local_revocation {
@@ -166,12 +181,7 @@ impl Replicator {
                 }
             }
         }
-        // Central operations see the box leave at once, not after the TTL.
-        redis::cmd("DEL")
-            .arg(keys::node_health(&clinic.id, &clinic.node))
-            .query_async::<()>(&mut connection)
-            .await
-            .context("cannot remove this node's health key")
+        self.write_stopped(&mut connection).await
     }
 
     /// Forgets the outbox up to `seq` once Redis has it on
@@ -337,31 +347,100 @@ impl Replicator {
         Ok((sent + received) / 2 - redis_ms)
     }
 
-    async fn write_health(&self, connection: &mut RedisConnection) -> anyhow::Result<()> {
-        let offset = self.measure_clock_offset(connection).await?;
-        self.clock.set_offset(Some(offset));
+    /// The box's report: its health JSON (the node health key) with what
+    /// the fleet shows beside it, and its state.
+    fn report(&self, now_ms: u64) -> (Value, Reported) {
         let clinic = &self.clinic;
         let status = self.status.status();
-        let health = serde_json::json!({
+        let store = self.publisher.store_health().status();
+        let clock = self.clock.status();
+        let why = degraded_why(&status, store.state == StoreState::Ok, clock.off(), now_ms);
+        let disk = store::disk_usage(&self.state_dir);
+        let report = json!({
             "node": clinic.node,
+            "clinic": clinic.id,
+            "status": if why.is_some() { "degraded" } else { "up" },
+            "why": why,
             "version": env!("CARGO_PKG_VERSION"),
+            "startedAt": rfc3339_ms(self.started_ms),
             "connectedClients": self.slots.connected_clients(),
             "backlog": self.publisher.outbox().backlog.load(Ordering::Relaxed),
+            "replicationLagSeconds": self.metrics.replication_lag_seconds.get(),
             "droppedEvents": self.publisher.outbox().dropped.load(Ordering::Relaxed),
             "lastReplicatedSeq": status.last_replicated_seq,
             "lastSeq": self.rooms.last_seq(),
-        "store": self.publisher.store_health().status(),
-            "clock": self.clock.status(),
+            "store": store,
+            "freeBytes": disk.free_bytes,
+            "clock": clock,
             "uptimeSeconds": self.started.elapsed().as_secs(),
-            "timestamp": rfc3339_ms(unix_ms()),
+            "timestamp": rfc3339_ms(now_ms),
         });
-        redis::cmd("SET")
+        let reported = match why {
+            Some(why) => Reported::Degraded(why),
+            None => Reported::Up,
+        };
+        (report, reported)
+    }
+
+    /// The heartbeat: the node health key (30 s) and the fleet report, in
+    /// one round trip (two on a cluster); returns the state it reported.
+    async fn write_health(
+        &self,
+        connection: &mut RedisConnection,
+        reported: Option<&Reported>,
+    ) -> anyhow::Result<Reported> {
+        let offset = self.measure_clock_offset(connection).await?;
+        self.clock.set_offset(Some(offset));
+        let clinic = &self.clinic;
+        let now_ms = unix_ms();
+        let (report, state) = self.report(now_ms);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
             .arg(keys::node_health(&clinic.id, &clinic.node))
-            .arg(health.to_string())
+            .arg(report.to_string())
             .arg("EX")
             .arg(HEALTH_TTL_SECS)
-            .query_async::<()>(connection)
+            .ignore();
+        let mut fleet_pipe = redis::pipe();
+        let heartbeat = Heartbeat {
+            clinic: &clinic.id,
+            node: &clinic.node,
+            now_ms,
+            report,
+            event: fleet::event_for(reported, &state),
+        };
+        fleet::write(&heartbeat, &mut pipe, &mut fleet_pipe);
+        fleet::send(connection, pipe, fleet_pipe)
             .await
-            .context("cannot write this node's health key")
+            .context("cannot write this node's health key and fleet report")?;
+        Ok(state)
+    }
+
+    /// A graceful stop: the node health key goes at once (not after its
+    /// TTL), and the fleet remembers the box stopped, when and why.
+    async fn write_stopped(&self, connection: &mut RedisConnection) -> anyhow::Result<()> {
+        let clinic = &self.clinic;
+        let now_ms = unix_ms();
+        let reason = self
+            .stop_reason
+            .get()
+            .unwrap_or_else(|| "stopped".to_owned());
+        let (report, _) = self.report(now_ms);
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL")
+            .arg(keys::node_health(&clinic.id, &clinic.node))
+            .ignore();
+        let mut fleet_pipe = redis::pipe();
+        let heartbeat = Heartbeat {
+            clinic: &clinic.id,
+            node: &clinic.node,
+            now_ms,
+            report: fleet::stopped(report, now_ms, &reason),
+            event: Some(("stopped", None)),
+        };
+        fleet::write(&heartbeat, &mut pipe, &mut fleet_pipe);
+        fleet::send(connection, pipe, fleet_pipe)
+            .await
+            .context("cannot record this node's stop")
     }
 }

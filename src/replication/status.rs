@@ -116,6 +116,80 @@ pub struct GapReport {
     pub first_available: Option<String>,
 }
 
+/// How long a gap in the clinic's stream is reported after it was found.
+const STREAM_GAP_REPORTED_FOR_MS: u64 = 600_000;
+
+impl LinkStatus {
+    /// Why the Redis path is degraded while the link is up, if it is: the
+    /// subscription stalled, a gap in the stream (for 10 minutes), or the
+    /// replicas behind.
+    pub fn path_degraded(&self, now_ms: u64) -> Option<&'static str> {
+        let recent_gap = self
+            .stream
+            .last_gap
+            .as_ref()
+            .is_some_and(|gap| now_ms.saturating_sub(gap.at_ms) < STREAM_GAP_REPORTED_FOR_MS);
+        if self.canary.reported_stalled(now_ms) {
+            Some("subscription_stalled")
+        } else if recent_gap {
+            Some("stream_gap")
+        } else if self
+            .replicas
+            .as_ref()
+            .is_some_and(|replicas| replicas.reported_behind(now_ms))
+        {
+            Some("replicas_behind")
+        } else {
+            None
+        }
+    }
+}
+
+/// Why a box is degraded, the first that holds: Redis configured and not
+/// connected (`redis`), its path degraded ([`LinkStatus::path_degraded`]),
+/// the store failing (`store`), the clock off (`clock`). `/health` and the
+/// fleet report say the same.
+pub fn degraded_why(
+    link: &LinkStatus,
+    store_ok: bool,
+    clock_off: bool,
+    now_ms: u64,
+) -> Option<&'static str> {
+    if !matches!(link.state, LinkState::Connected | LinkState::Disabled) {
+        return Some("redis");
+    }
+    if let Some(why) = link.path_degraded(now_ms) {
+        return Some(why);
+    }
+    if !store_ok {
+        Some("store")
+    } else if clock_off {
+        Some("clock")
+    } else {
+        None
+    }
+}
+
+/// Why the gateway is stopping, for the fleet's last report (`SIGTERM`,
+/// `SIGINT`); set by whoever asks it to stop.
+#[derive(Debug, Clone, Default)]
+pub struct StopReason(std::sync::Arc<Mutex<Option<String>>>);
+
+impl StopReason {
+    /// Says why the gateway stops.
+    pub fn set(&self, reason: &str) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason.to_owned());
+    }
+
+    /// Why the gateway stops, when someone said.
+    pub fn get(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// Shared view of the Redis link.
 #[derive(Debug)]
 pub struct ReplicationStatus {

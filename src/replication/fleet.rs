@@ -1,0 +1,149 @@
+//! What a box tells central operations, with every heartbeat (10 s) and at
+//! a graceful stop: its last report under
+//! `smartwait:{<clinic>}:nodes:<node>:last` (no expiry, so a box that went
+//! dark is remembered), its place in the fleet index
+//! [`keys::FLEET_SEEN`] (score: when it last reported) and, when its state
+//! changes, an entry of [`keys::FLEET_EVENTS`]. The fleet side
+//! (`crate::fleet`) derives `missing` from the index: a box that vanishes
+//! writes nothing. See docs/replication.md, "The fleet".
+
+use serde_json::{json, Value};
+
+use super::connection::RedisConnection;
+use super::keys;
+use crate::clock::rfc3339_ms;
+
+/// The fleet's event stream is trimmed to about this many entries.
+const FLEET_EVENTS_MAXLEN: u64 = 100_000;
+
+/// A box's state as the fleet sees it from the box's own reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reported {
+    Up,
+    Degraded(&'static str),
+}
+
+/// What one heartbeat writes for the fleet: `report` is the box's health
+/// JSON with what the fleet shows beside it.
+pub struct Heartbeat<'a> {
+    pub clinic: &'a str,
+    pub node: &'a str,
+    pub now_ms: u64,
+    pub report: Value,
+    /// `Some` when the state changed since the last heartbeat of this
+    /// connection (or this is its first): the event to record.
+    pub event: Option<(&'static str, Option<&'static str>)>,
+}
+
+/// The event a state change makes: the first report of a connection says
+/// where the box stands; later ones only what changed.
+pub fn event_for(
+    before: Option<&Reported>,
+    now: &Reported,
+) -> Option<(&'static str, Option<&'static str>)> {
+    match (before, now) {
+        (None, Reported::Up) => Some(("up", None)),
+        (_, Reported::Degraded(why)) if before != Some(now) => Some(("degraded", Some(why))),
+        (Some(Reported::Degraded(_)), Reported::Up) => Some(("recovered", None)),
+        _ => None,
+    }
+}
+
+/// Adds the heartbeat's fleet commands to `pipe` (the clinic's key) and
+/// `fleet` (the fleet-wide keys: one pipeline with the first on one
+/// server, a second round trip on a cluster, where they sit in other slots).
+pub fn write(heartbeat: &Heartbeat<'_>, pipe: &mut redis::Pipeline, fleet: &mut redis::Pipeline) {
+    pipe.cmd("SET")
+        .arg(keys::node_last_report(heartbeat.clinic, heartbeat.node))
+        .arg(heartbeat.report.to_string())
+        .ignore();
+    fleet
+        .cmd("ZADD")
+        .arg(keys::FLEET_SEEN)
+        .arg(heartbeat.now_ms)
+        .arg(keys::fleet_member(heartbeat.clinic, heartbeat.node))
+        .ignore();
+    if let Some((state, why)) = heartbeat.event {
+        let xadd = fleet.cmd("XADD");
+        xadd.arg(keys::FLEET_EVENTS)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(FLEET_EVENTS_MAXLEN)
+            .arg("*")
+            .arg("clinic")
+            .arg(heartbeat.clinic)
+            .arg("node")
+            .arg(heartbeat.node)
+            .arg("state")
+            .arg(state)
+            .arg("at")
+            .arg(rfc3339_ms(heartbeat.now_ms));
+        if let Some(why) = why {
+            xadd.arg("why").arg(why);
+        }
+        xadd.ignore();
+    }
+}
+
+/// Sends `pipe` and `fleet`: together on one server, apart on a cluster.
+pub async fn send(
+    connection: &mut RedisConnection,
+    mut pipe: redis::Pipeline,
+    fleet: redis::Pipeline,
+) -> redis::RedisResult<()> {
+    if matches!(connection, RedisConnection::Cluster(_)) {
+        pipe.query_async::<()>(connection).await?;
+        return fleet.query_async::<()>(connection).await;
+    }
+    for command in fleet.cmd_iter() {
+        pipe.add_command(command.clone()).ignore();
+    }
+    pipe.query_async::<()>(connection).await
+}
+
+/// The report a graceful stop leaves: the last one, marked stopped.
+pub fn stopped(mut report: Value, now_ms: u64, reason: &str) -> Value {
+    report["status"] = json!("stopped");
+    report["why"] = Value::Null;
+    report["stoppedAt"] = json!(rfc3339_ms(now_ms));
+    report["stoppedAtMs"] = json!(now_ms);
+    report["stopReason"] = json!(reason);
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connections_first_report_says_where_the_box_stands_and_later_ones_what_changed() {
+        assert_eq!(event_for(None, &Reported::Up), Some(("up", None)));
+        assert_eq!(
+            event_for(None, &Reported::Degraded("store")),
+            Some(("degraded", Some("store")))
+        );
+        assert_eq!(event_for(Some(&Reported::Up), &Reported::Up), None);
+        assert_eq!(
+            event_for(Some(&Reported::Up), &Reported::Degraded("clock")),
+            Some(("degraded", Some("clock")))
+        );
+        assert_eq!(
+            event_for(
+                Some(&Reported::Degraded("clock")),
+                &Reported::Degraded("clock")
+            ),
+            None
+        );
+        assert_eq!(
+            event_for(
+                Some(&Reported::Degraded("clock")),
+                &Reported::Degraded("store")
+            ),
+            Some(("degraded", Some("store")))
+        );
+        assert_eq!(
+            event_for(Some(&Reported::Degraded("store")), &Reported::Up),
+            Some(("recovered", None))
+        );
+    }
+}
