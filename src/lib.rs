@@ -26,8 +26,8 @@
 //! - `publish` imports no `replication`, `transport`, `http`, `net`, `gateway`;
 //! - `transport`, `http`, `replication` and `net` import no `gateway`;
 //!   `http` and `replication` import no `transport`;
-//! - `fleet` imports only `replication` and the leaves, and only the
-//!   binary imports `fleet`;
+//! - `fleet` imports only `replication`, `http` (its vocabulary), `auth`
+//!   and the leaves, and only the binary uses it;
 //! - no two modules import each other.
 //!
 //! One broadcast flows like this: the queue system `POST`s to `http::api`,
@@ -64,7 +64,7 @@ pub(crate) mod store;
 pub(crate) mod transport;
 
 pub use config::Config;
-pub use fleet::{run_command as fleet_command, FleetCommand};
+pub use fleet::{run_command as fleet_command, serve as fleet_serve, FleetCommand};
 pub use gateway::{bind, Gateway, TlsReloader};
 pub use replication::status::StopReason;
 

@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use smartwait_gateway::auth::{Authenticator, Role};
-use smartwait_gateway::{fleet_command, Config, FleetCommand, Gateway, StopReason, TlsReloader};
+use smartwait_gateway::{
+    fleet_command, fleet_serve, Config, FleetCommand, Gateway, StopReason, TlsReloader,
+};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -63,8 +65,10 @@ enum Command {
     /// Exit status 0 when every box is up, 1 when any is degraded or
     /// missing, 2 when Redis cannot be reached.
     Fleet {
+        #[command(subcommand)]
+        action: Option<FleetAction>,
         /// The central Redis (default: the config's redis.url).
-        #[arg(long)]
+        #[arg(long, global = true)]
         redis: Option<String>,
         /// Only this clinic's boxes.
         #[arg(long)]
@@ -78,6 +82,17 @@ enum Command {
         /// Remove a decommissioned box, given as CLINIC/NODE.
         #[arg(long, value_name = "CLINIC/NODE")]
         forget: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FleetAction {
+    /// The central fleet service: GET /metrics (every box, one series each,
+    /// for Prometheus) and GET /fleet/api/boxes, with a monitor or service
+    /// token. It reads the central Redis and never connects to a box.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        listen: std::net::SocketAddr,
     },
 }
 
@@ -129,6 +144,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Fleet {
+            action,
             redis,
             clinic,
             json,
@@ -147,6 +163,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "error: no central Redis: set redis.url in the config or pass --redis URL"
                 );
                 std::process::exit(2);
+            }
+            if let Some(FleetAction::Serve { listen }) = action {
+                let auth = Authenticator::from_config(&config.auth)?;
+                let runtime =
+                    tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+                return runtime.block_on(fleet_serve(redis_config, auth, listen));
             }
             let command = FleetCommand {
                 clinic,

@@ -184,3 +184,165 @@ async fn the_fleet_command_tells_up_stopped_missing_and_degraded_boxes_apart() {
     );
     assert!(stdout.is_empty(), "no box list without Redis: {stdout}");
 }
+
+/// `fleet serve` on a free port in `dir`; killed on drop.
+struct FleetService {
+    addr: std::net::SocketAddr,
+    _child: tokio::process::Child,
+}
+
+async fn fleet_serve(dir: &std::path::Path, redis: &str) -> FleetService {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = gateway_command(dir)
+        .args([
+            "fleet",
+            "serve",
+            "--redis",
+            redis,
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn fleet serve");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let addr = tokio::time::timeout(PROMPTLY, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let addr = rest.split_whitespace().next().expect("address");
+                return addr.parse().expect("socket address");
+            }
+        }
+        panic!("fleet serve exited before listening");
+    })
+    .await
+    .expect("fleet serve listened in time");
+    // The rest of its log is read and dropped, so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    FleetService {
+        addr,
+        _child: child,
+    }
+}
+
+/// Every `smartwait_fleet_*` name `text` mentions.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("smartwait_fleet_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        names.insert(name);
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_service_exports_every_box_for_prometheus_and_the_shipped_alerts_use_only_its_metrics(
+) {
+    let mut redis = TestRedis::start().await;
+    let url = redis.url();
+    let box_dir = tempfile::tempdir().expect("dir");
+    let service_dir = tempfile::tempdir().expect("dir");
+    let _box = start_box(box_dir.path(), &redis, "clinic-1", "lobby", &[]).await;
+    let service = fleet_serve(service_dir.path(), &url).await;
+    let monitor = common::mint_token(
+        service_dir.path(),
+        &["--role", "monitor", "--sub", "prometheus"],
+    )
+    .await;
+
+    let (status, _) = common::http_request(service.addr, "GET", "/metrics", None, Vec::new()).await;
+    assert_eq!(status, 401, "a token is needed");
+    let patient = common::mint_token(
+        service_dir.path(),
+        &["--role", "patient", "--patient-id", "1"],
+    )
+    .await;
+    let (status, _) =
+        common::http_request(service.addr, "GET", "/metrics", Some(&patient), Vec::new()).await;
+    assert_eq!(status, 403, "of role monitor or service");
+
+    let scrape = || async {
+        let (status, body) =
+            common::raw_http(service.addr, "GET", "/metrics", Some(&monitor), Vec::new()).await;
+        let body = String::from_utf8(body).expect("text");
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    wait_until(PROMPTLY, "the box in the fleet's metrics", || async {
+        scrape()
+            .await
+            .contains("smartwait_fleet_box_up{clinic=\"clinic-1\",node=\"lobby\"} 1")
+    })
+    .await;
+    let text = scrape().await;
+    assert!(text.contains("smartwait_fleet_redis_up 1"), "{text}");
+    assert!(
+        text.contains(
+            "smartwait_fleet_box_state{clinic=\"clinic-1\",node=\"lobby\",state=\"up\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "smartwait_fleet_info{{clinic=\"clinic-1\",node=\"lobby\",version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("smartwait_fleet_store_ok{clinic=\"clinic-1\",node=\"lobby\"} 1"),
+        "{text}"
+    );
+
+    // Every metric the shipped alerts use is one the service exports.
+    let exported = metric_names(&text);
+    let alerts = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alerts.yml"),
+    )
+    .expect("alerts.yml");
+    let used = metric_names(&alerts);
+    assert!(!used.is_empty());
+    for name in &used {
+        assert!(
+            exported.contains(name),
+            "alerts.yml uses {name}, which /metrics does not export: {exported:?}"
+        );
+    }
+    // And the alerts' own unit tests pass.
+    let output = std::process::Command::new("promtool")
+        .args(["test", "rules", "alerts.test.yml"])
+        .current_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus"))
+        .output()
+        .expect("promtool is installed (scripts/test installs prometheus)");
+    assert!(
+        output.status.success(),
+        "promtool test rules: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let (status, boxes) = common::http_request(
+        service.addr,
+        "GET",
+        "/fleet/api/boxes",
+        Some(&monitor),
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(boxes["boxes"][0]["node"], "lobby", "{boxes}");
+    assert_eq!(boxes["boxes"][0]["state"], "up", "{boxes}");
+
+    // Without Redis the service says so, and exports no box as if gone.
+    redis.kill();
+    let text = scrape().await;
+    assert!(text.contains("smartwait_fleet_redis_up 0"), "{text}");
+    assert!(!text.contains("smartwait_fleet_box_up{"), "{text}");
+}

@@ -1,9 +1,11 @@
 //! Central operations' view of every box of every clinic, from what the
 //! boxes report to Redis (`replication::fleet`): the fleet index, each
 //! box's last report and the fleet's state changes. `smartwait-gateway
-//! fleet` prints it; a box is `missing` when it has not reported for
+//! fleet` prints it, `fleet serve` ([`serve`]) serves it to Prometheus
+//! ([`metrics`]); a box is `missing` when it has not reported for
 //! [`MISSING_AFTER_MS`]. This layer never talks to a box. Imports the
-//! replication layer's key layout and connection, and the leaves.
+//! replication layer's key layout and connection, the HTTP vocabulary,
+//! `auth` and the leaves.
 
 use std::fmt::Write as _;
 
@@ -16,6 +18,11 @@ use crate::clock::{rfc3339_ms, unix_ms};
 use crate::config::{mask_url_password, RedisConfig};
 use crate::replication::connection::{self, RedisConnection};
 use crate::replication::keys;
+
+pub mod metrics;
+pub mod serve;
+
+pub use serve::serve;
 
 /// A box that has not reported for this long is missing: three heartbeats
 /// (every 10 s) in a row did not arrive.
@@ -275,18 +282,21 @@ async fn read_all(
             }
         }
         RedisConnection::Cluster(cluster) => {
-            let reads = futures_util::stream::iter(report_keys.iter().map(|key| {
-                let mut cluster = cluster.clone();
-                async move {
-                    redis::cmd("GET")
-                        .arg(key)
-                        .query_async::<Option<String>>(&mut cluster)
-                        .await
-                }
-            }))
-            .buffered(READS_IN_FLIGHT)
-            .collect::<Vec<_>>()
-            .await;
+            let cluster = cluster.clone();
+            let reads: Vec<redis::RedisResult<Option<String>>> =
+                futures_util::stream::iter(report_keys.to_vec())
+                    .map(move |key| {
+                        let mut cluster = cluster.clone();
+                        async move {
+                            redis::cmd("GET")
+                                .arg(key)
+                                .query_async::<Option<String>>(&mut cluster)
+                                .await
+                        }
+                    })
+                    .buffered(READS_IN_FLIGHT)
+                    .collect()
+                    .await;
             for read in reads {
                 values.push(read.context("cannot read the boxes' last reports")?);
             }
