@@ -301,20 +301,31 @@ async fn the_fleet_service_exports_every_box_for_prometheus_and_the_shipped_aler
         "{text}"
     );
 
-    // Every metric the shipped alerts use is one the service exports.
+    // Every metric the shipped alerts and dashboard use is one the service exports.
     let exported = metric_names(&text);
-    let alerts = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alerts.yml"),
-    )
-    .expect("alerts.yml");
-    let used = metric_names(&alerts);
-    assert!(!used.is_empty());
-    for name in &used {
-        assert!(
-            exported.contains(name),
-            "alerts.yml uses {name}, which /metrics does not export: {exported:?}"
-        );
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for shipped in [
+        "deploy/prometheus/alerts.yml",
+        "deploy/grafana/smartwait-fleet.json",
+    ] {
+        let text = std::fs::read_to_string(root.join(shipped)).expect("shipped file");
+        let used = metric_names(&text);
+        assert!(!used.is_empty(), "{shipped}");
+        for name in &used {
+            assert!(
+                exported.contains(name),
+                "{shipped} uses {name}, which /metrics does not export: {exported:?}"
+            );
+        }
     }
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("deploy/grafana/smartwait-fleet.json"))
+            .expect("dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    assert!(dashboard["panels"]
+        .as_array()
+        .is_some_and(|panels| !panels.is_empty()));
     // And the alerts' own unit tests pass.
     let output = std::process::Command::new("promtool")
         .args(["test", "rules", "alerts.test.yml"])
