@@ -357,3 +357,85 @@ async fn the_fleet_service_exports_every_box_for_prometheus_and_the_shipped_aler
     assert!(text.contains("smartwait_fleet_redis_up 0"), "{text}");
     assert!(!text.contains("smartwait_fleet_box_up{"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_page_shows_a_box_going_missing_live_and_its_timeline() {
+    let redis = TestRedis::start().await;
+    let url = redis.url();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let _lobby = start_box(dirs[0].path(), &redis, "clinic-1", "lobby", &[]).await;
+    let mut floor = start_box(dirs[1].path(), &redis, "clinic-1", "floor", &[]).await;
+    let service = fleet_serve(dirs[2].path(), &url).await;
+    let monitor = common::mint_token(dirs[2].path(), &["--role", "monitor", "--sub", "ops"]).await;
+    let (status, _) = common::raw_http(service.addr, "GET", "/fleet", None, Vec::new()).await;
+    assert_eq!(status, 401, "the page needs a token");
+
+    let mut browser = common::browser::Browser::start().await;
+    let page_url = format!("http://{}/fleet?token={monitor}", service.addr);
+    assert_eq!(
+        browser
+            .open("ops", &page_url, common::browser::TABLET)
+            .await,
+        200
+    );
+    browser
+        .wait_for(
+            "ops",
+            "document.querySelectorAll('tr[data-state=\"up\"]').length === 2",
+        )
+        .await;
+    browser.wait_for_text("ops", "count-up", "2").await;
+    assert_eq!(
+        browser.eval("ops", "location.search").await,
+        "",
+        "the token leaves the address bar"
+    );
+    browser.eval("ops", "window.notReloaded = true").await;
+
+    floor.child.start_kill().expect("SIGKILL floor");
+    let _ = floor.child.wait().await;
+    browser
+        .wait_for_within(
+            "ops",
+            "document.querySelector('tr[data-box=\"clinic-1/floor\"]')?.dataset.state === 'missing'",
+            Duration::from_secs(45),
+        )
+        .await;
+    browser.wait_for_text("ops", "count-missing", "1").await;
+    assert_eq!(
+        browser.eval("ops", "window.notReloaded === true").await,
+        true,
+        "updated live"
+    );
+    assert_eq!(
+        browser
+            .eval("ops", "document.querySelector('#boxes tr').dataset.box")
+            .await,
+        "clinic-1/floor",
+        "the missing box comes first"
+    );
+
+    // Its timeline: up, then missing (recorded by the service, since the box could not).
+    browser
+        .eval(
+            "ops",
+            "document.querySelector('tr[data-box=\"clinic-1/floor\"]').click()",
+        )
+        .await;
+    browser
+        .wait_for(
+            "ops",
+            "Number(document.getElementById('timeline').dataset.changes) >= 2",
+        )
+        .await;
+    assert_eq!(
+        browser
+            .eval("ops", "document.querySelectorAll('#timeline rect.missing').length > 0 && document.querySelectorAll('#timeline rect.up').length > 0")
+            .await,
+        true
+    );
+    assert!(browser
+        .text("ops", "detail-title")
+        .await
+        .starts_with("clinic-1/floor: missing since"));
+}

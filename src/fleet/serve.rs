@@ -1,39 +1,77 @@
 //! `smartwait-gateway fleet serve`: a small central service beside the
 //! central Redis (it never connects to a box). `GET /metrics` is the whole
-//! fleet as Prometheus text ([`super::metrics`]), `GET /fleet/api/boxes`
-//! the fleet as JSON, worst first; both need a `monitor` or `service`
-//! token (`auth.mode = off` lets anyone read). `GET /health` says whether
-//! the service reaches Redis.
+//! fleet as Prometheus text ([`super::metrics`]), `GET /fleet` a page that
+//! shows every box live (`/fleet/api/stream`, Server-Sent Events pushed as
+//! the service reads the fleet every 2 s) with each box's states over 7
+//! days (`/fleet/api/timeline`), `GET /fleet/api/boxes` the fleet as JSON,
+//! worst first. All need a `monitor` or `service` token, as a bearer
+//! header or `?token=` (`auth.mode = off` lets anyone read). `GET /health`
+//! says whether the service reaches Redis. The service records when it
+//! sees a box go missing (`missing` in the fleet's events), so the
+//! timeline shows the gap.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::{Method, Request, StatusCode};
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
-use super::{boxes, connect, FleetBox};
+use super::{boxes, connect, BoxState, FleetBox, MISSING_AFTER_MS};
 use crate::auth::Authenticator;
+use crate::clock::{rfc3339_ms, unix_ms};
 use crate::config::{mask_url_password, RedisConfig};
 use crate::http::api::authorize_monitor;
-use crate::http::response::{json_response, text_response, HttpError, HttpResponse};
+use crate::http::query::query_param;
+use crate::http::response::{
+    json_response, text_response, BadRequest, HttpError, HttpResponse, Unauthorized,
+};
 use crate::replication::connection::RedisConnection;
+use crate::replication::keys;
 
 /// Longest a request's head may take to arrive.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The fleet service's state: where Redis is, who may read.
+/// How often the service reads the fleet for the page.
+const READ_EVERY: Duration = Duration::from_secs(2);
+
+/// How far back the timeline of one box reaches.
+const TIMELINE_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// Entries of the fleet's event stream one timeline reads at most.
+const TIMELINE_MAX_ENTRIES: usize = 100_000;
+
+/// The page and its script, served as they are (no build step, no CDN).
+const PAGE: &str = include_str!("../../web/fleet/index.html");
+const SCRIPT: &str = include_str!("../../web/fleet/fleet.js");
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// The fleet as last read: the page's JSON, or why Redis could not be read.
+type Snapshot = Arc<Result<String, String>>;
+
+/// The fleet service's state: where Redis is, who may read, the last read.
 struct FleetService {
     redis: RedisConfig,
     auth: Authenticator,
     /// Kept between requests; dropped after an error, and made again.
     connection: tokio::sync::Mutex<Option<RedisConnection>>,
+    snapshot: watch::Receiver<Snapshot>,
+}
+
+fn full(response: Response<http_body_util::Full<Bytes>>) -> Response<Body> {
+    response.map(|body| body.boxed())
 }
 
 impl FleetService {
@@ -53,14 +91,32 @@ impl FleetService {
         read
     }
 
-    async fn respond(&self, request: Request<Incoming>) -> HttpResponse {
+    async fn respond(&self, request: Request<Incoming>) -> Response<Body> {
         match self.route(request).await {
             Ok(response) => response,
-            Err(err) => err.into_response(),
+            Err(err) => full(err.into_response()),
         }
     }
 
-    async fn route(&self, request: Request<Incoming>) -> Result<HttpResponse, HttpError> {
+    /// A `monitor` or `service` token, from the header or (for the page and
+    /// its event stream, which a browser opens without headers) `?token=`.
+    fn authorize(&self, request: &Request<Incoming>) -> Result<(), HttpError> {
+        if request.headers().contains_key(AUTHORIZATION) {
+            return authorize_monitor(&self.auth, request);
+        }
+        match query_param(request.uri().query(), "token") {
+            Some(token) => {
+                let identity = self
+                    .auth
+                    .identify(Some(&token))
+                    .map_err(|err| HttpError::Unauthorized(Unauthorized::Token(err)))?;
+                self.auth.may_monitor(&identity).map_err(HttpError::denied)
+            }
+            None => authorize_monitor(&self.auth, request),
+        }
+    }
+
+    async fn route(&self, request: Request<Incoming>) -> Result<Response<Body>, HttpError> {
         let path = request.uri().path().trim_end_matches('/');
         let path = if path.is_empty() { "/" } else { path };
         if request.method() != Method::GET {
@@ -69,13 +125,13 @@ impl FleetService {
         match path {
             "/health" => {
                 let reachable = self.fleet().await.is_ok();
-                Ok(json_response(
+                Ok(full(json_response(
                     StatusCode::OK,
                     &json!({"status": if reachable { "ok" } else { "degraded" }, "redis": reachable}),
-                ))
+                )))
             }
             "/metrics" => {
-                authorize_monitor(&self.auth, &request)?;
+                self.authorize(&request)?;
                 let started = Instant::now();
                 let fleet = self.fleet().await;
                 if let Err(err) = &fleet {
@@ -91,27 +147,210 @@ impl FleetService {
                     CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
                 );
-                Ok(response)
+                Ok(full(response))
             }
+            "/fleet" => {
+                self.authorize(&request)?;
+                Ok(asset(PAGE, "text/html; charset=utf-8"))
+            }
+            // The script holds no data: it needs no token.
+            "/fleet/fleet.js" => Ok(asset(SCRIPT, "text/javascript; charset=utf-8")),
             "/fleet/api/boxes" => {
-                authorize_monitor(&self.auth, &request)?;
+                self.authorize(&request)?;
                 match self.fleet().await {
-                    Ok(fleet) => Ok(json_response(StatusCode::OK, &json!({"boxes": fleet}))),
+                    Ok(fleet) => Ok(full(json_response(
+                        StatusCode::OK,
+                        &json!({"boxes": fleet}),
+                    ))),
                     Err(err) => {
                         tracing::warn!(
                             error = format!("{err:#}"),
                             "cannot read the fleet from Redis"
                         );
-                        Ok(json_response(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            &json!({"error": {"code": "redis_unreachable", "message": "the central Redis cannot be read"}}),
-                        ))
+                        Ok(full(unreachable()))
+                    }
+                }
+            }
+            "/fleet/api/stream" => {
+                self.authorize(&request)?;
+                Ok(self.stream())
+            }
+            "/fleet/api/timeline" => {
+                self.authorize(&request)?;
+                let query = request.uri().query();
+                let (Some(clinic), Some(node)) =
+                    (query_param(query, "clinic"), query_param(query, "node"))
+                else {
+                    return Err(HttpError::bad_request(
+                        BadRequest::InvalidQuery,
+                        "timeline needs clinic and node",
+                    ));
+                };
+                match self.timeline(&clinic, &node).await {
+                    Ok(timeline) => Ok(full(json_response(StatusCode::OK, &timeline))),
+                    Err(err) => {
+                        tracing::warn!(
+                            error = format!("{err:#}"),
+                            "cannot read the fleet's events"
+                        );
+                        Ok(full(unreachable()))
                     }
                 }
             }
             _ => Err(HttpError::NotFound),
         }
     }
+
+    /// Server-Sent Events: the fleet at once, then each time it is read.
+    fn stream(&self) -> Response<Body> {
+        let snapshots = self.snapshot.clone();
+        let events =
+            futures_util::stream::unfold((snapshots, true), |(mut snapshots, first)| async move {
+                if !first && snapshots.changed().await.is_err() {
+                    return None;
+                }
+                let snapshot = snapshots.borrow_and_update().clone();
+                let event = match snapshot.as_ref() {
+                    Ok(fleet) => format!("event: boxes\ndata: {fleet}\n\n"),
+                    Err(why) => format!("event: unreachable\ndata: {}\n\n", json!(why)),
+                };
+                Some((
+                    Ok::<_, Infallible>(Frame::data(Bytes::from(event))),
+                    (snapshots, false),
+                ))
+            });
+        let mut response = Response::new(StreamBody::new(events).boxed());
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+
+    /// One box's state changes over the last 7 days, oldest first, with
+    /// the state it was in before them.
+    async fn timeline(&self, clinic: &str, node: &str) -> anyhow::Result<Value> {
+        let now = unix_ms();
+        let from = now.saturating_sub(TIMELINE_MS);
+        let mut cached = self.connection.lock().await;
+        if cached.is_none() {
+            *cached = Some(connect(&self.redis).await?);
+        }
+        let Some(connection) = cached.as_mut() else {
+            anyhow::bail!("no Redis connection");
+        };
+        let entries: redis::RedisResult<Vec<(String, HashMap<String, String>)>> =
+            redis::cmd("XRANGE")
+                .arg(keys::FLEET_EVENTS)
+                .arg(format!("{from}-0"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(TIMELINE_MAX_ENTRIES)
+                .query_async(connection)
+                .await;
+        let entries = match entries {
+            Ok(entries) => entries,
+            Err(err) => {
+                *cached = None;
+                return Err(err).context("cannot read the fleet's events");
+            }
+        };
+        let changes: Vec<Value> = entries
+            .into_iter()
+            .filter(|(_, fields)| {
+                fields.get("clinic").map(String::as_str) == Some(clinic)
+                    && fields.get("node").map(String::as_str) == Some(node)
+            })
+            .filter_map(|(id, fields)| {
+                let at_ms: u64 = id.split('-').next()?.parse().ok()?;
+                Some(json!({
+                    "atMs": at_ms,
+                    "at": rfc3339_ms(at_ms),
+                    "state": fields.get("state")?,
+                    "why": fields.get("why"),
+                }))
+            })
+            .collect();
+        Ok(json!({"clinic": clinic, "node": node, "from": from, "to": now, "changes": changes}))
+    }
+}
+
+fn asset(body: &'static str, content_type: &'static str) -> Response<Body> {
+    let mut response =
+        Response::new(http_body_util::Full::new(Bytes::from_static(body.as_bytes())).boxed());
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn unreachable() -> HttpResponse {
+    json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &json!({"error": {"code": "redis_unreachable", "message": "the central Redis cannot be read"}}),
+    )
+}
+
+/// Reads the fleet every [`READ_EVERY`] for the page, and records in the
+/// fleet's events when a box is first seen missing (a box that vanishes
+/// cannot say so itself).
+async fn watch_fleet(redis: RedisConfig, snapshots: watch::Sender<Snapshot>) {
+    let mut connection: Option<RedisConnection> = None;
+    let mut missing: HashMap<String, bool> = HashMap::new();
+    loop {
+        let read = async {
+            if connection.is_none() {
+                connection = Some(connect(&redis).await?);
+            }
+            let Some(redis_connection) = connection.as_mut() else {
+                anyhow::bail!("no Redis connection");
+            };
+            let fleet = boxes(redis_connection, None).await?;
+            for fleet_box in &fleet {
+                let member = keys::fleet_member(&fleet_box.clinic, &fleet_box.node);
+                let is_missing = matches!(fleet_box.state, BoxState::Missing { .. });
+                let was_missing = missing.insert(member, is_missing);
+                // Told once per disappearance; not for boxes already gone when the service started.
+                if is_missing && was_missing == Some(false) {
+                    record_missing(redis_connection, fleet_box).await?;
+                }
+            }
+            Ok(serde_json::to_string(&json!({"boxes": fleet}))?)
+        }
+        .await;
+        if read.is_err() {
+            connection = None;
+        }
+        let snapshot = read.map_err(|err: anyhow::Error| format!("{err:#}"));
+        if snapshots.send(Arc::new(snapshot)).is_err() {
+            return;
+        }
+        tokio::time::sleep(READ_EVERY).await;
+    }
+}
+
+async fn record_missing(
+    connection: &mut RedisConnection,
+    fleet_box: &FleetBox,
+) -> anyhow::Result<()> {
+    let at = fleet_box.last_seen_ms + MISSING_AFTER_MS;
+    let _: String = redis::cmd("XADD")
+        .arg(keys::FLEET_EVENTS)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(100_000)
+        .arg("*")
+        .arg("clinic")
+        .arg(&fleet_box.clinic)
+        .arg("node")
+        .arg(&fleet_box.node)
+        .arg("state")
+        .arg("missing")
+        .arg("at")
+        .arg(rfc3339_ms(at))
+        .query_async(connection)
+        .await
+        .context("cannot record a missing box")?;
+    Ok(())
 }
 
 /// Serves until SIGINT or SIGTERM.
@@ -128,12 +367,16 @@ pub async fn serve(
         .context("cannot read the listen address")?;
     tracing::info!(
         redis = %mask_url_password(&redis.url),
-        "fleet service listening on http://{address} (metrics: /metrics, boxes: /fleet/api/boxes)"
+        "fleet service listening on http://{address} (page: /fleet?token=..., metrics: /metrics)"
     );
+    let (snapshots, snapshot) =
+        watch::channel::<Snapshot>(Arc::new(Err("not read yet".to_owned())));
+    let watcher = tokio::spawn(watch_fleet(redis.clone(), snapshots));
     let service = Arc::new(FleetService {
         redis,
         auth,
         connection: tokio::sync::Mutex::new(None),
+        snapshot,
     });
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot listen for SIGTERM")?;
@@ -160,6 +403,7 @@ pub async fn serve(
                 .await;
         });
     }
+    watcher.abort();
     tracing::info!("fleet service stopped");
     Ok(())
 }

@@ -39,6 +39,8 @@ pub enum BadRequest {
     BadHandshake,
     MissingHost,
     InvalidHost,
+    /// A query string that lacks or garbles a parameter.
+    InvalidQuery,
 }
 
 impl BadRequest {
@@ -52,6 +54,7 @@ impl BadRequest {
             Self::BadHandshake => "bad_handshake",
             Self::MissingHost => "missing_host",
             Self::InvalidHost => "invalid_host",
+            Self::InvalidQuery => "invalid_query",
         }
     }
 }
