@@ -93,6 +93,11 @@ enum FleetAction {
     Serve {
         #[arg(long, default_value = "127.0.0.1:9464")]
         listen: std::net::SocketAddr,
+        /// A directory with one file per clinic that signs its events
+        /// (`<dir>/<clinic>`, the clinic's redis.signing_key_file):
+        /// announcements to that clinic are signed with it.
+        #[arg(long)]
+        signing_keys: Option<PathBuf>,
     },
 }
 
@@ -164,11 +169,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
                 std::process::exit(2);
             }
-            if let Some(FleetAction::Serve { listen }) = action {
+            if let Some(FleetAction::Serve {
+                listen,
+                signing_keys,
+            }) = action
+            {
                 let auth = Authenticator::from_config(&config.auth)?;
                 let runtime =
                     tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-                return runtime.block_on(fleet_serve(redis_config, auth, listen));
+                return runtime.block_on(fleet_serve(redis_config, auth, listen, signing_keys));
             }
             let command = FleetCommand {
                 clinic,

@@ -192,6 +192,10 @@ struct FleetService {
 }
 
 async fn fleet_serve(dir: &std::path::Path, redis: &str) -> FleetService {
+    fleet_serve_with(dir, redis, &[]).await
+}
+
+async fn fleet_serve_with(dir: &std::path::Path, redis: &str, extra: &[&str]) -> FleetService {
     use tokio::io::AsyncBufReadExt;
     let mut child = gateway_command(dir)
         .args([
@@ -202,6 +206,7 @@ async fn fleet_serve(dir: &std::path::Path, redis: &str) -> FleetService {
             "--listen",
             "127.0.0.1:0",
         ])
+        .args(extra)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -438,4 +443,94 @@ async fn the_fleet_page_shows_a_box_going_missing_live_and_its_timeline() {
         .text("ops", "detail-title")
         .await
         .starts_with("clinic-1/floor: missing since"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announcement_reaches_the_screens_of_its_clinic_signed_and_no_other_clinics() {
+    let redis = TestRedis::start().await;
+    let url = redis.url();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
+    // Clinic 1 signs its events; the fleet service has its key.
+    let keys = tempfile::tempdir().expect("keys");
+    let key_file = keys.path().join("clinic-1");
+    std::fs::write(&key_file, "clinic-1-signing-key-0123456789").expect("key");
+    let key_path = key_file.to_str().expect("path").to_owned();
+    let lobby = start_box(
+        dirs[0].path(),
+        &redis,
+        "clinic-1",
+        "lobby",
+        &[("SMARTWAIT_REDIS_SIGNING_KEY_FILE", &key_path)],
+    )
+    .await;
+    let elsewhere = start_box(dirs[1].path(), &redis, "clinic-2", "lobby", &[]).await;
+    let service_dir = dirs[2].path();
+    let keys_dir = keys.path().to_str().expect("path").to_owned();
+    let fleet_service = fleet_serve_with(service_dir, &url, &["--signing-keys", &keys_dir]).await;
+    let operator =
+        common::mint_token(service_dir, &["--role", "service", "--sub", "operator"]).await;
+    let monitor = common::mint_token(service_dir, &["--role", "monitor", "--sub", "ops"]).await;
+
+    let mut lobby_screen = common::TestWsClient::connect(lobby.addr, None).await;
+    lobby_screen.join("join-patients-room", Value::Null).await;
+    let mut other_screen = common::TestWsClient::connect(elsewhere.addr, None).await;
+    other_screen.join("join-patients-room", Value::Null).await;
+    // Both boxes subscribed: their first canary came back.
+    for gateway in [&lobby, &elsewhere] {
+        wait_until(PROMPTLY, "the box's subscription", || async {
+            gateway.health().await["redis"]["canary"]["lastRoundTripMs"].is_u64()
+        })
+        .await;
+    }
+
+    let announcement = serde_json::json!({
+        "clinic": "clinic-1", "room": "patients", "event": "queue_update",
+        "data": {"type": "queue_update", "message": "The clinic closes at 18:00"}
+    });
+    let (status, _) = common::http_request(
+        fleet_service.addr,
+        "POST",
+        "/fleet/api/announce",
+        Some(&monitor),
+        announcement.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 403, "announcing needs role service");
+    let (status, refused) = common::http_request(
+        fleet_service.addr,
+        "POST",
+        "/fleet/api/announce",
+        Some(&operator),
+        serde_json::json!({"clinic": "clinic-1", "room": "lounge", "event": "x"})
+            .to_string()
+            .into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(refused["error"]["code"], "invalid_room", "{refused}");
+
+    let (status, sent) = common::http_request(
+        fleet_service.addr,
+        "POST",
+        "/fleet/api/announce",
+        Some(&operator),
+        announcement.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 202, "{sent}");
+    assert_eq!(sent["signed"], true, "{sent}");
+    let frame = lobby_screen.expect_event("queue_update").await;
+    assert_eq!(
+        frame["data"]["message"], "The clinic closes at 18:00",
+        "{frame}"
+    );
+    // Once: neither live nor from the stream again.
+    let again = tokio::time::timeout(Duration::from_secs(3), lobby_screen.next_json()).await;
+    assert!(again.is_err(), "delivered twice: {again:?}");
+    other_screen.expect_silence().await;
+    let health = lobby.health().await;
+    assert_eq!(
+        health["redis"]["forgedEnvelopes"], 0,
+        "the signature verified: {health}"
+    );
 }

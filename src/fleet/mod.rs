@@ -19,6 +19,7 @@ use crate::config::{mask_url_password, RedisConfig};
 use crate::replication::connection::{self, RedisConnection};
 use crate::replication::keys;
 
+pub mod announce;
 pub mod metrics;
 pub mod serve;
 

@@ -4,7 +4,9 @@
 //! shows every box live (`/fleet/api/stream`, Server-Sent Events pushed as
 //! the service reads the fleet every 2 s) with each box's states over 7
 //! days (`/fleet/api/timeline`), `GET /fleet/api/boxes` the fleet as JSON,
-//! worst first. All need a `monitor` or `service` token, as a bearer
+//! worst first, and `POST /fleet/api/announce` sends an operator's
+//! message to one clinic's screens ([`super::announce`], `service` token).
+//! The others need a `monitor` or `service` token, as a bearer
 //! header or `?token=` (`auth.mode = off` lets anyone read). `GET /health`
 //! says whether the service reaches Redis. The service records when it
 //! sees a box go missing (`missing` in the fleet's events), so the
@@ -28,6 +30,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use super::announce::{self, Announcement, Refused};
 use super::{boxes, connect, BoxState, FleetBox, MISSING_AFTER_MS};
 use crate::auth::Authenticator;
 use crate::clock::{rfc3339_ms, unix_ms};
@@ -35,12 +38,15 @@ use crate::config::{mask_url_password, RedisConfig};
 use crate::http::api::authorize_monitor;
 use crate::http::query::query_param;
 use crate::http::response::{
-    json_response, text_response, BadRequest, HttpError, HttpResponse, Unauthorized,
+    json_response, read_body, text_response, BadRequest, HttpError, HttpResponse, Unauthorized,
 };
 use crate::replication::connection::RedisConnection;
 use crate::replication::keys;
 
-/// Longest a request's head may take to arrive.
+/// The largest announcement body taken.
+const ANNOUNCEMENT_MAX_BYTES: usize = 64 * 1024;
+
+/// Longest a request's head (or an announcement's body) may take to arrive.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often the service reads the fleet for the page.
@@ -68,6 +74,8 @@ struct FleetService {
     /// Kept between requests; dropped after an error, and made again.
     connection: tokio::sync::Mutex<Option<RedisConnection>>,
     snapshot: watch::Receiver<Snapshot>,
+    /// `DIR/<clinic>` holds a clinic's signing key (`--signing-keys`).
+    signing_keys: Option<std::path::PathBuf>,
 }
 
 fn full(response: Response<http_body_util::Full<Bytes>>) -> Response<Body> {
@@ -119,6 +127,12 @@ impl FleetService {
     async fn route(&self, request: Request<Incoming>) -> Result<Response<Body>, HttpError> {
         let path = request.uri().path().trim_end_matches('/');
         let path = if path.is_empty() { "/" } else { path };
+        if path == "/fleet/api/announce" {
+            if request.method() != Method::POST {
+                return Err(HttpError::MethodNotAllowed(Method::POST));
+            }
+            return self.announce(request).await;
+        }
         if request.method() != Method::GET {
             return Err(HttpError::MethodNotAllowed(Method::GET));
         }
@@ -199,6 +213,72 @@ impl FleetService {
             }
             _ => Err(HttpError::NotFound),
         }
+    }
+
+    /// `POST /fleet/api/announce` with a `service` token: an operator's
+    /// message to one clinic's screens ([`super::announce`]).
+    async fn announce(&self, request: Request<Incoming>) -> Result<Response<Body>, HttpError> {
+        let identity = self.bearer(&request)?;
+        self.auth
+            .may_publish(&identity)
+            .map_err(HttpError::denied)?;
+        let body = read_body(request, ANNOUNCEMENT_MAX_BYTES, HEAD_TIMEOUT).await?;
+        let announcement: Announcement = serde_json::from_slice(&body).map_err(|err| {
+            HttpError::bad_request(
+                BadRequest::InvalidJson,
+                format!("invalid announcement: {err}"),
+            )
+        })?;
+        let checked = announcement.check().map_err(|refused| {
+            let code = match refused {
+                Refused::Clinic => BadRequest::InvalidBody,
+                Refused::Room => BadRequest::InvalidRoom,
+                Refused::Event => BadRequest::InvalidEvent,
+            };
+            HttpError::bad_request(code, refused.to_string())
+        })?;
+        let mut cached = self.connection.lock().await;
+        if cached.is_none() {
+            match connect(&self.redis).await {
+                Ok(connection) => *cached = Some(connection),
+                Err(err) => {
+                    tracing::warn!(
+                        error = format!("{err:#}"),
+                        "cannot reach Redis for an announcement"
+                    );
+                    return Ok(full(unreachable()));
+                }
+            }
+        }
+        let Some(connection) = cached.as_mut() else {
+            return Ok(full(unreachable()));
+        };
+        match announce::publish(connection, self.signing_keys.as_deref(), checked).await {
+            Ok(sent) => Ok(full(json_response(StatusCode::ACCEPTED, &sent))),
+            Err(err) => {
+                *cached = None;
+                tracing::warn!(error = format!("{err:#}"), "cannot publish an announcement");
+                Ok(full(unreachable()))
+            }
+        }
+    }
+
+    /// Who the bearer header names (anonymous without one).
+    fn bearer(&self, request: &Request<Incoming>) -> Result<crate::auth::Identity, HttpError> {
+        let token = match request.headers().get(AUTHORIZATION) {
+            None => None,
+            Some(value) => match value
+                .to_str()
+                .ok()
+                .and_then(|text| text.strip_prefix("Bearer "))
+            {
+                Some(token) => Some(token.trim().to_owned()),
+                None => return Err(HttpError::Unauthorized(Unauthorized::MalformedHeader)),
+            },
+        };
+        self.auth
+            .identify(token.as_deref())
+            .map_err(|err| HttpError::Unauthorized(Unauthorized::Token(err)))
     }
 
     /// Server-Sent Events: the fleet at once, then each time it is read.
@@ -353,11 +433,13 @@ async fn record_missing(
     Ok(())
 }
 
-/// Serves until SIGINT or SIGTERM.
+/// Serves until SIGINT or SIGTERM; announcements to a clinic are signed
+/// with its key from `signing_keys/<clinic>` when that file exists.
 pub async fn serve(
     redis: RedisConfig,
     auth: Authenticator,
     listen: SocketAddr,
+    signing_keys: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen)
         .await
@@ -377,6 +459,7 @@ pub async fn serve(
         auth,
         connection: tokio::sync::Mutex::new(None),
         snapshot,
+        signing_keys,
     });
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot listen for SIGTERM")?;

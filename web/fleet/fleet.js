@@ -117,6 +117,28 @@ function drawTimeline({ from, to, changes }) {
   svg.dataset.changes = String(changes.length);
 }
 
+document.getElementById("announce").addEventListener("submit", async (submitted) => {
+  submitted.preventDefault();
+  if (!selected) return;
+  const event = document.getElementById("announce-event").value.trim();
+  const body = {
+    clinic: selected.clinic,
+    room: document.getElementById("announce-room").value.trim(),
+    event,
+    data: { type: event, message: document.getElementById("announce-message").value },
+  };
+  const result = document.getElementById("announce-result");
+  const answer = await fetch("/fleet/api/announce", {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: "Bearer " + token },
+    body: JSON.stringify(body),
+  });
+  const reply = await answer.json().catch(() => ({}));
+  result.textContent = answer.ok
+    ? "sent to " + body.clinic + (reply.signed ? " (signed)" : "")
+    : "refused: " + ((reply.error && reply.error.message) || answer.status);
+});
+
 document.querySelectorAll("th").forEach((th) => th.addEventListener("click", () => {
   if (sortKey === th.dataset.key) sortUp = !sortUp; else { sortKey = th.dataset.key; sortUp = true; }
   render();
