@@ -4,7 +4,10 @@
 //! once it has not reported for 30 s, a box whose replicas never confirm
 //! as degraded with its why; `--clinic`, `--forget`, the table, the
 //! fleet's state changes in `smartwait:fleet:events`, and the exit
-//! statuses 0, 1 and 2 (Redis unreachable, said as such).
+//! statuses 0, 1 and 2 (Redis unreachable, said as such). The fleet
+//! service: Prometheus metrics and the shipped alerts, the live page in
+//! headless Chromium, announcements, and a box cut from Redis (missing
+//! centrally, serving locally, up again with the gap in its timeline).
 
 mod common;
 
@@ -533,4 +536,109 @@ async fn an_announcement_reaches_the_screens_of_its_clinic_signed_and_no_other_c
         health["redis"]["forgedEnvelopes"], 0,
         "the signature verified: {health}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_box_cut_from_redis_is_missing_centrally_serves_its_screens_and_is_up_again_with_the_gap_in_its_timeline(
+) {
+    let redis = TestRedis::start().await;
+    let url = redis.url();
+    // The box reaches Redis as its own user, whom the test switches off.
+    let mut admin = redis.client().await;
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "lobby",
+            "on",
+            ">lobby-password",
+            "~*",
+            "&*",
+            "+@all",
+        ])
+        .query_async(&mut admin)
+        .await
+        .expect("ACL SETUSER");
+    let box_dir = tempfile::tempdir().expect("dir");
+    let box_url = format!("redis://lobby:lobby-password@127.0.0.1:{}", redis.port);
+    let lobby = GatewayProcess::start(
+        box_dir.path(),
+        &[
+            ("SMARTWAIT_REDIS_URL", box_url.as_str()),
+            ("SMARTWAIT_CLINIC_ID", "clinic-1"),
+            ("SMARTWAIT_CLINIC_NODE", "lobby"),
+        ],
+    )
+    .await;
+    let service_dir = tempfile::tempdir().expect("dir");
+    let service = fleet_serve(service_dir.path(), &url).await;
+    let monitor =
+        common::mint_token(service_dir.path(), &["--role", "monitor", "--sub", "ops"]).await;
+    let state = || async {
+        let (_, answer) = common::http_request(
+            service.addr,
+            "GET",
+            "/fleet/api/boxes",
+            Some(&monitor),
+            Vec::new(),
+        )
+        .await;
+        answer["boxes"][0]["state"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    wait_until(PROMPTLY, "the box up in the fleet", || async {
+        state().await == "up"
+    })
+    .await;
+    let mut display = common::TestWsClient::connect(lobby.addr, None).await;
+    display.join("join-patients-room", Value::Null).await;
+
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "lobby", "off"])
+        .query_async(&mut admin)
+        .await
+        .expect("ACL off");
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg(&["KILL", "USER", "lobby"])
+        .query_async(&mut admin)
+        .await
+        .expect("CLIENT KILL");
+    wait_until(
+        Duration::from_secs(45),
+        "the cut box missing centrally",
+        || async { state().await == "missing" },
+    )
+    .await;
+    // Meanwhile it serves its screens.
+    let publisher = common::mint_token(box_dir.path(), &["--role", "service"]).await;
+    let (status, _) = lobby.publish_waiting(&publisher, 4).await;
+    assert_eq!(status, 202);
+    let frame = display.expect_event("queue_update").await;
+    assert_eq!(frame["data"]["waiting"], 4, "{frame}");
+
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "lobby", "on"])
+        .query_async(&mut admin)
+        .await
+        .expect("ACL on");
+    wait_until(common::RECONNECT, "the box up again", || async {
+        state().await == "up"
+    })
+    .await;
+    let (_, timeline) = common::http_request(
+        service.addr,
+        "GET",
+        "/fleet/api/timeline?clinic=clinic-1&node=lobby",
+        Some(&monitor),
+        Vec::new(),
+    )
+    .await;
+    let states: Vec<&str> = timeline["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|change| change["state"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(states, ["up", "missing", "up"], "{timeline}");
 }
