@@ -6,18 +6,20 @@
 #   bench/run.sh full    the sizes quoted in BENCHMARKS.md (long; not for CI)
 #   bench/run.sh drain   only the backlog drain, at several redis.batch_events
 #   bench/run.sh soak    the one-hour soak (bench/soak.sh full)
+#   bench/run.sh fleet   5,000 simulated boxes against the fleet views (bench/fleet.sh full)
 # Results: one JSON line per run in bench/results/<mode>-<date>.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-tiny}
 [ "$mode" = soak ] && exec bench/soak.sh full
+[ "$mode" = fleet ] && exec bench/fleet.sh full
 case "$mode" in
   tiny) fanout_sizes="20"; idle_sizes="50"; seconds=2; rate=20; targeted=20; publish_rate=100; profile=ci-bench
         backlog=2000; drain_batches="500" ;;
   full) fanout_sizes="1000 10000"; idle_sizes="10000 19000"; seconds=10; rate=20; targeted=1000; publish_rate=1000; profile=release
         backlog=100000; drain_batches="500 2000" ;;
   drain) profile=release; backlog=100000; drain_batches="500 2000 5000" ;;
-  *) echo "usage: bench/run.sh tiny|full|drain|soak" >&2; exit 2 ;;
+  *) echo "usage: bench/run.sh tiny|full|drain|soak|fleet" >&2; exit 2 ;;
 esac
 
 command -v python3 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3; }

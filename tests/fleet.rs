@@ -442,6 +442,12 @@ async fn the_fleet_page_shows_a_box_going_missing_live_and_its_timeline() {
             .await,
         true
     );
+    browser
+        .wait_for(
+            "ops",
+            "document.getElementById('detail-report').textContent.includes('\"freeBytes\"')",
+        )
+        .await;
     assert!(browser
         .text("ops", "detail-title")
         .await

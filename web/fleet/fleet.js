@@ -84,15 +84,21 @@ function showReport() {
   const b = boxes.find((x) => x.clinic === selected.clinic && x.node === selected.node);
   if (!b) return;
   document.getElementById("detail-title").textContent = b.clinic + "/" + b.node + ": " + stateText(b);
-  document.getElementById("detail-report").textContent = JSON.stringify(b.report, null, 2);
 }
 
 async function select(clinic, node) {
   selected = { clinic, node };
   document.getElementById("detail").classList.remove("hidden");
   showReport();
-  const query = "clinic=" + encodeURIComponent(clinic) + "&node=" + encodeURIComponent(node) + (auth ? "&" + auth : "");
-  const answer = await fetch("/fleet/api/timeline?" + query);
+  // The stream carries a summary of each box; the whole last report comes with a click.
+  const clinicQuery = "clinic=" + encodeURIComponent(clinic) + (auth ? "&" + auth : "");
+  fetch("/fleet/api/boxes?" + clinicQuery).then((answer) => answer.ok ? answer.json() : null).then((reply) => {
+    const full = reply && reply.boxes.find((b) => b.node === node);
+    if (full && selected && selected.clinic === clinic && selected.node === node) {
+      document.getElementById("detail-report").textContent = JSON.stringify(full.report, null, 2);
+    }
+  });
+  const answer = await fetch("/fleet/api/timeline?" + clinicQuery + "&node=" + encodeURIComponent(node));
   if (!answer.ok) return;
   drawTimeline(await answer.json());
 }
