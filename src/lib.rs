@@ -26,8 +26,9 @@
 //! - `publish` imports no `replication`, `transport`, `http`, `net`, `gateway`;
 //! - `transport`, `http`, `replication` and `net` import no `gateway`;
 //!   `http` and `replication` import no `transport`;
-//! - `fleet` imports only `replication`, `http` (its vocabulary), `core`'s
-//!   room names, `auth` and the leaves, and only the binary uses it;
+//! - `fleet` imports only `replication`, `http` (its vocabulary), `net`
+//!   (TLS), `core`'s room names, `auth` and the leaves, and only the
+//!   binary uses it;
 //! - no two modules import each other.
 //!
 //! One broadcast flows like this: the queue system `POST`s to `http::api`,

@@ -177,7 +177,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let auth = Authenticator::from_config(&config.auth)?;
                 let runtime =
                     tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-                return runtime.block_on(fleet_serve(redis_config, auth, listen, signing_keys));
+                return runtime.block_on(fleet_serve(
+                    redis_config,
+                    auth,
+                    listen,
+                    signing_keys,
+                    &config.server,
+                ));
             }
             let command = FleetCommand {
                 clinic,

@@ -102,6 +102,15 @@ async fn boxes_share_rooms_through_a_cluster_while_the_clinics_slot_moves_and_fa
     for gateway in [&a, &b, &c, &d] {
         wait_drained(gateway).await;
     }
+    // Each box's subscription proven by its canary before live delivery is asked of it.
+    for gateway in [&a, &b, &c, &d] {
+        wait_until(RECONNECT, "the box's subscription to receive", || async {
+            let health = gateway.health().await;
+            health["redis"]["canary"]["lastRoundTripMs"].is_u64()
+                && health["redis"]["why"].is_null()
+        })
+        .await;
+    }
     let mut a_screen = display(&a).await;
     let mut b_screen = display(&b).await;
     let mut c_screen = display(&c).await;
@@ -166,6 +175,22 @@ async fn boxes_share_rooms_through_a_cluster_while_the_clinics_slot_moves_and_fa
     );
     let health = b.health().await;
     assert_eq!(health["status"], "healthy", "{health}");
+
+    // The fleet keys work on a cluster too (their own slots, one command each).
+    let fleet_index = cluster.primary_for("smartwait:fleet:seen").await;
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg("smartwait:fleet:seen")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut cluster.node(fleet_index).client().await)
+        .await
+        .expect("ZRANGE");
+    for member in ["test-clinic/a", "test-clinic/b"] {
+        assert!(
+            members.iter().any(|m| m == member),
+            "{member} in {members:?}"
+        );
+    }
 
     // Nothing crossed between the clinics, either way.
     let crossed =

@@ -320,3 +320,69 @@ async fn the_binary_reloads_on_sighup_and_refuses_bad_certificates_at_start() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+#[tokio::test]
+async fn the_fleet_service_serves_https_with_the_gateways_keys() {
+    let redis = common::TestRedis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let trusted = ca("fleet ca");
+    let (cert, key) = server_cert(&trusted, dir.path());
+    let mut child = common::gateway_command(dir.path())
+        .args([
+            "fleet",
+            "serve",
+            "--redis",
+            &redis.url(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("SMARTWAIT_SERVER_TLS_CERT", &cert)
+        .env("SMARTWAIT_SERVER_TLS_KEY", &key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = tokio::time::timeout(common::PROMPTLY, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.split("listening on https://").nth(1) {
+                    return rest.split_whitespace().next().unwrap().parse().unwrap();
+                }
+            }
+            panic!("fleet serve did not listen on https");
+        })
+        .await
+        .expect("fleet serve started");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        addr
+    };
+    let stream = tls_stream(addr, &trusted).await.expect("tls handshake");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = hyper::Request::get("/health")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let health: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(health["redis"], true, "{health}");
+    // A client that does not trust the CA gets no answer.
+    assert!(tls_stream(addr, &ca("other ca")).await.is_err());
+    // Plain HTTP to it gets no HTTP answer.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut plain = TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"GET /health HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(common::PROMPTLY, plain.read_to_end(&mut answer)).await;
+    assert!(!answer.starts_with(b"HTTP/1.1"), "{answer:?}");
+}

@@ -8,7 +8,8 @@
 //! message to one clinic's screens ([`super::announce`], `service` token).
 //! The others need a `monitor` or `service` token, as a bearer
 //! header or `?token=` (`auth.mode = off` lets anyone read). `GET /health`
-//! says whether the service reaches Redis. The service records when it
+//! says whether the service reaches Redis. With `server.tls_cert` and
+//! `server.tls_key` (the gateway's keys) it serves HTTPS only. The service records when it
 //! sees a box go missing (`missing` in the fleet's events), so the
 //! timeline shows the gap.
 
@@ -34,12 +35,13 @@ use super::announce::{self, Announcement, Refused};
 use super::{boxes, connect, BoxState, FleetBox, MISSING_AFTER_MS};
 use crate::auth::Authenticator;
 use crate::clock::{rfc3339_ms, unix_ms};
-use crate::config::{mask_url_password, RedisConfig};
+use crate::config::{mask_url_password, RedisConfig, ServerConfig};
 use crate::http::api::authorize_monitor;
 use crate::http::query::query_param;
 use crate::http::response::{
     json_response, read_body, text_response, BadRequest, HttpError, HttpResponse, Unauthorized,
 };
+use crate::net::tls::Tls;
 use crate::replication::connection::RedisConnection;
 use crate::replication::keys;
 
@@ -376,6 +378,22 @@ fn unreachable() -> HttpResponse {
     )
 }
 
+/// Serves one HTTP/1.1 connection until it closes.
+async fn serve_connection<Io>(io: Io, service: Arc<FleetService>)
+where
+    Io: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let handler = hyper::service::service_fn(move |request| {
+        let service = service.clone();
+        async move { Ok::<_, Infallible>(service.respond(request).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .serve_connection(io, handler)
+        .await;
+}
+
 /// Reads the fleet every [`READ_EVERY`] for the page, and records in the
 /// fleet's events when a box is first seen missing (a box that vanishes
 /// cannot say so itself).
@@ -461,7 +479,11 @@ pub async fn serve(
     auth: Authenticator,
     listen: SocketAddr,
     signing_keys: Option<std::path::PathBuf>,
+    server: &ServerConfig,
 ) -> anyhow::Result<()> {
+    // The same keys as the gateway's: server.tls_cert and server.tls_key.
+    let tls = Tls::from_config(server)?.map(Arc::new);
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -470,7 +492,7 @@ pub async fn serve(
         .context("cannot read the listen address")?;
     tracing::info!(
         redis = %mask_url_password(&redis.url),
-        "fleet service listening on http://{address} (page: /fleet?token=..., metrics: /metrics)"
+        "fleet service listening on {scheme}://{address} (page: /fleet?token=..., metrics: /metrics)"
     );
     let (snapshots, snapshot) =
         watch::channel::<Snapshot>(Arc::new(Err("not read yet".to_owned())));
@@ -497,16 +519,15 @@ pub async fn serve(
         // A response's head and body go out at once, not 40 ms apart.
         let _ = stream.set_nodelay(true);
         let service = service.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let handler = hyper::service::service_fn(move |request| {
-                let service = service.clone();
-                async move { Ok::<_, Infallible>(service.respond(request).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEAD_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), handler)
-                .await;
+            match tls {
+                Some(tls) => match tls.acceptor().accept(stream).await {
+                    Ok(stream) => serve_connection(TokioIo::new(stream), service).await,
+                    Err(err) => tracing::debug!(error = %err, "TLS handshake failed"),
+                },
+                None => serve_connection(TokioIo::new(stream), service).await,
+            }
         });
     }
     watcher.abort();

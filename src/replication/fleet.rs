@@ -50,8 +50,7 @@ pub fn event_for(
 }
 
 /// Adds the heartbeat's fleet commands to `pipe` (the clinic's key) and
-/// `fleet` (the fleet-wide keys: one pipeline with the first on one
-/// server, a second round trip on a cluster, where they sit in other slots).
+/// `fleet` (the fleet-wide keys, which on a cluster sit in other slots).
 pub fn write(heartbeat: &Heartbeat<'_>, pipe: &mut redis::Pipeline, fleet: &mut redis::Pipeline) {
     pipe.cmd("SET")
         .arg(keys::node_last_report(heartbeat.clinic, heartbeat.node))
@@ -85,7 +84,8 @@ pub fn write(heartbeat: &Heartbeat<'_>, pipe: &mut redis::Pipeline, fleet: &mut 
     }
 }
 
-/// Sends `pipe` and `fleet`: together on one server, apart on a cluster.
+/// Sends `pipe` and `fleet`: together on one server; on a cluster the
+/// clinic's keys in one round trip and each fleet key in its own.
 pub async fn send(
     connection: &mut RedisConnection,
     mut pipe: redis::Pipeline,
@@ -93,7 +93,12 @@ pub async fn send(
 ) -> redis::RedisResult<()> {
     if matches!(connection, RedisConnection::Cluster(_)) {
         pipe.query_async::<()>(connection).await?;
-        return fleet.query_async::<()>(connection).await;
+        // The index and the events stream sit in slots of their own: one
+        // command each (a pipeline spanning slots is refused).
+        for command in fleet.cmd_iter() {
+            command.query_async::<redis::Value>(connection).await?;
+        }
+        return Ok(());
     }
     for command in fleet.cmd_iter() {
         pipe.add_command(command.clone()).ignore();
