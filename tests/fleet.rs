@@ -648,3 +648,49 @@ async fn a_box_cut_from_redis_is_missing_centrally_serves_its_screens_and_is_up_
         .collect();
     assert_eq!(states, ["up", "missing", "up"], "{timeline}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_box_whose_redis_user_may_not_write_the_fleet_keys_still_replicates() {
+    let redis = TestRedis::start().await;
+    let mut admin = redis.client().await;
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "lobby",
+            "on",
+            ">lobby-password",
+            "~smartwait:{clinic-1}:*",
+            "&*",
+            "+@all",
+        ])
+        .query_async(&mut admin)
+        .await
+        .expect("ACL SETUSER");
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("redis://lobby:lobby-password@127.0.0.1:{}", redis.port);
+    let mut lobby = GatewayProcess::start(
+        dir.path(),
+        &[
+            ("SMARTWAIT_REDIS_URL", url.as_str()),
+            ("SMARTWAIT_CLINIC_ID", "clinic-1"),
+            ("SMARTWAIT_CLINIC_NODE", "lobby"),
+        ],
+    )
+    .await;
+    lobby.wait_for_log("cannot write the fleet keys").await;
+    let token = common::mint_token(dir.path(), &["--role", "service"]).await;
+    let (status, _) = lobby.publish_waiting(&token, 7).await;
+    assert_eq!(status, 202);
+    wait_until(PROMPTLY, "the event in the stream", || async {
+        redis
+            .stream("clinic-1")
+            .await
+            .iter()
+            .any(|entry| entry.data["waiting"] == 7)
+    })
+    .await;
+    // Two heartbeats later the link is still up: the refusal is not the link's.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let health = lobby.health().await;
+    assert_eq!(health["redis"]["state"], "connected", "{health}");
+}

@@ -215,6 +215,7 @@ impl Gateway {
                 started_ms: crate::clock::unix_ms(),
                 state_dir: config.server.state_dir.clone(),
                 stop_reason: stop_reason.clone(),
+                fleet_refused: std::sync::atomic::AtomicBool::new(false),
             };
             let fan_in = FanIn {
                 redis: config.redis.clone(),

@@ -50,7 +50,7 @@ pub fn event_for(
 }
 
 /// Adds the heartbeat's fleet commands to `pipe` (the clinic's key) and
-/// `fleet` (the fleet-wide keys, which on a cluster sit in other slots).
+/// `fleet` (the fleet-wide keys).
 pub fn write(heartbeat: &Heartbeat<'_>, pipe: &mut redis::Pipeline, fleet: &mut redis::Pipeline) {
     pipe.cmd("SET")
         .arg(keys::node_last_report(heartbeat.clinic, heartbeat.node))
@@ -84,26 +84,37 @@ pub fn write(heartbeat: &Heartbeat<'_>, pipe: &mut redis::Pipeline, fleet: &mut 
     }
 }
 
-/// Sends `pipe` and `fleet`: together on one server; on a cluster the
-/// clinic's keys in one round trip and each fleet key in its own.
+/// Sends `pipe` (the clinic's keys: its failure is the link's), then
+/// `fleet` (the fleet-wide keys), whose failure is returned apart: a
+/// Redis user limited to its clinic's keys (`~smartwait:{<clinic>}:*`)
+/// must still replicate. On a cluster each fleet key goes alone (they sit
+/// in slots of their own, and a pipeline spanning slots is refused).
 pub async fn send(
     connection: &mut RedisConnection,
-    mut pipe: redis::Pipeline,
+    pipe: redis::Pipeline,
     fleet: redis::Pipeline,
-) -> redis::RedisResult<()> {
-    if matches!(connection, RedisConnection::Cluster(_)) {
-        pipe.query_async::<()>(connection).await?;
-        // The index and the events stream sit in slots of their own: one
-        // command each (a pipeline spanning slots is refused).
+) -> redis::RedisResult<Option<redis::RedisError>> {
+    pipe.query_async::<()>(connection).await?;
+    let fleet_written = if matches!(connection, RedisConnection::Cluster(_)) {
+        let mut written = Ok(());
         for command in fleet.cmd_iter() {
-            command.query_async::<redis::Value>(connection).await?;
+            if let Err(err) = command.query_async::<redis::Value>(connection).await {
+                written = Err(err);
+                break;
+            }
         }
-        return Ok(());
+        written
+    } else {
+        fleet.query_async::<()>(connection).await
+    };
+    match fleet_written {
+        Ok(()) => Ok(None),
+        // A lost connection is the link's failure, not the fleet's.
+        Err(err) if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() => {
+            Err(err)
+        }
+        Err(err) => Ok(Some(err)),
     }
-    for command in fleet.cmd_iter() {
-        pipe.add_command(command.clone()).ignore();
-    }
-    pipe.query_async::<()>(connection).await
 }
 
 /// The report a graceful stop leaves: the last one, marked stopped.

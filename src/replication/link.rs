@@ -76,6 +76,8 @@ pub struct Replicator {
     pub state_dir: std::path::PathBuf,
     /// Why the gateway stops, for the last report.
     pub stop_reason: StopReason,
+    /// The last heartbeat could not write the fleet keys.
+    pub fleet_refused: std::sync::atomic::AtomicBool,
 }
 
 /// Replicates until shutdown, reconnecting with backoff after any failure.
@@ -410,10 +412,27 @@ impl Replicator {
             event: fleet::event_for(reported, &state),
         };
         fleet::write(&heartbeat, &mut pipe, &mut fleet_pipe);
-        fleet::send(connection, pipe, fleet_pipe)
+        let fleet_refused = fleet::send(connection, pipe, fleet_pipe)
             .await
             .context("cannot write this node's health key and fleet report")?;
+        self.note_fleet_write(fleet_refused);
         Ok(state)
+    }
+
+    /// Says once when the fleet keys cannot be written (and once when they
+    /// can again): replication goes on without them.
+    fn note_fleet_write(&self, refused: Option<redis::RedisError>) {
+        let was_refused = self
+            .fleet_refused
+            .swap(refused.is_some(), Ordering::Relaxed);
+        match refused {
+            Some(err) if !was_refused => tracing::warn!(
+                error = %err,
+                "cannot write the fleet keys (smartwait:fleet:*): central operations do not see this box; replication goes on (does the Redis user's ACL allow those keys?)"
+            ),
+            None if was_refused => tracing::info!("the fleet keys are written again"),
+            _ => {}
+        }
     }
 
     /// A graceful stop: the node health key goes at once (not after its
@@ -439,8 +458,10 @@ impl Replicator {
             event: Some(("stopped", None)),
         };
         fleet::write(&heartbeat, &mut pipe, &mut fleet_pipe);
-        fleet::send(connection, pipe, fleet_pipe)
+        let fleet_refused = fleet::send(connection, pipe, fleet_pipe)
             .await
-            .context("cannot record this node's stop")
+            .context("cannot record this node's stop")?;
+        self.note_fleet_write(fleet_refused);
+        Ok(())
     }
 }
