@@ -105,6 +105,8 @@ start_box() {  # $1: node name, $2: state dir, $3: extra env; sets box_port, box
 }
 stop_redis_all() { for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
 record() { echo "$1" | tee -a "$out"; }
+# The events a publish run of the load generator really sent (its JSON report).
+events_sent() { python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["events"])'; }
 
 wait_comparison() {  # $1: run; on the Sentinel set-up, with box B at $b_port
   for replicas in 1 0; do
@@ -114,13 +116,14 @@ wait_comparison() {  # $1: run; on the Sentinel set-up, with box B at $b_port
     record "$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["run"]=int(sys.argv[2]); print(json.dumps(r))' "$line" "$1")"
     b_before=$(health "$b_port" lastSeq)
     began=$(date +%s.%N)
-    $bin/smartwait-bench publish --addr "127.0.0.1:$w_port" --rate "$burst" --seconds 1 --connections 16 --label burst >/dev/null
+    # As many as the tool really sent (it splits them evenly over its 16 connections).
+    sent=$($bin/smartwait-bench publish --addr "127.0.0.1:$w_port" --rate "$burst" --seconds 1 --connections 16 --label burst | events_sent)
     published=$(date +%s.%N)
     wait_health "$w_port" redis.backlog 'v == 0'
     replicated=$(date +%s.%N)
-    wait_health "$b_port" lastSeq "v >= $b_before + $burst"
+    wait_health "$b_port" lastSeq "v >= $b_before + $sent"
     taken_in=$(date +%s.%N)
-    record "$(python3 -c 'import json,sys; b=float(sys.argv[2]); r=float(sys.argv[3])-b; f=float(sys.argv[4])-b; n=int(sys.argv[5]); p=float(sys.argv[7])-b; print(json.dumps({"label":"wait-replicas-"+sys.argv[1],"scenario":"wait","run":int(sys.argv[6]),"events":n,"publish_seconds":round(p,3),"seconds_to_replicated":round(r,3),"replicated_after_last_publish_s":round(r-p,3),"events_per_s":round(n/r),"fan_in_seconds_on_b":round(f,3),"fan_in_events_per_s":round(n/f)}))' "$replicas" "$began" "$replicated" "$taken_in" "$burst" "$1" "$published")"
+    record "$(python3 -c 'import json,sys; b=float(sys.argv[2]); r=float(sys.argv[3])-b; f=float(sys.argv[4])-b; n=int(sys.argv[5]); p=float(sys.argv[7])-b; print(json.dumps({"label":"wait-replicas-"+sys.argv[1],"scenario":"wait","run":int(sys.argv[6]),"events":n,"publish_seconds":round(p,3),"seconds_to_replicated":round(r,3),"replicated_after_last_publish_s":round(r-p,3),"events_per_s":round(n/r),"fan_in_seconds_on_b":round(f,3),"fan_in_events_per_s":round(n/f)}))' "$replicas" "$began" "$replicated" "$taken_in" "$sent" "$1" "$published")"
     kill "$w_pid"; wait "$w_pid" 2>/dev/null || true
   done
 }
@@ -143,13 +146,13 @@ for run in $(seq 1 "$runs"); do
     record "$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["run"]=int(sys.argv[2]); print(json.dumps(r))' "$line" "$run")"
     # catchup: B away while A publishes a backlog
     kill "$b_pid"; wait "$b_pid" 2>/dev/null || true
-    $bin/smartwait-bench publish --addr "127.0.0.1:$a_port" --rate "$backlog" --seconds 1 --connections 16 --label backlog >/dev/null
+    sent=$($bin/smartwait-bench publish --addr "127.0.0.1:$a_port" --rate "$backlog" --seconds 1 --connections 16 --label backlog | events_sent)
     wait_health "$a_port" redis.backlog 'v == 0'
     began=$(date +%s.%N)
     start_box b "$work/b-$setup-$run" ""; b_port=$box_port
-    wait_health "$b_port" redis.stream.caughtUp "v >= $backlog"
+    wait_health "$b_port" redis.stream.caughtUp "v >= $sent"
     ended=$(date +%s.%N)
-    record "$(python3 -c 'import json,sys; s=float(sys.argv[3])-float(sys.argv[2]); print(json.dumps({"label":"catchup-"+sys.argv[1],"scenario":"catchup","run":int(sys.argv[5]),"events":int(sys.argv[4]),"seconds_from_start":round(s,3),"events_per_s":round(int(sys.argv[4])/s)}))' "$setup" "$began" "$ended" "$backlog" "$run")"
+    record "$(python3 -c 'import json,sys; s=float(sys.argv[3])-float(sys.argv[2]); print(json.dumps({"label":"catchup-"+sys.argv[1],"scenario":"catchup","run":int(sys.argv[5]),"events":int(sys.argv[4]),"seconds_from_start":round(s,3),"events_per_s":round(int(sys.argv[4])/s)}))' "$setup" "$began" "$ended" "$sent" "$run")"
     [ "$setup" = sentinel ] && wait_comparison "$run"
     stop_redis_all
   done
