@@ -19,7 +19,9 @@ case "$mode" in
 esac
 # The vanished 1 % are missing 30 s after their last report.
 sim_seconds=$((settle + 90))
-command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+for tool in redis-server curl node; do
+  command -v "$tool" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server curl nodejs npm; break; }
+done
 [ -d tests/browser/node_modules/playwright-core ] || (cd tests/browser && npm ci --no-audit --no-fund)
 cargo build --profile "$profile" -q -p smartwait-gateway
 bin="target/$profile/smartwait-gateway"
