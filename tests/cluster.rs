@@ -57,14 +57,7 @@ async fn display(gateway: &TestGateway) -> TestWsClient {
 async fn ticks(a: &TestGateway, range: std::ops::Range<u64>) -> Vec<u64> {
     let mut seqs = Vec::new();
     for n in range {
-        let (status, answer) = a
-            .publish(
-                "/api/broadcast",
-                json!({"room": "patients", "event": "tick", "data": {"n": n}}),
-            )
-            .await;
-        assert_eq!(status, 202, "{answer}");
-        seqs.push(answer["seq"].as_u64().expect("seq"));
+        seqs.push(a.broadcast_numbered("tick", n).await);
     }
     seqs
 }

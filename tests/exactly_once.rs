@@ -76,13 +76,7 @@ async fn restore_b(redis: &TestRedis) {
 }
 
 async fn broadcast(a: &TestGateway, event: &str, n: u64) {
-    let (status, answer) = a
-        .publish(
-            "/api/broadcast",
-            json!({"room": "patients", "event": event, "data": {"n": n}}),
-        )
-        .await;
-    assert_eq!(status, 202, "{answer}");
+    a.broadcast_numbered(event, n).await;
 }
 
 async fn queue_update(a: &TestGateway, now_serving: &str) {

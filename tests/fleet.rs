@@ -235,6 +235,18 @@ async fn fleet_serve_with(dir: &std::path::Path, redis: &str, extra: &[&str]) ->
     }
 }
 
+/// `POST /fleet/api/announce` with `body` as `token`.
+async fn announce(service: &FleetService, token: &str, body: &Value) -> (u16, Value) {
+    common::http_request(
+        service.addr,
+        "POST",
+        "/fleet/api/announce",
+        Some(token),
+        body.to_string().into_bytes(),
+    )
+    .await
+}
+
 /// Every `smartwait_fleet_*` name `text` mentions.
 fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
     let mut names = std::collections::BTreeSet::new();
@@ -496,36 +508,14 @@ async fn an_announcement_reaches_the_screens_of_its_clinic_signed_and_no_other_c
         "clinic": "clinic-1", "room": "patients", "event": "queue_update",
         "data": {"type": "queue_update", "message": "The clinic closes at 18:00"}
     });
-    let (status, _) = common::http_request(
-        fleet_service.addr,
-        "POST",
-        "/fleet/api/announce",
-        Some(&monitor),
-        announcement.to_string().into_bytes(),
-    )
-    .await;
+    let (status, _) = announce(&fleet_service, &monitor, &announcement).await;
     assert_eq!(status, 403, "announcing needs role service");
-    let (status, refused) = common::http_request(
-        fleet_service.addr,
-        "POST",
-        "/fleet/api/announce",
-        Some(&operator),
-        serde_json::json!({"clinic": "clinic-1", "room": "lounge", "event": "x"})
-            .to_string()
-            .into_bytes(),
-    )
-    .await;
+    let lounge = serde_json::json!({"clinic": "clinic-1", "room": "lounge", "event": "x"});
+    let (status, refused) = announce(&fleet_service, &operator, &lounge).await;
     assert_eq!(status, 400, "{refused}");
     assert_eq!(refused["error"]["code"], "invalid_room", "{refused}");
 
-    let (status, sent) = common::http_request(
-        fleet_service.addr,
-        "POST",
-        "/fleet/api/announce",
-        Some(&operator),
-        announcement.to_string().into_bytes(),
-    )
-    .await;
+    let (status, sent) = announce(&fleet_service, &operator, &announcement).await;
     assert_eq!(status, 202, "{sent}");
     assert_eq!(sent["signed"], true, "{sent}");
     let frame = lobby_screen.expect_event("queue_update").await;

@@ -16,7 +16,6 @@ use common::{
     wait_drained, wait_until, TcpProxy, TestGateway, TestRedis, TestSentinels, PROMPTLY, RECONNECT,
     SENTINEL_MASTER,
 };
-use serde_json::json;
 use smartwait_gateway::Config;
 
 /// Publishes on `gateway` until `stop` is set; the seqs it was answered.
@@ -28,14 +27,7 @@ fn publish_continuously(
         let mut seqs = Vec::new();
         let mut n = 0u64;
         while !stop.load(Ordering::SeqCst) {
-            let (status, answer) = gateway
-                .publish(
-                    "/api/broadcast",
-                    json!({"room": "patients", "event": "tick", "data": {"n": n}}),
-                )
-                .await;
-            assert_eq!(status, 202, "{answer}");
-            seqs.push(answer["seq"].as_u64().expect("seq"));
+            seqs.push(gateway.broadcast_numbered("tick", n).await);
             n += 1;
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

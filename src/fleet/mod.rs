@@ -60,7 +60,7 @@ pub async fn run_command(redis: &RedisConfig, command: &FleetCommand) -> u8 {
         );
         2
     };
-    let mut connection = match connect(redis).await {
+    let mut connection = match connection::connect(redis).await {
         Ok(connection) => connection,
         Err(err) => return unreachable(err),
     };
@@ -184,11 +184,6 @@ pub(crate) fn state_of(report: &Value, last_seen_ms: u64, now_ms: u64) -> BoxSta
         },
         _ => BoxState::Up,
     }
-}
-
-/// Connects to the central Redis (`--redis URL` or the config's).
-pub(crate) async fn connect(redis: &RedisConfig) -> anyhow::Result<RedisConnection> {
-    connection::connect(redis).await
 }
 
 /// Every box of the fleet (of one clinic with `clinic`), worst first.

@@ -32,7 +32,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::announce::{self, Announcement, Refused};
-use super::{boxes, connect, BoxState, FleetBox, MISSING_AFTER_MS};
+use super::{boxes, BoxState, FleetBox, MISSING_AFTER_MS};
 use crate::auth::Authenticator;
 use crate::clock::{rfc3339_ms, unix_ms};
 use crate::config::{mask_url_password, RedisConfig, ServerConfig};
@@ -42,7 +42,7 @@ use crate::http::response::{
     json_response, read_body, text_response, BadRequest, HttpError, HttpResponse, Unauthorized,
 };
 use crate::net::tls::Tls;
-use crate::replication::connection::RedisConnection;
+use crate::replication::connection::{connect, RedisConnection};
 use crate::replication::keys;
 
 /// The largest announcement body taken.
@@ -69,12 +69,10 @@ type Body = BoxBody<Bytes, Infallible>;
 /// The fleet as last read: the page's JSON, or why Redis could not be read.
 type Snapshot = Arc<Result<String, String>>;
 
-/// The fleet service's state: where Redis is, who may read, the last read.
+/// The fleet service's state: its Redis connection, who may read, the last read.
 struct FleetService {
-    redis: RedisConfig,
     auth: Authenticator,
-    /// Kept between requests; dropped after an error, and made again.
-    connection: tokio::sync::Mutex<Option<RedisConnection>>,
+    connection: tokio::sync::Mutex<CachedConnection>,
     snapshot: watch::Receiver<Snapshot>,
     /// `DIR/<clinic>` holds a clinic's signing key (`--signing-keys`).
     signing_keys: Option<std::path::PathBuf>,
@@ -82,6 +80,40 @@ struct FleetService {
 
 fn full(response: Response<http_body_util::Full<Bytes>>) -> Response<Body> {
     response.map(|body| body.boxed())
+}
+
+/// A connection kept between uses; dropped after an error, made again at
+/// the next use.
+struct CachedConnection {
+    redis: RedisConfig,
+    connection: Option<RedisConnection>,
+}
+
+impl CachedConnection {
+    fn new(redis: RedisConfig) -> Self {
+        Self {
+            redis,
+            connection: None,
+        }
+    }
+
+    /// The connection, made when there is none.
+    async fn get(&mut self) -> anyhow::Result<&mut RedisConnection> {
+        if self.connection.is_none() {
+            self.connection = Some(connect(&self.redis).await?);
+        }
+        self.connection
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("no Redis connection"))
+    }
+
+    /// Passes `result` on; an error drops the connection.
+    fn checked<T>(&mut self, result: anyhow::Result<T>) -> anyhow::Result<T> {
+        if result.is_err() {
+            self.connection = None;
+        }
+        result
+    }
 }
 
 impl FleetService {
@@ -93,17 +125,8 @@ impl FleetService {
     /// The boxes of `clinic` (of every clinic with `None`) now.
     async fn fleet_of(&self, clinic: Option<&str>) -> anyhow::Result<Vec<FleetBox>> {
         let mut cached = self.connection.lock().await;
-        if cached.is_none() {
-            *cached = Some(connect(&self.redis).await?);
-        }
-        let Some(connection) = cached.as_mut() else {
-            anyhow::bail!("no Redis connection");
-        };
-        let read = boxes(connection, clinic).await;
-        if read.is_err() {
-            *cached = None;
-        }
-        read
+        let read = boxes(cached.get().await?, clinic).await;
+        cached.checked(read)
     }
 
     async fn respond(&self, request: Request<Incoming>) -> Response<Body> {
@@ -246,25 +269,15 @@ impl FleetService {
             HttpError::bad_request(code, refused.to_string())
         })?;
         let mut cached = self.connection.lock().await;
-        if cached.is_none() {
-            match connect(&self.redis).await {
-                Ok(connection) => *cached = Some(connection),
-                Err(err) => {
-                    tracing::warn!(
-                        error = format!("{err:#}"),
-                        "cannot reach Redis for an announcement"
-                    );
-                    return Ok(full(unreachable()));
-                }
+        let sent = match cached.get().await {
+            Ok(connection) => {
+                announce::publish(connection, self.signing_keys.as_deref(), checked).await
             }
-        }
-        let Some(connection) = cached.as_mut() else {
-            return Ok(full(unreachable()));
+            Err(err) => Err(err),
         };
-        match announce::publish(connection, self.signing_keys.as_deref(), checked).await {
+        match cached.checked(sent) {
             Ok(sent) => Ok(full(json_response(StatusCode::ACCEPTED, &sent))),
             Err(err) => {
-                *cached = None;
                 tracing::warn!(error = format!("{err:#}"), "cannot publish an announcement");
                 Ok(full(unreachable()))
             }
@@ -320,28 +333,16 @@ impl FleetService {
         let now = unix_ms();
         let from = now.saturating_sub(TIMELINE_MS);
         let mut cached = self.connection.lock().await;
-        if cached.is_none() {
-            *cached = Some(connect(&self.redis).await?);
-        }
-        let Some(connection) = cached.as_mut() else {
-            anyhow::bail!("no Redis connection");
-        };
-        let entries: redis::RedisResult<Vec<(String, HashMap<String, String>)>> =
-            redis::cmd("XRANGE")
-                .arg(keys::FLEET_EVENTS)
-                .arg(format!("{from}-0"))
-                .arg("+")
-                .arg("COUNT")
-                .arg(TIMELINE_MAX_ENTRIES)
-                .query_async(connection)
-                .await;
-        let entries = match entries {
-            Ok(entries) => entries,
-            Err(err) => {
-                *cached = None;
-                return Err(err).context("cannot read the fleet's events");
-            }
-        };
+        let read = redis::cmd("XRANGE")
+            .arg(keys::FLEET_EVENTS)
+            .arg(format!("{from}-0"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(TIMELINE_MAX_ENTRIES)
+            .query_async::<Vec<(String, HashMap<String, String>)>>(cached.get().await?)
+            .await
+            .context("cannot read the fleet's events");
+        let entries = cached.checked(read)?;
         let changes: Vec<Value> = entries
             .into_iter()
             .filter(|(_, fields)| {
@@ -398,16 +399,11 @@ where
 /// fleet's events when a box is first seen missing (a box that vanishes
 /// cannot say so itself).
 async fn watch_fleet(redis: RedisConfig, snapshots: watch::Sender<Snapshot>) {
-    let mut connection: Option<RedisConnection> = None;
+    let mut connection = CachedConnection::new(redis);
     let mut missing: HashMap<String, bool> = HashMap::new();
     loop {
         let read = async {
-            if connection.is_none() {
-                connection = Some(connect(&redis).await?);
-            }
-            let Some(redis_connection) = connection.as_mut() else {
-                anyhow::bail!("no Redis connection");
-            };
+            let redis_connection = connection.get().await?;
             let fleet = boxes(redis_connection, None).await?;
             for fleet_box in &fleet {
                 let member = keys::fleet_member(&fleet_box.clinic, &fleet_box.node);
@@ -422,10 +418,9 @@ async fn watch_fleet(redis: RedisConfig, snapshots: watch::Sender<Snapshot>) {
             Ok(serde_json::to_string(&json!({"boxes": summaries}))?)
         }
         .await;
-        if read.is_err() {
-            connection = None;
-        }
-        let snapshot = read.map_err(|err: anyhow::Error| format!("{err:#}"));
+        let snapshot = connection
+            .checked(read)
+            .map_err(|err: anyhow::Error| format!("{err:#}"));
         if snapshots.send(Arc::new(snapshot)).is_err() {
             return;
         }
@@ -498,9 +493,8 @@ pub async fn serve(
         watch::channel::<Snapshot>(Arc::new(Err("not read yet".to_owned())));
     let watcher = tokio::spawn(watch_fleet(redis.clone(), snapshots));
     let service = Arc::new(FleetService {
-        redis,
         auth,
-        connection: tokio::sync::Mutex::new(None),
+        connection: tokio::sync::Mutex::new(CachedConnection::new(redis)),
         snapshot,
         signing_keys,
     });

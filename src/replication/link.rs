@@ -393,30 +393,45 @@ impl Replicator {
     ) -> anyhow::Result<Reported> {
         let offset = self.measure_clock_offset(connection).await?;
         self.clock.set_offset(Some(offset));
-        let clinic = &self.clinic;
         let now_ms = unix_ms();
         let (report, state) = self.report(now_ms);
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(keys::node_health(&clinic.id, &clinic.node))
+        let mut health = redis::cmd("SET");
+        health
+            .arg(keys::node_health(&self.clinic.id, &self.clinic.node))
             .arg(report.to_string())
             .arg("EX")
-            .arg(HEALTH_TTL_SECS)
-            .ignore();
-        let mut fleet_pipe = redis::pipe();
-        let heartbeat = Heartbeat {
-            clinic: &clinic.id,
-            node: &clinic.node,
-            now_ms,
-            report,
-            event: fleet::event_for(reported, &state),
-        };
-        fleet::write(&heartbeat, &mut pipe, &mut fleet_pipe);
-        let fleet_refused = fleet::send(connection, pipe, fleet_pipe)
+            .arg(HEALTH_TTL_SECS);
+        let event = fleet::event_for(reported, &state);
+        self.send_report(connection, health, report, now_ms, event)
             .await
             .context("cannot write this node's health key and fleet report")?;
-        self.note_fleet_write(fleet_refused);
         Ok(state)
+    }
+
+    /// The node health key command `health`, then the fleet report with
+    /// `event` when the state changed (see [`fleet`]).
+    async fn send_report(
+        &self,
+        connection: &mut RedisConnection,
+        health: redis::Cmd,
+        report: Value,
+        now_ms: u64,
+        event: Option<(&'static str, Option<&'static str>)>,
+    ) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.add_command(health).ignore();
+        let mut fleet_pipe = redis::pipe();
+        let heartbeat = Heartbeat {
+            clinic: &self.clinic.id,
+            node: &self.clinic.node,
+            now_ms,
+            report,
+            event,
+        };
+        fleet::write(&heartbeat, &mut pipe, &mut fleet_pipe);
+        let fleet_refused = fleet::send(connection, pipe, fleet_pipe).await?;
+        self.note_fleet_write(fleet_refused);
+        Ok(())
     }
 
     /// Says once when the fleet keys cannot be written (and once when they
@@ -438,30 +453,17 @@ impl Replicator {
     /// A graceful stop: the node health key goes at once (not after its
     /// TTL), and the fleet remembers the box stopped, when and why.
     async fn write_stopped(&self, connection: &mut RedisConnection) -> anyhow::Result<()> {
-        let clinic = &self.clinic;
         let now_ms = unix_ms();
         let reason = self
             .stop_reason
             .get()
             .unwrap_or_else(|| "stopped".to_owned());
         let (report, _) = self.report(now_ms);
-        let mut pipe = redis::pipe();
-        pipe.cmd("DEL")
-            .arg(keys::node_health(&clinic.id, &clinic.node))
-            .ignore();
-        let mut fleet_pipe = redis::pipe();
-        let heartbeat = Heartbeat {
-            clinic: &clinic.id,
-            node: &clinic.node,
-            now_ms,
-            report: fleet::stopped(report, now_ms, &reason),
-            event: Some(("stopped", None)),
-        };
-        fleet::write(&heartbeat, &mut pipe, &mut fleet_pipe);
-        let fleet_refused = fleet::send(connection, pipe, fleet_pipe)
+        let mut health = redis::cmd("DEL");
+        health.arg(keys::node_health(&self.clinic.id, &self.clinic.node));
+        let report = fleet::stopped(report, now_ms, &reason);
+        self.send_report(connection, health, report, now_ms, Some(("stopped", None)))
             .await
-            .context("cannot record this node's stop")?;
-        self.note_fleet_write(fleet_refused);
-        Ok(())
+            .context("cannot record this node's stop")
     }
 }

@@ -132,6 +132,18 @@ impl TestGateway {
         .await
     }
 
+    /// Broadcasts `event` with `{"n": n}` to `patients`; its seq.
+    pub async fn broadcast_numbered(&self, event: &str, n: u64) -> u64 {
+        let (status, answer) = self
+            .publish(
+                "/api/broadcast",
+                serde_json::json!({"room": "patients", "event": event, "data": {"n": n}}),
+            )
+            .await;
+        assert_eq!(status, 202, "{answer}");
+        answer["seq"].as_u64().expect("seq")
+    }
+
     pub async fn get(&self, path: &str) -> (u16, String) {
         let (status, body) = raw_http(self.addr, "GET", path, None, Vec::new()).await;
         (status, String::from_utf8_lossy(&body).into_owned())
