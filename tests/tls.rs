@@ -40,14 +40,44 @@ fn ca(name: &str) -> TestCa {
 
 /// Writes a server certificate for localhost / 127.0.0.1 signed by `ca` into `dir`.
 fn server_cert(ca: &TestCa, dir: &Path) -> (PathBuf, PathBuf) {
+    server_cert_until(ca, dir, (4096, 1, 1))
+}
+
+/// A server certificate valid until `(year, month, day)`, midnight UTC.
+fn server_cert_until(ca: &TestCa, dir: &Path, not_after: (i32, u8, u8)) -> (PathBuf, PathBuf) {
     let key = KeyPair::generate().unwrap();
-    let params =
+    let mut params =
         CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
     let cert = params.signed_by(&key, &ca.issuer).unwrap();
     let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert_path, cert.pem()).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
     (cert_path, key_path)
+}
+
+/// A client whose clock says `unix_seconds`, to talk to a server whose
+/// certificate expired.
+fn connector_at(trusted: &TestCa, unix_seconds: u64) -> TlsConnector {
+    #[derive(Debug)]
+    struct FixedTime(u64);
+    impl rustls::time_provider::TimeProvider for FixedTime {
+        fn current_time(&self) -> Option<rustls::pki_types::UnixTime> {
+            Some(rustls::pki_types::UnixTime::since_unix_epoch(
+                std::time::Duration::from_secs(self.0),
+            ))
+        }
+    }
+    let mut roots = RootCertStore::empty();
+    roots.add(trusted.der.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config =
+        rustls::ClientConfig::builder_with_details(provider, Arc::new(FixedTime(unix_seconds)))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
 }
 
 fn connector(trusted: &TestCa) -> TlsConnector {
@@ -79,16 +109,42 @@ async fn https_post(
     token: &str,
     body: Value,
 ) -> (u16, Value) {
-    let stream = tls_stream(addr, trusted).await.expect("tls handshake");
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
     let request = hyper::Request::post(path)
         .header("host", "localhost")
         .header("authorization", format!("Bearer {token}"))
         .body(Full::new(Bytes::from(body.to_string())))
         .unwrap();
+    https_request(addr, trusted, request).await
+}
+
+async fn https_request(
+    addr: std::net::SocketAddr,
+    trusted: &TestCa,
+    request: hyper::Request<Full<Bytes>>,
+) -> (u16, Value) {
+    let stream = tls_stream(addr, trusted).await.expect("tls handshake");
+    request_over(stream, request).await
+}
+
+async fn http_get_json(
+    stream: tokio_rustls::client::TlsStream<TcpStream>,
+    path: &str,
+) -> Value {
+    let request = hyper::Request::get(path)
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    request_over(stream, request).await.1
+}
+
+async fn request_over(
+    stream: tokio_rustls::client::TlsStream<TcpStream>,
+    request: hyper::Request<Full<Bytes>>,
+) -> (u16, Value) {
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
     let response = sender.send_request(request).await.unwrap();
     let status = response.status().as_u16();
     let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -385,4 +441,86 @@ async fn the_fleet_service_serves_https_with_the_gateways_keys() {
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(common::PROMPTLY, plain.read_to_end(&mut answer)).await;
     assert!(!answer.starts_with(b"HTTP/1.1"), "{answer:?}");
+}
+
+async fn https_health(addr: std::net::SocketAddr, trusted: &TestCa) -> Value {
+    let stream = tls_stream(addr, trusted).await.expect("tls handshake");
+    http_get_json(stream, "/health").await
+}
+
+fn days_until((year, month, day): (i32, u8, u8)) -> f64 {
+    let not_after = rcgen::date_time_ymd(year, month, day);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    (not_after.unix_timestamp() as f64 - now) / 86_400.0
+}
+
+#[tokio::test]
+async fn the_certificates_expiry_is_in_health_and_the_fleet_report_and_reload_updates_it() {
+    let redis = common::TestRedis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let trusted = ca("expiry ca");
+    let not_after = (2031, 6, 1);
+    let (cert, key) = server_cert_until(&trusted, dir.path(), not_after);
+    let replicate = common::replicating_to(&redis, "tls-box");
+    let gateway = TestGateway::start_with(|config| {
+        replicate(config);
+        config.server.tls_cert = cert;
+        config.server.tls_key = key;
+    })
+    .await;
+    let health = https_health(gateway.addr, &trusted).await;
+    let days = health["tls"]["certExpiryDays"].as_f64().expect("certExpiryDays");
+    assert!((days - days_until(not_after)).abs() < 0.2, "{health}");
+    assert_eq!(health["tls"]["certExpiresAt"], "2031-06-01T00:00:00.000Z", "{health}");
+    assert_ne!(health["why"], "certificate", "{health}");
+
+    // The fleet report carries it, and the fleet's metric is exported.
+    let mut client = redis.client().await;
+    let report_key = "smartwait:{test-clinic}:nodes:tls-box:last";
+    let deadline = tokio::time::Instant::now() + common::RECONNECT;
+    let report: Value = loop {
+        let text: Option<String> = redis::cmd("GET")
+            .arg(report_key)
+            .query_async(&mut client)
+            .await
+            .unwrap();
+        if let Some(text) = text {
+            break serde_json::from_str(&text).unwrap();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no fleet report");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let reported = report["certExpiryDays"]
+        .as_f64()
+        .expect("certExpiryDays in the report");
+    assert!((reported - days).abs() < 0.2, "{report}");
+    assert_eq!(report["tls"]["certExpiresAt"], "2031-06-01T00:00:00.000Z");
+    let fleet = common::gateway_command(dir.path())
+        .args(["fleet", "--redis", &redis.url(), "--json"])
+        .output()
+        .await
+        .unwrap();
+    let boxes: Vec<Value> = serde_json::from_slice(&fleet.stdout).unwrap();
+    let listed = boxes
+        .iter()
+        .find(|fleet_box| fleet_box["node"] == "tls-box")
+        .expect("the box in fleet --json");
+    assert_eq!(listed["report"]["certExpiryDays"], report["certExpiryDays"]);
+
+    // An expired certificate (replaced and reloaded): degraded, and why.
+    server_cert_until(&trusted, dir.path(), (2021, 3, 1));
+    gateway.tls.reload().unwrap();
+    // A client checks the expiry too: this one believes it is 2021-01-01.
+    let stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let stream = connector_at(&trusted, 1_609_459_200)
+        .connect(ServerName::try_from("localhost").unwrap(), stream)
+        .await
+        .expect("tls handshake in 2021");
+    let health = http_get_json(stream, "/health").await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["why"], "certificate", "{health}");
+    assert!(health["tls"]["certExpiryDays"].as_f64().unwrap() < -365.0, "{health}");
 }

@@ -216,6 +216,7 @@ impl Gateway {
                 state_dir: config.server.state_dir.clone(),
                 stop_reason: stop_reason.clone(),
                 fleet_refused: std::sync::atomic::AtomicBool::new(false),
+                certificate: tls.as_ref().map(|tls| tls.expiry()),
             };
             let fan_in = FanIn {
                 redis: config.redis.clone(),
@@ -269,6 +270,7 @@ impl Gateway {
                 metrics: metrics.clone(),
                 started,
                 clock: clock.clone(),
+                certificate: tls.as_ref().map(|tls| tls.expiry()),
                 shutdown: shutdown.clone(),
             },
             socket_io: SocketIo::new(sessions.clone()),

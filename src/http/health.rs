@@ -18,9 +18,10 @@ use crate::clock::{timestamp_now, unix_ms, Clock};
 use crate::core::rooms::Rooms;
 use crate::metrics::Metrics;
 use crate::net::slots::ConnectionSlots;
+use crate::net::tls::CertificateExpiry;
 use crate::publish::store_health::{StoreHealth, StoreState};
 use crate::publish::Outbox;
-use crate::replication::status::{degraded_why, LinkState, ReplicationStatus};
+use crate::replication::status::{degraded_why, BoxConditions, LinkState, ReplicationStatus};
 use crate::store;
 
 /// How long the readiness canary may take through the rooms core.
@@ -39,6 +40,8 @@ pub struct Health {
     pub metrics: Metrics,
     pub started: Instant,
     pub clock: Clock,
+    /// `Some` when TLS is on.
+    pub certificate: Option<CertificateExpiry>,
     pub shutdown: CancellationToken,
 }
 
@@ -55,10 +58,14 @@ impl Health {
         let clock = self.clock.status();
         let now = unix_ms();
         let redis_why = link.path_degraded(now);
+        let certificate_days = self.certificate.as_ref().map(|expiry| expiry.days_left(now));
         let degraded = degraded_why(
             &link,
-            store_status.state == StoreState::Ok,
-            clock.off(),
+            BoxConditions {
+                store_ok: store_status.state == StoreState::Ok,
+                clock_off: clock.off(),
+                certificate_expired: certificate_days.is_some_and(|days| days < 0.0),
+            },
             now,
         );
         let status = if stopping {
@@ -92,6 +99,7 @@ impl Health {
             },
             "store": store_json,
             "clock": clock,
+            "tls": self.certificate.as_ref().map(|expiry| expiry.describe(now)),
         "rooms": self.rooms.counts(),
             "lastSeq": self.rooms.last_seq(),
             "slowConsumerDisconnects": self.metrics.slow_consumer_disconnects.get(),

@@ -2,11 +2,14 @@
 //! and key with clear errors, swapping them on SIGHUP without touching open
 //! connections, and the client stream that is either plain TCP or TLS.
 //!
-//! Off unless both `server.tls_cert` and `server.tls_key` are set.
+//! Off unless both `server.tls_cert` and `server.tls_key` are set. The
+//! certificate's expiry is read at each load, for `/health` and the fleet
+//! report.
 
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 
@@ -21,15 +24,24 @@ use tokio_rustls::TlsAcceptor;
 use super::peer_limit::CountedStream;
 use crate::config::ServerConfig as ServerSection;
 
-/// Reads the certificate chain and key and checks that they belong together.
-pub fn load(cert_path: &Path, key_path: &Path) -> anyhow::Result<TlsAcceptor> {
+/// Reads the certificate chain and key and checks that they belong
+/// together; also returns when the (leaf) certificate expires, in Unix
+/// seconds.
+fn load(cert_path: &Path, key_path: &Path) -> anyhow::Result<(TlsAcceptor, i64)> {
     let certs = CertificateDer::pem_file_iter(cert_path)
         .with_context(|| format!("cannot read the TLS certificate {}", cert_path.display()))?
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("{} is not a PEM certificate chain", cert_path.display()))?;
-    if certs.is_empty() {
+    let Some(leaf) = certs.first() else {
         bail!("{} holds no certificate", cert_path.display());
-    }
+    };
+    let not_after = match x509_parser::parse_x509_certificate(leaf) {
+        Ok((_, certificate)) => certificate.validity().not_after.timestamp(),
+        Err(err) => bail!(
+            "{} is not an X.509 certificate: {err}",
+            cert_path.display()
+        ),
+    };
     let key = PrivateKeyDer::from_pem_file(key_path)
         .with_context(|| format!("cannot read a PEM private key from {}", key_path.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -46,7 +58,60 @@ pub fn load(cert_path: &Path, key_path: &Path) -> anyhow::Result<TlsAcceptor> {
             )
         })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok((TlsAcceptor::from(Arc::new(config)), not_after))
+}
+
+/// How many days a certificate expiring at `not_after` (Unix seconds) has
+/// left at `now_ms`; negative once it expired.
+fn days_left(not_after: i64, now_ms: u64) -> f64 {
+    (not_after as f64 - now_ms as f64 / 1000.0) / 86_400.0
+}
+
+/// When the certificate in use expires: `/health` and the fleet report
+/// read it, and a reload (SIGHUP) updates it.
+#[derive(Debug, Clone)]
+pub struct CertificateExpiry(Arc<AtomicI64>);
+
+impl CertificateExpiry {
+    fn new(not_after: i64) -> Self {
+        Self(Arc::new(AtomicI64::new(not_after)))
+    }
+
+    fn set(&self, not_after: i64) {
+        self.0.store(not_after, Ordering::Relaxed);
+    }
+
+    /// When it expires, Unix seconds.
+    pub fn not_after(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Days left at `now_ms` (fractional; negative once expired).
+    pub fn days_left(&self, now_ms: u64) -> f64 {
+        days_left(self.not_after(), now_ms)
+    }
+
+    /// `{"certExpiresAt", "certExpiryDays"}`, as `/health` and the fleet
+    /// report show it.
+    pub fn describe(&self, now_ms: u64) -> serde_json::Value {
+        let expires_ms = u64::try_from(self.not_after()).unwrap_or(0).saturating_mul(1000);
+        serde_json::json!({
+            "certExpiresAt": crate::clock::rfc3339_ms(expires_ms),
+            "certExpiryDays": (self.days_left(now_ms) * 10.0).round() / 10.0,
+        })
+    }
+}
+
+/// Certificates expiring within this many days are warned about at load.
+const EXPIRY_WARNING_DAYS: f64 = 14.0;
+
+fn warn_when_expiring(cert_path: &Path, not_after: i64) {
+    let days = days_left(not_after, crate::clock::unix_ms());
+    if days < 0.0 {
+        tracing::error!(certificate = %cert_path.display(), days_ago = format!("{:.1}", -days), "the TLS certificate has EXPIRED: browsers refuse to connect; replace it and send SIGHUP");
+    } else if days < EXPIRY_WARNING_DAYS {
+        tracing::warn!(certificate = %cert_path.display(), days_left = format!("{days:.1}"), "the TLS certificate expires soon; replace it and send SIGHUP");
+    }
 }
 
 /// The current certificate, replaceable while the gateway runs.
@@ -55,6 +120,7 @@ pub struct Tls {
     key_path: std::path::PathBuf,
     /// Read per accepted connection, written on reload; held only to clone.
     acceptor: RwLock<TlsAcceptor>,
+    expiry: CertificateExpiry,
 }
 
 impl std::fmt::Debug for Tls {
@@ -73,11 +139,16 @@ impl Tls {
             server.tls_key.as_os_str().is_empty(),
         ) {
             (true, true) => Ok(None),
-            (false, false) => Ok(Some(Self {
-                acceptor: RwLock::new(load(&server.tls_cert, &server.tls_key)?),
-                cert_path: server.tls_cert.clone(),
-                key_path: server.tls_key.clone(),
-            })),
+            (false, false) => {
+                let (acceptor, not_after) = load(&server.tls_cert, &server.tls_key)?;
+                warn_when_expiring(&server.tls_cert, not_after);
+                Ok(Some(Self {
+                    acceptor: RwLock::new(acceptor),
+                    expiry: CertificateExpiry::new(not_after),
+                    cert_path: server.tls_cert.clone(),
+                    key_path: server.tls_key.clone(),
+                }))
+            }
             _ => bail!("set both server.tls_cert and server.tls_key, or neither"),
         }
     }
@@ -89,13 +160,20 @@ impl Tls {
             .clone()
     }
 
+    /// When the certificate in use expires.
+    pub fn expiry(&self) -> CertificateExpiry {
+        self.expiry.clone()
+    }
+
     /// Re-reads the files; on error the current certificate stays in use.
     pub fn reload(&self) -> anyhow::Result<()> {
-        let acceptor = load(&self.cert_path, &self.key_path)?;
+        let (acceptor, not_after) = load(&self.cert_path, &self.key_path)?;
+        warn_when_expiring(&self.cert_path, not_after);
         *self
             .acceptor
             .write()
             .unwrap_or_else(PoisonError::into_inner) = acceptor;
+        self.expiry.set(not_after);
         Ok(())
     }
 }

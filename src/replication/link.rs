@@ -25,13 +25,14 @@ use super::fleet::{self, Heartbeat, Reported};
 use super::keys::{self, Envelope};
 use super::revocations::RevocationSharing;
 use super::signing::{self, Signer};
-use super::status::{degraded_why, LinkState, ReplicationStatus, StopReason};
+use super::status::{degraded_why, BoxConditions, LinkState, ReplicationStatus, StopReason};
 use crate::clock::{rfc3339_ms, unix_ms, Clock};
 use crate::config::{ClinicConfig, RedisConfig};
 use crate::core::event::CommittedEvent;
 use crate::core::rooms::Rooms;
 use crate::metrics::Metrics;
 use crate::net::slots::ConnectionSlots;
+use crate::net::tls::CertificateExpiry;
 use crate::publish::store_health::StoreState;
 use crate::publish::Publisher;
 use crate::store;
@@ -78,6 +79,8 @@ pub struct Replicator {
     pub stop_reason: StopReason,
     /// The last heartbeat could not write the fleet keys.
     pub fleet_refused: std::sync::atomic::AtomicBool,
+    /// `Some` when TLS is on: its expiry goes in the report.
+    pub certificate: Option<CertificateExpiry>,
 }
 
 /// Replicates until shutdown, reconnecting with backoff after any failure.
@@ -356,8 +359,18 @@ impl Replicator {
         let status = self.status.status();
         let store = self.publisher.store_health().status();
         let clock = self.clock.status();
-        let why = degraded_why(&status, store.state == StoreState::Ok, clock.off(), now_ms);
+        let certificate_days = self.certificate.as_ref().map(|expiry| expiry.days_left(now_ms));
+        let why = degraded_why(
+            &status,
+            BoxConditions {
+                store_ok: store.state == StoreState::Ok,
+                clock_off: clock.off(),
+                certificate_expired: certificate_days.is_some_and(|days| days < 0.0),
+            },
+            now_ms,
+        );
         let disk = store::disk_usage(&self.state_dir);
+        let tls = self.certificate.as_ref().map(|expiry| expiry.describe(now_ms));
         let report = json!({
             "node": clinic.node,
             "clinic": clinic.id,
@@ -374,6 +387,8 @@ impl Replicator {
             "store": store,
             "freeBytes": disk.free_bytes,
             "clock": clock,
+            "certExpiryDays": tls.as_ref().map(|tls| tls["certExpiryDays"].clone()),
+            "tls": tls,
             "uptimeSeconds": self.started.elapsed().as_secs(),
             "timestamp": rfc3339_ms(now_ms),
         });

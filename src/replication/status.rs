@@ -145,25 +145,37 @@ impl LinkStatus {
     }
 }
 
-/// Why a box is degraded, the first that holds: Redis configured and not
-/// connected (`redis`), its path degraded ([`LinkStatus::path_degraded`]),
-/// the store failing (`store`), the clock off (`clock`). `/health` and the
-/// fleet report say the same.
+/// What besides its Redis link can make a box degraded.
+#[derive(Debug, Clone, Copy)]
+pub struct BoxConditions {
+    pub store_ok: bool,
+    pub clock_off: bool,
+    /// TLS is on and its certificate expired: browsers refuse to connect.
+    pub certificate_expired: bool,
+}
+
+/// Why a box is degraded, the first that holds: its TLS certificate
+/// expired (`certificate`), Redis configured and not connected (`redis`),
+/// its path degraded ([`LinkStatus::path_degraded`]), the store failing
+/// (`store`), the clock off (`clock`). `/health` and the fleet report say
+/// the same.
 pub fn degraded_why(
     link: &LinkStatus,
-    store_ok: bool,
-    clock_off: bool,
+    conditions: BoxConditions,
     now_ms: u64,
 ) -> Option<&'static str> {
+    if conditions.certificate_expired {
+        return Some("certificate");
+    }
     if !matches!(link.state, LinkState::Connected | LinkState::Disabled) {
         return Some("redis");
     }
     if let Some(why) = link.path_degraded(now_ms) {
         return Some(why);
     }
-    if !store_ok {
+    if !conditions.store_ok {
         Some("store")
-    } else if clock_off {
+    } else if conditions.clock_off {
         Some("clock")
     } else {
         None
