@@ -2,7 +2,7 @@
 //! boxes of two clinics report; `smartwait-gateway fleet` lists them up,
 //! a SIGTERM'd box as stopped with its reason, a SIGKILL'd one as missing
 //! once it has not reported for 30 s, a box whose replicas never confirm
-//! as degraded with its why; `--clinic`, `--forget`, the table, the
+//! and one whose card fails (FUSE) as degraded with their why; `--clinic`, `--forget`, the table, the
 //! fleet's state changes in `smartwait:fleet:events`, and the exit
 //! statuses 0, 1 and 2 (Redis unreachable, said as such). The fleet
 //! service: Prometheus metrics and the shipped alerts, the live page in
@@ -683,4 +683,73 @@ async fn a_box_whose_redis_user_may_not_write_the_fleet_keys_still_replicates() 
     tokio::time::sleep(Duration::from_secs(11)).await;
     let health = lobby.health().await;
     assert_eq!(health["redis"]["state"], "connected", "{health}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_box_whose_card_fails_shows_degraded_store_and_recovers() {
+    let redis = TestRedis::start().await;
+    let url = redis.url();
+    let mut card = common::FaultFs::mount();
+    let the_box = start_box(&card.path(), &redis, "clinic-1", "sd", &[]).await;
+    let tool = tempfile::tempdir().expect("dir");
+    let tool = tool.path();
+    let token = common::mint_token(&card.path(), &["--role", "service"]).await;
+    wait_until(common::RECONNECT, "the box up in the fleet", || async {
+        let (_, boxes) = fleet_json(tool, &url).await;
+        find(&boxes, "sd").is_some_and(|sd| sd["state"] == "up")
+    })
+    .await;
+
+    card.set("eio on");
+    let (status, answer) = the_box.publish_waiting(&token, 1).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["durable"], false, "the card refuses it: {answer}");
+    wait_until(
+        common::RECONNECT,
+        "degraded: store in the fleet",
+        || async {
+            let (_, boxes) = fleet_json(tool, &url).await;
+            find(&boxes, "sd").is_some_and(|sd| sd["state"] == "degraded" && sd["why"] == "store")
+        },
+    )
+    .await;
+    let (status, table, _) = fleet(tool, &url, &[]).await;
+    assert_eq!(status, 1, "{table}");
+    assert!(table.contains("degraded: store"), "{table}");
+
+    card.set("eio off");
+    let (status, answer) = the_box.publish_waiting(&token, 2).await;
+    assert_eq!(status, 202, "{answer}");
+    wait_until(common::RECONNECT, "the box up again", || async {
+        let (status, boxes) = fleet_json(tool, &url).await;
+        status == 0 && find(&boxes, "sd").is_some_and(|sd| sd["state"] == "up")
+    })
+    .await;
+    let mut connection = redis.client().await;
+    let events: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg("smartwait:fleet:events")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut connection)
+        .await
+        .expect("XRANGE");
+    let changes: Vec<String> = events
+        .iter()
+        .map(|(_, fields)| {
+            let field = |name: &str| {
+                fields
+                    .chunks(2)
+                    .find(|pair| pair[0] == name)
+                    .map_or(String::new(), |pair| pair[1].clone())
+            };
+            format!("{} {} {}", field("state"), field("why"), field("node"))
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        ["up  sd", "degraded store sd", "recovered  sd"],
+        "{changes:?}"
+    );
 }

@@ -126,10 +126,7 @@ async fn https_request(
     request_over(stream, request).await
 }
 
-async fn http_get_json(
-    stream: tokio_rustls::client::TlsStream<TcpStream>,
-    path: &str,
-) -> Value {
+async fn http_get_json(stream: tokio_rustls::client::TlsStream<TcpStream>, path: &str) -> Value {
     let request = hyper::Request::get(path)
         .header("host", "localhost")
         .body(Full::new(Bytes::new()))
@@ -472,9 +469,14 @@ async fn the_certificates_expiry_is_in_health_and_the_fleet_report_and_reload_up
     })
     .await;
     let health = https_health(gateway.addr, &trusted).await;
-    let days = health["tls"]["certExpiryDays"].as_f64().expect("certExpiryDays");
+    let days = health["tls"]["certExpiryDays"]
+        .as_f64()
+        .expect("certExpiryDays");
     assert!((days - days_until(not_after)).abs() < 0.2, "{health}");
-    assert_eq!(health["tls"]["certExpiresAt"], "2031-06-01T00:00:00.000Z", "{health}");
+    assert_eq!(
+        health["tls"]["certExpiresAt"], "2031-06-01T00:00:00.000Z",
+        "{health}"
+    );
     assert_ne!(health["why"], "certificate", "{health}");
 
     // The fleet report carries it, and the fleet's metric is exported.
@@ -522,5 +524,8 @@ async fn the_certificates_expiry_is_in_health_and_the_fleet_report_and_reload_up
     let health = http_get_json(stream, "/health").await;
     assert_eq!(health["status"], "degraded", "{health}");
     assert_eq!(health["why"], "certificate", "{health}");
-    assert!(health["tls"]["certExpiryDays"].as_f64().unwrap() < -365.0, "{health}");
+    assert!(
+        health["tls"]["certExpiryDays"].as_f64().unwrap() < -365.0,
+        "{health}"
+    );
 }

@@ -58,7 +58,10 @@ impl Health {
         let clock = self.clock.status();
         let now = unix_ms();
         let redis_why = link.path_degraded(now);
-        let certificate_days = self.certificate.as_ref().map(|expiry| expiry.days_left(now));
+        let certificate_days = self
+            .certificate
+            .as_ref()
+            .map(|expiry| expiry.days_left(now));
         let degraded = degraded_why(
             &link,
             BoxConditions {

@@ -37,10 +37,7 @@ fn load(cert_path: &Path, key_path: &Path) -> anyhow::Result<(TlsAcceptor, i64)>
     };
     let not_after = match x509_parser::parse_x509_certificate(leaf) {
         Ok((_, certificate)) => certificate.validity().not_after.timestamp(),
-        Err(err) => bail!(
-            "{} is not an X.509 certificate: {err}",
-            cert_path.display()
-        ),
+        Err(err) => bail!("{} is not an X.509 certificate: {err}", cert_path.display()),
     };
     let key = PrivateKeyDer::from_pem_file(key_path)
         .with_context(|| format!("cannot read a PEM private key from {}", key_path.display()))?;
@@ -94,7 +91,9 @@ impl CertificateExpiry {
     /// `{"certExpiresAt", "certExpiryDays"}`, as `/health` and the fleet
     /// report show it.
     pub fn describe(&self, now_ms: u64) -> serde_json::Value {
-        let expires_ms = u64::try_from(self.not_after()).unwrap_or(0).saturating_mul(1000);
+        let expires_ms = u64::try_from(self.not_after())
+            .unwrap_or(0)
+            .saturating_mul(1000);
         serde_json::json!({
             "certExpiresAt": crate::clock::rfc3339_ms(expires_ms),
             "certExpiryDays": (self.days_left(now_ms) * 10.0).round() / 10.0,

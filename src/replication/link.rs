@@ -359,7 +359,10 @@ impl Replicator {
         let status = self.status.status();
         let store = self.publisher.store_health().status();
         let clock = self.clock.status();
-        let certificate_days = self.certificate.as_ref().map(|expiry| expiry.days_left(now_ms));
+        let certificate_days = self
+            .certificate
+            .as_ref()
+            .map(|expiry| expiry.days_left(now_ms));
         let why = degraded_why(
             &status,
             BoxConditions {
@@ -370,7 +373,10 @@ impl Replicator {
             now_ms,
         );
         let disk = store::disk_usage(&self.state_dir);
-        let tls = self.certificate.as_ref().map(|expiry| expiry.describe(now_ms));
+        let tls = self
+            .certificate
+            .as_ref()
+            .map(|expiry| expiry.describe(now_ms));
         let report = json!({
             "node": clinic.node,
             "clinic": clinic.id,
