@@ -371,10 +371,14 @@ async fn the_fleet_service_exports_every_box_for_prometheus_and_the_shipped_aler
     assert_eq!(boxes["boxes"][0]["node"], "lobby", "{boxes}");
     assert_eq!(boxes["boxes"][0]["state"], "up", "{boxes}");
 
-    // Without Redis the service says so, and exports no box as if gone.
+    // Without Redis the service says so at its next read (every 2 s), and
+    // exports no box as if gone.
     redis.kill();
+    wait_until(PROMPTLY, "the service to see Redis gone", || async {
+        scrape().await.contains("smartwait_fleet_redis_up 0")
+    })
+    .await;
     let text = scrape().await;
-    assert!(text.contains("smartwait_fleet_redis_up 0"), "{text}");
     assert!(!text.contains("smartwait_fleet_box_up{"), "{text}");
 }
 

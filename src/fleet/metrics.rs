@@ -102,7 +102,7 @@ pub fn render(fleet: Option<&[FleetBox]>, scrape_seconds: f64) -> String {
     gauge(
         &mut text,
         "smartwait_fleet_redis_up",
-        "1 when the fleet service read the central Redis for this scrape",
+        "1 when the fleet service's last read of the central Redis (every 2 s) succeeded",
     );
     let _ = writeln!(
         text,
@@ -112,7 +112,7 @@ pub fn render(fleet: Option<&[FleetBox]>, scrape_seconds: f64) -> String {
     gauge(
         &mut text,
         "smartwait_fleet_scrape_seconds",
-        "How long reading the fleet from Redis took",
+        "How long the last read of the fleet from Redis took",
     );
     let _ = writeln!(text, "smartwait_fleet_scrape_seconds {scrape_seconds:.6}");
     let Some(fleet) = fleet else {
@@ -179,7 +179,9 @@ mod tests {
             state,
             last_seen: String::new(),
             last_seen_ms: 1_700_000_000_000,
-            report: json!({"backlog": 3, "store": {"state": "ok"}, "clock": {"offsetMs": -250}, "version": "0.1.0"}),
+            report: std::sync::Arc::new(
+                json!({"backlog": 3, "store": {"state": "ok"}, "clock": {"offsetMs": -250}, "version": "0.1.0"}),
+            ),
         }
     }
 

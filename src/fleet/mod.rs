@@ -7,7 +7,9 @@
 //! replication layer's key layout and connection, the HTTP vocabulary,
 //! `auth` and the leaves.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use anyhow::Context;
 use futures_util::StreamExt;
@@ -77,8 +79,12 @@ pub async fn run_command(redis: &RedisConfig, command: &FleetCommand) -> u8 {
             Err(err) => unreachable(err),
         };
     }
+    let mut reader = FleetReader::default();
     loop {
-        let fleet = match boxes(&mut connection, command.clinic.as_deref()).await {
+        let fleet = match reader
+            .read(&mut connection, command.clinic.as_deref())
+            .await
+        {
             Ok(fleet) => fleet,
             Err(err) => return unreachable(err),
         };
@@ -146,8 +152,9 @@ pub(crate) struct FleetBox {
     pub last_seen: String,
     #[serde(skip)]
     pub last_seen_ms: u64,
-    /// The box's last report, as it wrote it (null when it is gone).
-    pub report: Value,
+    /// The box's last report, as it wrote it (null when it is gone);
+    /// shared with the reader's cache.
+    pub report: Arc<Value>,
 }
 
 impl FleetBox {
@@ -186,58 +193,100 @@ pub(crate) fn state_of(report: &Value, last_seen_ms: u64, now_ms: u64) -> BoxSta
     }
 }
 
-/// Every box of the fleet (of one clinic with `clinic`), worst first.
-pub(crate) async fn boxes(
-    connection: &mut RedisConnection,
-    clinic: Option<&str>,
-) -> anyhow::Result<Vec<FleetBox>> {
-    let seen: Vec<(String, f64)> = redis::cmd("ZRANGE")
-        .arg(keys::FLEET_SEEN)
-        .arg(0)
-        .arg(-1)
-        .arg("WITHSCORES")
-        .query_async(connection)
-        .await
-        .context("cannot read the fleet index")?;
-    let members: Vec<(String, String, u64)> = seen
-        .into_iter()
-        .filter_map(|(member, score)| {
-            let (clinic, node) = member.split_once('/')?;
-            Some((clinic.to_owned(), node.to_owned(), score as u64))
-        })
-        .filter(|(box_clinic, _, _)| clinic.is_none_or(|wanted| wanted == box_clinic))
-        .collect();
-    let report_keys: Vec<String> = members
-        .iter()
-        .map(|(clinic, node, _)| keys::node_last_report(clinic, node))
-        .collect();
-    let reports = read_all(connection, &report_keys).await?;
-    let now = unix_ms();
-    let mut boxes: Vec<FleetBox> = members
-        .into_iter()
-        .zip(reports)
-        .map(|((clinic, node, last_seen_ms), report)| {
-            let report = report
-                .and_then(|text| serde_json::from_str(&text).ok())
-                .unwrap_or(Value::Null);
-            FleetBox {
-                state: state_of(&report, last_seen_ms, now),
-                clinic,
-                node,
+/// Reads the fleet again and again: the index each time (one command),
+/// a box's last report only when its score moved since the last read, so
+/// a read costs about a fifth of the boxes' `GET`s when read every 2 s
+/// (boxes report every 10 s) and the index's `ZRANGE`.
+#[derive(Debug, Default)]
+pub(crate) struct FleetReader {
+    /// By fleet member: the score its report was read at, and the report.
+    reports: HashMap<String, (u64, Arc<Value>)>,
+}
+
+impl FleetReader {
+    /// Every box of the fleet (of one clinic with `clinic`), worst first.
+    pub(crate) async fn read(
+        &mut self,
+        connection: &mut RedisConnection,
+        clinic: Option<&str>,
+    ) -> anyhow::Result<Vec<FleetBox>> {
+        let seen: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(keys::FLEET_SEEN)
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(connection)
+            .await
+            .context("cannot read the fleet index")?;
+        let members: Vec<(String, u64)> = seen
+            .into_iter()
+            .filter(|(member, _)| {
+                member
+                    .split_once('/')
+                    .is_some_and(|(box_clinic, _)| clinic.is_none_or(|wanted| wanted == box_clinic))
+            })
+            .map(|(member, score)| (member, score as u64))
+            .collect();
+        let moved: Vec<&(String, u64)> = members
+            .iter()
+            .filter(|(member, score)| {
+                self.reports
+                    .get(member)
+                    .is_none_or(|(read_at, _)| read_at != score)
+            })
+            .collect();
+        let report_keys: Vec<String> = moved
+            .iter()
+            .filter_map(|(member, _)| {
+                let (clinic, node) = member.split_once('/')?;
+                Some(keys::node_last_report(clinic, node))
+            })
+            .collect();
+        let reports = read_all(connection, &report_keys).await?;
+        let mut fresh: HashMap<String, (u64, Arc<Value>)> = moved
+            .into_iter()
+            .zip(reports)
+            .map(|((member, score), report)| {
+                let report = report
+                    .and_then(|text| serde_json::from_str(&text).ok())
+                    .unwrap_or(Value::Null);
+                (member.clone(), (*score, Arc::new(report)))
+            })
+            .collect();
+        let now = unix_ms();
+        let mut boxes = Vec::with_capacity(members.len());
+        let mut kept = HashMap::with_capacity(members.len());
+        for (member, last_seen_ms) in members {
+            let Some(entry) = fresh
+                .remove(&member)
+                .or_else(|| self.reports.remove(&member))
+            else {
+                continue;
+            };
+            let Some((clinic, node)) = member.split_once('/') else {
+                continue;
+            };
+            boxes.push(FleetBox {
+                state: state_of(&entry.1, last_seen_ms, now),
+                clinic: clinic.to_owned(),
+                node: node.to_owned(),
                 last_seen: rfc3339_ms(last_seen_ms),
                 last_seen_ms,
-                report,
-            }
-        })
-        .collect();
-    boxes.sort_by(|a, b| {
-        a.state
-            .rank()
-            .cmp(&b.state.rank())
-            .then_with(|| a.clinic.cmp(&b.clinic))
-            .then_with(|| a.node.cmp(&b.node))
-    });
-    Ok(boxes)
+                report: entry.1.clone(),
+            });
+            kept.insert(member, entry);
+        }
+        // Boxes forgotten since are dropped with the rest.
+        self.reports = kept;
+        boxes.sort_by(|a, b| {
+            a.state
+                .rank()
+                .cmp(&b.state.rank())
+                .then_with(|| a.clinic.cmp(&b.clinic))
+                .then_with(|| a.node.cmp(&b.node))
+        });
+        Ok(boxes)
+    }
 }
 
 impl BoxState {

@@ -1,5 +1,8 @@
 //! `smartwait-gateway fleet serve`: a small central service beside the
-//! central Redis (it never connects to a box). `GET /metrics` is the whole
+//! central Redis (it never connects to a box). One task reads the fleet
+//! every 2 s (a box's report only when it moved, [`FleetReader`]) and the
+//! page, `/metrics`, `/fleet/api/boxes` and `/health` answer from that
+//! read: a scrape or a page view costs Redis nothing. `GET /metrics` is the whole
 //! fleet as Prometheus text ([`super::metrics`]), `GET /fleet` a page that
 //! shows every box live (`/fleet/api/stream`, Server-Sent Events pushed as
 //! the service reads the fleet every 2 s) with each box's states over 7
@@ -32,7 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::announce::{self, Announcement, Refused};
-use super::{boxes, BoxState, FleetBox, MISSING_AFTER_MS};
+use super::{BoxState, FleetBox, FleetReader, MISSING_AFTER_MS};
 use crate::auth::Authenticator;
 use crate::clock::{rfc3339_ms, unix_ms};
 use crate::config::{mask_url_password, RedisConfig, ServerConfig};
@@ -66,8 +69,22 @@ const SCRIPT: &str = include_str!("../../web/fleet/fleet.js");
 
 type Body = BoxBody<Bytes, Infallible>;
 
-/// The fleet as last read: the page's JSON, or why Redis could not be read.
-type Snapshot = Arc<Result<String, String>>;
+/// A read older than this means the watcher is stuck: Redis counts as
+/// unreachable.
+const STALE_AFTER: Duration = Duration::from_secs(15);
+
+/// The fleet as the watcher last read it (every [`READ_EVERY`]): the page,
+/// `/metrics`, `/fleet/api/boxes` and `/health` all answer from it, so a
+/// scrape or a page view costs Redis nothing.
+struct FleetRead {
+    /// The boxes and the page's JSON of them, or why Redis could not be read.
+    fleet: Result<(Vec<FleetBox>, String), String>,
+    /// How long the read took.
+    seconds: f64,
+    at: Instant,
+}
+
+type Snapshot = Arc<FleetRead>;
 
 /// The fleet service's state: its Redis connection, who may read, the last read.
 struct FleetService {
@@ -117,16 +134,11 @@ impl CachedConnection {
 }
 
 impl FleetService {
-    /// The fleet now, or why Redis could not be read.
-    async fn fleet(&self) -> anyhow::Result<Vec<FleetBox>> {
-        self.fleet_of(None).await
-    }
-
-    /// The boxes of `clinic` (of every clinic with `None`) now.
-    async fn fleet_of(&self, clinic: Option<&str>) -> anyhow::Result<Vec<FleetBox>> {
-        let mut cached = self.connection.lock().await;
-        let read = boxes(cached.get().await?, clinic).await;
-        cached.checked(read)
+    /// The watcher's last read, when it is not stale.
+    fn last_read(&self) -> (Snapshot, bool) {
+        let snapshot = self.snapshot.borrow().clone();
+        let fresh = snapshot.fleet.is_ok() && snapshot.at.elapsed() < STALE_AFTER;
+        (snapshot, fresh)
     }
 
     async fn respond(&self, request: Request<Incoming>) -> Response<Body> {
@@ -168,7 +180,7 @@ impl FleetService {
         }
         match path {
             "/health" => {
-                let reachable = self.fleet().await.is_ok();
+                let (_, reachable) = self.last_read();
                 Ok(full(json_response(
                     StatusCode::OK,
                     &json!({"status": if reachable { "ok" } else { "degraded" }, "redis": reachable}),
@@ -176,16 +188,12 @@ impl FleetService {
             }
             "/metrics" => {
                 self.authorize(&request)?;
-                let started = Instant::now();
-                let fleet = self.fleet().await;
-                if let Err(err) = &fleet {
-                    tracing::warn!(
-                        error = format!("{err:#}"),
-                        "cannot read the fleet from Redis"
-                    );
-                }
-                let text =
-                    super::metrics::render(fleet.as_deref().ok(), started.elapsed().as_secs_f64());
+                let (snapshot, fresh) = self.last_read();
+                let fleet = match &snapshot.fleet {
+                    Ok((fleet, _)) if fresh => Some(fleet.as_slice()),
+                    _ => None,
+                };
+                let text = super::metrics::render(fleet, snapshot.seconds);
                 let mut response = text_response(text);
                 response.headers_mut().insert(
                     CONTENT_TYPE,
@@ -202,18 +210,23 @@ impl FleetService {
             "/fleet/api/boxes" => {
                 self.authorize(&request)?;
                 let clinic = query_param(request.uri().query(), "clinic");
-                match self.fleet_of(clinic.as_deref()).await {
-                    Ok(fleet) => Ok(full(json_response(
-                        StatusCode::OK,
-                        &json!({"boxes": fleet}),
-                    ))),
-                    Err(err) => {
-                        tracing::warn!(
-                            error = format!("{err:#}"),
-                            "cannot read the fleet from Redis"
-                        );
-                        Ok(full(unreachable()))
+                let (snapshot, fresh) = self.last_read();
+                match &snapshot.fleet {
+                    Ok((fleet, _)) if fresh => {
+                        let of_clinic: Vec<&FleetBox> = fleet
+                            .iter()
+                            .filter(|fleet_box| {
+                                clinic
+                                    .as_deref()
+                                    .is_none_or(|wanted| fleet_box.clinic == wanted)
+                            })
+                            .collect();
+                        Ok(full(json_response(
+                            StatusCode::OK,
+                            &json!({"boxes": of_clinic}),
+                        )))
                     }
+                    _ => Ok(full(unreachable())),
                 }
             }
             "/fleet/api/stream" => {
@@ -311,8 +324,8 @@ impl FleetService {
                     return None;
                 }
                 let snapshot = snapshots.borrow_and_update().clone();
-                let event = match snapshot.as_ref() {
-                    Ok(fleet) => format!("event: boxes\ndata: {fleet}\n\n"),
+                let event = match &snapshot.fleet {
+                    Ok((_, page)) => format!("event: boxes\ndata: {page}\n\n"),
                     Err(why) => format!("event: unreachable\ndata: {}\n\n", json!(why)),
                 };
                 Some((
@@ -400,11 +413,14 @@ where
 /// cannot say so itself).
 async fn watch_fleet(redis: RedisConfig, snapshots: watch::Sender<Snapshot>) {
     let mut connection = CachedConnection::new(redis);
+    let mut reader = FleetReader::default();
     let mut missing: HashMap<String, bool> = HashMap::new();
+    let mut failing = false;
     loop {
+        let started = Instant::now();
         let read = async {
             let redis_connection = connection.get().await?;
-            let fleet = boxes(redis_connection, None).await?;
+            let fleet = reader.read(redis_connection, None).await?;
             for fleet_box in &fleet {
                 let member = keys::fleet_member(&fleet_box.clinic, &fleet_box.node);
                 let is_missing = matches!(fleet_box.state, BoxState::Missing { .. });
@@ -415,12 +431,25 @@ async fn watch_fleet(redis: RedisConfig, snapshots: watch::Sender<Snapshot>) {
                 }
             }
             let summaries: Vec<Value> = fleet.iter().map(summary).collect();
-            Ok(serde_json::to_string(&json!({"boxes": summaries}))?)
+            let page = serde_json::to_string(&json!({"boxes": summaries}))?;
+            Ok((fleet, page))
         }
         .await;
-        let snapshot = connection
+        let fleet = connection
             .checked(read)
             .map_err(|err: anyhow::Error| format!("{err:#}"));
+        // Said when it changes, not every 2 s while Redis is down.
+        match (&fleet, failing) {
+            (Err(why), false) => tracing::warn!(error = %why, "cannot read the fleet from Redis"),
+            (Ok(_), true) => tracing::info!("reads the fleet from Redis again"),
+            _ => {}
+        }
+        failing = fleet.is_err();
+        let snapshot = FleetRead {
+            fleet,
+            seconds: started.elapsed().as_secs_f64(),
+            at: Instant::now(),
+        };
         if snapshots.send(Arc::new(snapshot)).is_err() {
             return;
         }
@@ -489,8 +518,11 @@ pub async fn serve(
         redis = %mask_url_password(&redis.url),
         "fleet service listening on {scheme}://{address} (page: /fleet?token=..., metrics: /metrics)"
     );
-    let (snapshots, snapshot) =
-        watch::channel::<Snapshot>(Arc::new(Err("not read yet".to_owned())));
+    let (snapshots, snapshot) = watch::channel::<Snapshot>(Arc::new(FleetRead {
+        fleet: Err("not read yet".to_owned()),
+        seconds: 0.0,
+        at: Instant::now(),
+    }));
     let watcher = tokio::spawn(watch_fleet(redis.clone(), snapshots));
     let service = Arc::new(FleetService {
         auth,
