@@ -234,6 +234,10 @@ pub struct SocketIoConfig {
     /// A client that has not answered a ping within this is disconnected.
     #[serde(with = "duration_text")]
     pub ping_timeout: Duration,
+    /// A client that has not sent CONNECT within this is disconnected
+    /// (the reference server's `connectTimeout`), freeing its slot.
+    #[serde(with = "duration_text")]
+    pub connect_timeout: Duration,
 }
 
 impl Default for SocketIoConfig {
@@ -241,6 +245,7 @@ impl Default for SocketIoConfig {
         Self {
             ping_interval: Duration::from_secs(25),
             ping_timeout: Duration::from_secs(20),
+            connect_timeout: Duration::from_secs(45),
         }
     }
 }
@@ -645,8 +650,11 @@ impl Config {
         {
             bail!("redis.outbox_max_events, redis.stream_maxlen and redis.batch_events must be greater than 0");
         }
-        if self.socketio.ping_interval.is_zero() || self.socketio.ping_timeout.is_zero() {
-            bail!("socketio.ping_interval and socketio.ping_timeout must be greater than 0");
+        if self.socketio.ping_interval.is_zero()
+            || self.socketio.ping_timeout.is_zero()
+            || self.socketio.connect_timeout.is_zero()
+        {
+            bail!("socketio.ping_interval, socketio.ping_timeout and socketio.connect_timeout must be greater than 0");
         }
         if self.limits.header_timeout.is_zero() || self.limits.keepalive_timeout.is_zero() {
             bail!("limits.header_timeout and limits.keepalive_timeout must be greater than 0");

@@ -24,6 +24,11 @@ pub struct CodeLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct HttpLabels {
     pub route: &'static str,
     pub status: u16,
@@ -41,6 +46,8 @@ pub struct Metrics {
     pub events_published: Counter,
     pub frames_delivered: Counter,
     pub slow_consumer_disconnects: Counter,
+    /// Socket.IO connections (Engine.IO sessions) closed for breaking the protocol.
+    pub socketio_protocol_closes: Family<ReasonLabel, Counter>,
     pub http_requests: Family<HttpLabels, Counter>,
     pub publish_to_send_seconds: Histogram,
     pub store_errors: Counter,
@@ -74,6 +81,7 @@ impl Metrics {
         let events_published = Counter::default();
         let frames_delivered = Counter::default();
         let slow_consumer_disconnects = Counter::default();
+        let socketio_protocol_closes = Family::default();
         let http_requests = Family::default();
         // 50 µs to ~1.6 s: local delivery is expected in the sub-millisecond range.
         let publish_to_send_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
@@ -183,6 +191,11 @@ impl Metrics {
             slow_consumer_disconnects.clone(),
         );
         registry.register(
+            "socketio_protocol_closes",
+            "Socket.IO connections or Engine.IO sessions closed for a protocol violation, by reason",
+            socketio_protocol_closes.clone(),
+        );
+        registry.register(
             "http_requests",
             "HTTP requests by route and status",
             http_requests.clone(),
@@ -203,6 +216,7 @@ impl Metrics {
             events_published,
             frames_delivered,
             slow_consumer_disconnects,
+            socketio_protocol_closes,
             http_requests,
             publish_to_send_seconds,
             store_errors,

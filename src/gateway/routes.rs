@@ -79,11 +79,24 @@ impl Route {
     }
 
     /// The methods the route answers; the first is named in 405 answers.
-    fn methods(&self) -> &'static [Method] {
+    /// `None`: the route answers every method itself (Engine.IO refuses
+    /// a wrong one with its own 400).
+    fn methods(&self) -> Option<&'static [Method]> {
         match self {
-            Self::Api(_) | Self::RevokeToken => &[Method::POST],
-            Self::SocketIo => &[Method::GET, Method::POST],
-            _ => &[Method::GET],
+            Self::Api(_) | Self::RevokeToken => Some(&[Method::POST]),
+            Self::SocketIo => None,
+            _ => Some(&[Method::GET]),
+        }
+    }
+
+    /// When the route does not answer `method`: the method to name in the
+    /// 405 answer.
+    fn refuses(&self, method: &Method) -> Option<Method> {
+        let methods = self.methods()?;
+        if methods.contains(method) {
+            None
+        } else {
+            methods.first().cloned()
         }
     }
 
@@ -128,8 +141,9 @@ impl Routes {
             Some(route) if route.cross_origin() && request.method() == Method::OPTIONS => {
                 self.cors.preflight(request.headers())
             }
-            Some(route) if !route.methods().contains(request.method()) => {
-                HttpError::MethodNotAllowed(route.methods()[0].clone()).into_response()
+            Some(route) if route.refuses(request.method()).is_some() => {
+                let allowed = route.refuses(request.method()).unwrap_or(Method::GET);
+                HttpError::MethodNotAllowed(allowed).into_response()
             }
             Some(route) => self
                 .dispatch(peer, route, request)

@@ -74,6 +74,44 @@ pub enum CloseReason {
     Idle,
     /// A frame far over `limits.max_client_frame_bytes`: 1009.
     TooBig,
+    /// The client ended the session (Engine.IO close, Socket.IO
+    /// DISCONNECT): 1000, the answer RFC 6455 expects.
+    Normal,
+    /// A Socket.IO or Engine.IO protocol violation, named: 1002.
+    Violation(Violation),
+    /// A Socket.IO client that did not CONNECT within
+    /// `socketio.connect_timeout`: 1008.
+    ConnectTimeout,
+}
+
+/// How a Socket.IO or Engine.IO client broke its protocol: the close
+/// reason and the label of `socketio_protocol_closes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Violation {
+    /// Not an Engine.IO packet (unknown type, empty).
+    EngineIoPacket,
+    /// Not a Socket.IO packet (unknown type, an EVENT that is not a
+    /// non-empty array, a bad ack id, a reserved event name, ...).
+    SocketIoPacket,
+    /// Anything but CONNECT before the client connected, or a packet for a
+    /// namespace it is not connected to.
+    NotConnected,
+    /// CONNECT to the main namespace a second time.
+    AlreadyConnected,
+    /// A second polling POST (or GET) while one was in progress.
+    PollingOverlap,
+}
+
+impl Violation {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::EngineIoPacket => "invalid_engineio_packet",
+            Self::SocketIoPacket => "invalid_socketio_packet",
+            Self::NotConnected => "not_connected",
+            Self::AlreadyConnected => "already_connected",
+            Self::PollingOverlap => "polling_overlap",
+        }
+    }
 }
 
 impl CloseReason {
@@ -85,6 +123,9 @@ impl CloseReason {
             Self::Budget(exhausted) => (CloseCode::Policy, exhausted.reason()),
             Self::Idle => (CloseCode::Away, "idle_timeout"),
             Self::TooBig => (CloseCode::Size, "frame_too_large"),
+            Self::Normal => (CloseCode::Normal, ""),
+            Self::Violation(violation) => (CloseCode::Protocol, violation.reason()),
+            Self::ConnectTimeout => (CloseCode::Policy, "connect_timeout"),
         };
         CloseFrame {
             code,

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::engineio;
-use super::registry::{EngineSessions, Inbound, PollAnswer};
+use super::registry::{EngineSessions, Inbound, PollAnswer, SessionEntry};
 use super::session::{EngineSession, SessionId};
 use crate::http::query::query_param;
 use crate::http::response::{
@@ -158,20 +158,25 @@ impl SocketIo {
                 Ok(upgraded)
             }
             (Some(sid), websocket) => {
-                let inbox = self
+                let entry = self
                     .registry
                     .get(&sid)
                     .ok_or(EngineError::SessionIdUnknown)?;
                 if websocket {
+                    let inbox = entry.inbox;
                     let upgraded =
                         upgrade_with(&self.sessions, peer, request, move |_, socket| async move {
                             let _ = inbox.send(Inbound::Probe(Box::new(socket))).await;
                         })?;
                     Ok(upgraded)
                 } else if request.method() == Method::GET {
-                    poll(inbox).await
+                    poll(entry.inbox).await
+                } else if request.method() == Method::POST {
+                    self.post(entry, request).await
                 } else {
-                    self.post(inbox, request).await
+                    // The reference answers other methods with a bare 500;
+                    // this is the client's mistake, said in Engine.IO's shape.
+                    Err(EngineError::BadRequest("Polling takes GET and POST").into())
                 }
             }
         }
@@ -198,11 +203,19 @@ impl SocketIo {
         Ok(text_response(open))
     }
 
+    /// One POST at a time per session, as Engine.IO requires: a second
+    /// while the first is read gets 400 and closes the session, so the
+    /// packets of one POST never overtake another's.
     async fn post(
         &self,
-        inbox: mpsc::Sender<Inbound>,
+        entry: SessionEntry,
         request: Request<Incoming>,
     ) -> Result<HttpResponse, EndpointError> {
+        let inbox = entry.inbox.clone();
+        let Some(_posting) = entry.claim_post() else {
+            let _ = inbox.send(Inbound::PostOverlap).await;
+            return Err(EngineError::BadRequest("Data request overlap").into());
+        };
         let limit = max_payload(&self.sessions);
         let body = read_body(request, limit, self.sessions.limits().header_timeout).await?;
         let text = String::from_utf8(body.to_vec())
@@ -249,9 +262,7 @@ async fn poll(inbox: mpsc::Sender<Inbound>) -> Result<HttpResponse, EndpointErro
         .map_err(|_| EngineError::SessionIdUnknown)?;
     match answered.await {
         Ok(PollAnswer::Payload(payload)) => Ok(text_response(payload)),
-        Ok(PollAnswer::Overlap) => {
-            Err(EngineError::BadRequest("Overlapping polling requests").into())
-        }
+        Ok(PollAnswer::Overlap) => Err(EngineError::BadRequest("Overlap from client").into()),
         Ok(PollAnswer::Closed) | Err(_) => {
             Err(EngineError::BadRequest("The session has ended or moved to WebSocket").into())
         }

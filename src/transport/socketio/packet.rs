@@ -4,7 +4,9 @@
 //! A packet is `<type>[<attachments>-][<namespace>,][<ack id>][<JSON>]`
 //! with types `0` CONNECT, `1` DISCONNECT, `2` EVENT, `3` ACK, `4`
 //! CONNECT_ERROR, `5` BINARY_EVENT, `6` BINARY_ACK. Binary packets are
-//! refused: the gateway's payloads are JSON.
+//! refused: the gateway's payloads are JSON. What the specification calls
+//! invalid (and socket.io-parser throws on) is a [`PacketError::Malformed`],
+//! which closes the connection.
 
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -37,11 +39,26 @@ pub enum ClientPacket {
     Ack,
 }
 
+/// Events a client may not emit (socket.io-parser's `RESERVED_EVENTS`).
+const RESERVED_EVENTS: [&str; 6] = [
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+];
+
 /// Why a message is not a usable Socket.IO packet.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PacketError {
+    /// A well-formed binary packet: refused, but its ack id (a BINARY_EVENT's)
+    /// is answered, and its attachments are skipped.
     #[error("binary Socket.IO packets are not supported; emit JSON data")]
-    Binary,
+    Binary {
+        attachments: usize,
+        ack: Option<u64>,
+    },
     #[error("not a Socket.IO packet: {0}")]
     Malformed(&'static str),
 }
@@ -54,9 +71,18 @@ pub fn parse(text: &str) -> Result<ClientPacket, PacketError> {
         .next()
         .ok_or(PacketError::Malformed("empty packet"))?;
     rest = &rest[kind.len_utf8()..];
-    if matches!(kind, '5' | '6') {
-        return Err(PacketError::Binary);
-    }
+    let binary = matches!(kind, '5' | '6');
+    let attachments = if binary {
+        let (count, after) = rest.split_once('-').ok_or(PacketError::Malformed(
+            "a binary packet starts with its attachment count",
+        ))?;
+        rest = after;
+        count
+            .parse::<usize>()
+            .map_err(|_| PacketError::Malformed("invalid attachment count"))?
+    } else {
+        0
+    };
     let namespace = match rest.strip_prefix('/') {
         Some(_) => {
             let (namespace, after) = rest.split_once(',').unwrap_or((rest, ""));
@@ -84,12 +110,16 @@ pub fn parse(text: &str) -> Result<ClientPacket, PacketError> {
         )
     };
     match kind {
-        '0' => Ok(ClientPacket::Connect {
-            namespace,
-            auth: payload,
-        }),
-        '1' => Ok(ClientPacket::Disconnect { namespace }),
-        '2' => {
+        '0' => match payload {
+            None | Some(Value::Object(_)) => Ok(ClientPacket::Connect {
+                namespace,
+                auth: payload,
+            }),
+            Some(_) => Err(PacketError::Malformed("a CONNECT payload is an object")),
+        },
+        '1' if payload.is_none() => Ok(ClientPacket::Disconnect { namespace }),
+        '1' => Err(PacketError::Malformed("a DISCONNECT has no payload")),
+        '2' | '5' => {
             let Some(Value::Array(mut args)) = payload else {
                 return Err(PacketError::Malformed(
                     "an event is a JSON array [name, ...args]",
@@ -101,6 +131,12 @@ pub fn parse(text: &str) -> Result<ClientPacket, PacketError> {
             let Value::String(name) = args.remove(0) else {
                 return Err(PacketError::Malformed("an event name is a string"));
             };
+            if RESERVED_EVENTS.contains(&name.as_str()) {
+                return Err(PacketError::Malformed("a reserved event name"));
+            }
+            if binary {
+                return Err(PacketError::Binary { attachments, ack });
+            }
             let data = args.into_iter().next().unwrap_or(Value::Null);
             Ok(ClientPacket::Event {
                 namespace,
@@ -109,7 +145,19 @@ pub fn parse(text: &str) -> Result<ClientPacket, PacketError> {
                 data,
             })
         }
+        '3' | '6' if ack.is_none() => Err(PacketError::Malformed("an ACK needs an id")),
+        '3' | '6' if !matches!(payload, Some(Value::Array(_))) => {
+            Err(PacketError::Malformed("an ACK payload is an array"))
+        }
         '3' => Ok(ClientPacket::Ack),
+        // An ACK of a server event: the gateway asks for none.
+        '6' => Err(PacketError::Binary {
+            attachments,
+            ack: None,
+        }),
+        '4' => Err(PacketError::Malformed(
+            "a client does not send CONNECT_ERROR",
+        )),
         _ => Err(PacketError::Malformed("unknown packet type")),
     }
 }
@@ -119,9 +167,13 @@ pub fn connect(sid: &str) -> String {
     format!("40{}", serde_json::json!({ "sid": sid }))
 }
 
-/// CONNECT_ERROR with a message and data, for `namespace`.
-pub fn connect_error(namespace: &str, message: &str, data: &Value) -> String {
-    let body = serde_json::json!({ "message": message, "data": data });
+/// CONNECT_ERROR with a message, and data when there is any (the
+/// reference sends none for an unknown namespace), for `namespace`.
+pub fn connect_error(namespace: &str, message: &str, data: Option<&Value>) -> String {
+    let body = match data {
+        Some(data) => serde_json::json!({ "message": message, "data": data }),
+        None => serde_json::json!({ "message": message }),
+    };
     if namespace == MAIN_NAMESPACE {
         format!("44{body}")
     } else {
@@ -254,11 +306,26 @@ mod tests {
         assert_eq!(parse(r#"3/admin,456[]"#), Ok(ClientPacket::Ack));
         assert_eq!(
             parse(r#"51-["hello",{"_placeholder":true,"num":0}]"#),
-            Err(PacketError::Binary)
+            Err(PacketError::Binary {
+                attachments: 1,
+                ack: None
+            })
+        );
+        assert_eq!(
+            parse(
+                r#"52-/admin,7["hello",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#
+            ),
+            Err(PacketError::Binary {
+                attachments: 2,
+                ack: Some(7)
+            })
         );
         assert_eq!(
             parse(r#"61-/admin,456[{"_placeholder":true,"num":0}]"#),
-            Err(PacketError::Binary)
+            Err(PacketError::Binary {
+                attachments: 1,
+                ack: None
+            })
         );
     }
 
@@ -275,6 +342,16 @@ mod tests {
             "2/ns",
             "299999999999999999999999[\"x\"]",
             "€",
+            "abc",
+            "0\"token\"",
+            "1{}",
+            "2[\"connect\"]",
+            "3",
+            "31",
+            "31{}",
+            "4{\"message\":\"x\"}",
+            "5[\"x\"]",
+            "5x-[\"x\"]",
         ] {
             assert!(parse(text).is_err(), "{text:?}");
         }
@@ -284,12 +361,16 @@ mod tests {
     fn encodings_match_what_socket_io_client_reads() {
         assert_eq!(connect("abc"), r#"40{"sid":"abc"}"#);
         assert_eq!(
-            connect_error("/", "invalid_token", &json!({"code": "invalid_token"})),
+            connect_error(
+                "/",
+                "invalid_token",
+                Some(&json!({"code": "invalid_token"}))
+            ),
             r#"44{"message":"invalid_token","data":{"code":"invalid_token"}}"#
         );
         assert_eq!(
-            connect_error("/admin", "Invalid namespace", &Value::Null),
-            r#"44/admin,{"message":"Invalid namespace","data":null}"#
+            connect_error("/admin", "Invalid namespace", None),
+            r#"44/admin,{"message":"Invalid namespace"}"#
         );
         assert_eq!(
             event("joined", &json!({"room": "staff"})),

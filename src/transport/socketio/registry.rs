@@ -4,6 +4,7 @@
 //! [`Registration`].
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{mpsc, oneshot};
@@ -18,6 +19,9 @@ pub enum Inbound {
     Poll(oneshot::Sender<PollAnswer>),
     /// A WebSocket opened with this session's sid, to probe and upgrade to.
     Probe(Box<Socket>),
+    /// A POST arrived while another was still being read: the session is
+    /// closed (Engine.IO: "data request overlap").
+    PostOverlap,
 }
 
 /// The answer to a polling GET.
@@ -30,28 +34,57 @@ pub enum PollAnswer {
     Closed,
 }
 
+/// What requests naming a session reach it by.
+#[derive(Debug, Clone)]
+pub struct SessionEntry {
+    pub inbox: mpsc::Sender<Inbound>,
+    /// A POST's body is being read for it: a second one is refused.
+    posting: Arc<AtomicBool>,
+}
+
+impl SessionEntry {
+    /// Claims the session's one POST slot until the guard is dropped;
+    /// `None` when another POST holds it.
+    pub fn claim_post(&self) -> Option<PostGuard> {
+        (!self.posting.swap(true, Ordering::AcqRel)).then(|| PostGuard(self.posting.clone()))
+    }
+}
+
+/// A POST in progress; dropping it frees the slot.
+pub struct PostGuard(Arc<AtomicBool>);
+
+impl Drop for PostGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// Live sessions by sid; cheap to clone.
 #[derive(Debug, Default, Clone)]
 pub struct EngineSessions {
     /// Held only to insert, look up or remove one entry.
-    sessions: Arc<Mutex<HashMap<String, mpsc::Sender<Inbound>>>>,
+    sessions: Arc<Mutex<HashMap<String, SessionEntry>>>,
 }
 
 impl EngineSessions {
     /// Makes `sid` reach `inbox` until the registration is dropped.
     pub fn register(&self, sid: String, inbox: mpsc::Sender<Inbound>) -> Registration {
-        self.lock().insert(sid.clone(), inbox);
+        let entry = SessionEntry {
+            inbox,
+            posting: Arc::default(),
+        };
+        self.lock().insert(sid.clone(), entry);
         Registration {
             sessions: self.clone(),
             sid,
         }
     }
 
-    pub fn get(&self, sid: &str) -> Option<mpsc::Sender<Inbound>> {
+    pub fn get(&self, sid: &str) -> Option<SessionEntry> {
         self.lock().get(sid).cloned()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, mpsc::Sender<Inbound>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, SessionEntry>> {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -24,12 +24,13 @@ use super::packet::{self as socketio, ClientPacket};
 use super::registry::{Inbound, PollAnswer, Registration};
 use crate::auth::TokenError;
 use crate::core::event::{Framing, RoomEvent};
+use crate::metrics::ReasonLabel;
 use crate::net::slots::ClientSlot;
 use crate::transport::budget::Exhausted;
 use crate::transport::client::{Client, RequestKind, TokenTimer};
 use crate::transport::requests::{self, ErrorCode, ProtocolError};
 use crate::transport::sessions::Sessions;
-use crate::transport::websocket::{close, CloseReason, Socket};
+use crate::transport::websocket::{close, CloseReason, Socket, Violation};
 
 /// An encoded packet: UTF-8 text, which a WebSocket write takes as it is.
 type TextFrame = Utf8Bytes;
@@ -72,12 +73,21 @@ const MAX_EVENTS_PER_WRITE: usize = 64;
 /// Why a session ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
-    /// The client closed or disconnected.
+    /// The client closed the session (Engine.IO close) or disconnected
+    /// (Socket.IO DISCONNECT): a WebSocket gets its Close frame (1000).
     ClientLeft,
+    /// The connection is gone (closed or failed under us): nothing to send.
+    TransportGone,
     /// We close it, with this reason.
     Closed(CloseReason),
     /// No pong within the ping timeout.
     PingTimeout,
+}
+
+/// The client broke the protocol: the connection (Socket.IO) or session
+/// (Engine.IO) is closed, as the specifications say.
+fn violation(violation: Violation) -> End {
+    End::Closed(CloseReason::Violation(violation))
 }
 
 enum Transport {
@@ -105,6 +115,9 @@ pub struct EngineSession {
     /// Set when the server disconnected the client (its token ran out):
     /// the session ends, for this reason, once the DISCONNECT is sent.
     disconnecting: Option<CloseReason>,
+    /// Binary attachments still to come of a refused binary packet: they
+    /// belong to it and are dropped without a second error.
+    skip_attachments: usize,
     _slot: ClientSlot,
 }
 
@@ -131,6 +144,7 @@ impl EngineSession {
             query_token,
             pong_deadline: None,
             disconnecting: None,
+            skip_attachments: 0,
             _slot: slot,
         }
     }
@@ -153,6 +167,9 @@ impl EngineSession {
                 Err(end) => Err(end),
             };
             tracing::debug!(?end, "socket.io session ended");
+            if let Err(End::Closed(reason)) = end {
+                session.count_protocol_close(reason);
+            }
             if let Some(client) = &mut session.client {
                 client.leave_all();
             }
@@ -168,6 +185,7 @@ impl EngineSession {
             socketio.ping_interval,
         );
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let connect_deadline = Instant::now() + socketio.connect_timeout;
         // Created once, not per loop turn (see native/session.rs).
         let shutdown_token = self.sessions.shutdown().clone();
         let mut shutdown = std::pin::pin!(shutdown_token.cancelled());
@@ -192,6 +210,7 @@ impl EngineSession {
                 None => self.client.as_ref().and_then(Client::token_check_at),
                 Some(_) => None,
             };
+            let connect_by = self.client.is_none().then_some(connect_deadline);
             tokio::select! {
                 biased;
                 () = &mut shutdown => return Err(End::Closed(CloseReason::Shutdown)),
@@ -204,6 +223,11 @@ impl EngineSession {
                 () = async { match token_check_at { Some(at) => sleep_until(at).await, None => pending().await } } => {
                     self.on_token_timer();
                 }
+                // As the reference server's connectTimeout: a client that
+                // only answers pings would hold its slot for ever.
+                () = async { match connect_by { Some(at) => sleep_until(at).await, None => pending().await } } => {
+                    return Err(End::Closed(CloseReason::ConnectTimeout));
+                }
 
                 _ = ping.tick() => {
                     self.queue(TextFrame::from(Packet::Ping("").encode()));
@@ -213,14 +237,14 @@ impl EngineSession {
                 }
                 inbound = async { match &mut self.inbound { Some(inbound) => inbound.recv().await, None => pending().await } } => match inbound {
                     Some(inbound) => self.on_inbound(inbound).await?,
-                    None => return Err(End::ClientLeft),
+                    None => return Err(End::TransportGone),
                 },
                 message = async { match &mut self.transport { Transport::WebSocket(socket) => socket.next().await, Transport::Polling => pending().await } } => {
                     match message {
                         Some(Ok(Message::Text(text))) => self.on_packet(&text).await?,
-                        Some(Ok(Message::Binary(_))) => self.reject(ErrorCode::BinaryNotSupported, "binary frames are not supported")?,
+                        Some(Ok(Message::Binary(_))) => self.on_binary("binary frames are not supported")?,
                         Some(Ok(_)) => {}
-                        None | Some(Err(_)) => return Err(End::ClientLeft),
+                        None | Some(Err(_)) => return Err(End::TransportGone),
                     }
                 }
                 message = async { match &mut self.probe { Some((socket, _)) => socket.next().await, None => pending().await } } => {
@@ -320,7 +344,7 @@ impl EngineSession {
                 };
                 match written {
                     Ok(Ok(())) => Ok(()),
-                    Ok(Err(_)) => Err(End::ClientLeft),
+                    Ok(Err(_)) => Err(End::TransportGone),
                     Err(_) => Err(End::Closed(CloseReason::SlowConsumer)),
                 }
             }
@@ -356,13 +380,16 @@ impl EngineSession {
                     return Ok(());
                 }
                 if let Some(previous) = self.waiting_poll.take() {
-                    let _ = previous.send(PollAnswer::Overlap);
+                    // As engine.io: the second GET gets 400, and the
+                    // pending one ends cleanly with the session's close packet.
+                    let _ = previous.send(PollAnswer::Payload(Packet::Close.encode()));
                     let _ = answer.send(PollAnswer::Overlap);
-                    return Err(End::ClientLeft);
+                    return Err(violation(Violation::PollingOverlap));
                 }
                 self.waiting_poll = Some(answer);
                 Ok(())
             }
+            Inbound::PostOverlap => Err(violation(Violation::PollingOverlap)),
             Inbound::Probe(socket) => {
                 if matches!(self.transport, Transport::Polling) && self.probe.is_none() {
                     self.probe = Some((socket, false));
@@ -427,12 +454,22 @@ impl EngineSession {
             }
             Ok(Packet::Close) => Err(End::ClientLeft),
             Ok(Packet::Open(_) | Packet::Upgrade | Packet::Noop) => Ok(()),
-            Err(engineio::PacketError::Binary) => self.reject(
-                ErrorCode::BinaryNotSupported,
-                "binary packets are not supported",
-            ),
-            Err(_) => self.reject(ErrorCode::InvalidMessage, "not an Engine.IO packet"),
+            Err(engineio::PacketError::Binary) => {
+                self.on_binary("binary packets are not supported")
+            }
+            // engine.io closes the session on a packet it cannot decode.
+            Err(_) => Err(violation(Violation::EngineIoPacket)),
         }
+    }
+
+    /// A binary Engine.IO message: an attachment of a binary packet already
+    /// refused is dropped; any other is refused.
+    fn on_binary(&mut self, message: &str) -> Result<(), End> {
+        if self.skip_attachments > 0 {
+            self.skip_attachments -= 1;
+            return Ok(());
+        }
+        self.reject(ErrorCode::BinaryNotSupported, message)
     }
 
     async fn on_message(&mut self, data: &str) -> Result<(), End> {
@@ -446,12 +483,15 @@ impl EngineSession {
                 &format!("packets are limited to {limit} bytes"),
             );
         }
+        let connected = self.client.is_some();
+        // Before CONNECT only CONNECT is valid, and after it only the
+        // namespace connected to: socket.io closes the connection
+        // otherwise ("invalid state").
         match socketio::parse(data) {
-            Ok(ClientPacket::Connect { namespace, auth }) => {
-                self.on_connect(&namespace, auth);
-                Ok(())
-            }
-            Ok(ClientPacket::Disconnect { namespace }) if namespace == socketio::MAIN_NAMESPACE => {
+            Ok(ClientPacket::Connect { namespace, auth }) => self.on_connect(&namespace, auth),
+            Ok(ClientPacket::Disconnect { namespace })
+                if connected && namespace == socketio::MAIN_NAMESPACE =>
+            {
                 Err(End::ClientLeft)
             }
             Ok(ClientPacket::Event {
@@ -459,26 +499,34 @@ impl EngineSession {
                 ack,
                 name,
                 data,
-            }) if namespace == socketio::MAIN_NAMESPACE => self.on_event(ack, &name, data),
-            Ok(
-                ClientPacket::Disconnect { .. } | ClientPacket::Event { .. } | ClientPacket::Ack,
-            ) => Ok(()),
-            Err(socketio::PacketError::Binary) => self.reject(
-                ErrorCode::BinaryNotSupported,
-                "binary Socket.IO packets are not supported; emit JSON data",
-            ),
-            Err(err) => self.reject(ErrorCode::InvalidMessage, &err.to_string()),
+            }) if connected && namespace == socketio::MAIN_NAMESPACE => {
+                self.on_event(ack, &name, data)
+            }
+            Ok(ClientPacket::Ack) if connected => Ok(()),
+            Ok(_) => Err(violation(Violation::NotConnected)),
+            Err(socketio::PacketError::Binary { attachments, ack }) if connected => {
+                self.skip_attachments = attachments;
+                let mut error = ProtocolError::new(
+                    ErrorCode::BinaryNotSupported,
+                    "binary Socket.IO packets are not supported; emit JSON data",
+                );
+                // An ack id must be acknowledged: with the error.
+                error.ack = ack;
+                self.reject_error(&error)
+            }
+            Err(socketio::PacketError::Binary { .. }) => Err(violation(Violation::NotConnected)),
+            Err(socketio::PacketError::Malformed(_)) => Err(violation(Violation::SocketIoPacket)),
         }
     }
 
-    fn on_connect(&mut self, namespace: &str, auth: Option<Value>) {
+    fn on_connect(&mut self, namespace: &str, auth: Option<Value>) -> Result<(), End> {
         if namespace != socketio::MAIN_NAMESPACE {
-            let packet = socketio::connect_error(namespace, "Invalid namespace", &Value::Null);
+            let packet = socketio::connect_error(namespace, "Invalid namespace", None);
             self.queue(TextFrame::from(packet));
-            return;
+            return Ok(());
         }
         if self.client.is_some() {
-            return;
+            return Err(violation(Violation::AlreadyConnected));
         }
         let token = auth
             .as_ref()
@@ -498,11 +546,12 @@ impl EngineSession {
                 let packet = socketio::connect_error(
                     namespace,
                     refused.code(),
-                    &requests::token_error_data(refused),
+                    Some(&requests::token_error_data(refused)),
                 );
                 self.queue(TextFrame::from(packet));
             }
         }
+        Ok(())
     }
 
     fn on_event(&mut self, ack: Option<u64>, name: &str, data: Value) -> Result<(), End> {
@@ -517,7 +566,7 @@ impl EngineSession {
             }
         };
         let Some(client) = &mut self.client else {
-            return Ok(());
+            return Err(violation(Violation::NotConnected));
         };
         let mut answer = client.handle(request);
         let outcome = answer.outcome(self.sessions.rooms().epoch());
@@ -547,26 +596,45 @@ impl EngineSession {
         self.reject_error(&ProtocolError::new(code, message))
     }
 
-    /// Answers a packet that changed nothing and counts it against the budget.
+    /// Answers a packet that changed nothing and counts it against the
+    /// budget. Before CONNECT there is no budget: only CONNECT is valid
+    /// then, and anything else closes the connection.
     fn reject_error(&mut self, error: &ProtocolError) -> Result<(), End> {
+        let Some(client) = &mut self.client else {
+            return Err(violation(Violation::NotConnected));
+        };
         let packet = match error.ack {
             Some(id) => socketio::ack(id, &requests::error_data(error, true)),
             None => socketio::event("error", &requests::error_data(error, false)),
         };
+        client.count_error(error.code).map_err(budget_end)?;
         self.queue(TextFrame::from(packet));
-        match &mut self.client {
-            Some(client) => client.count_error(error.code).map_err(budget_end),
-            None => Ok(()),
-        }
+        Ok(())
     }
 
-    /// Ends the transport without a Socket.IO DISCONNECT, so that
-    /// `socket.io-client` reconnects by itself, as after a Node restart.
+    /// Counts a close for breaking the protocol (or never connecting), by reason.
+    fn count_protocol_close(&self, reason: CloseReason) {
+        let reason = match reason {
+            CloseReason::Violation(violation) => violation.reason(),
+            CloseReason::ConnectTimeout => "connect_timeout",
+            _ => return,
+        };
+        self.sessions
+            .metrics()
+            .socketio_protocol_closes
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Ends the transport with a Close frame naming why, never with a
+    /// Socket.IO DISCONNECT, so that `socket.io-client` reconnects by
+    /// itself after a restart, as after a Node restart.
     async fn close_transport(&mut self, end: Result<(), End>) {
         let reason = match end {
             Err(End::Closed(reason)) => Some(reason),
             Err(End::PingTimeout) => Some(CloseReason::Idle),
-            Ok(()) | Err(End::ClientLeft) => None,
+            Err(End::ClientLeft) => Some(CloseReason::Normal),
+            Ok(()) | Err(End::TransportGone) => None,
         };
         if let Some((mut socket, _)) = self.probe.take() {
             close(&mut socket, reason.unwrap_or(CloseReason::Shutdown)).await;
