@@ -35,7 +35,7 @@ one() {  # $1 label, $2 binary, then the generator's arguments
   local port; port=$(free_port)
   # From the work directory: neither build may read this checkout's config/gateway.toml.
   (cd "$work" && exec env SMARTWAIT_SERVER_LISTEN="127.0.0.1:$port" SMARTWAIT_SERVER_STATE_DIR="$work/$label-$port" \
-      SMARTWAIT_AUTH_MODE=off SMARTWAIT_LIMITS_MAX_CONNECTIONS=30000 SMARTWAIT_LIMITS_CONNECTIONS_PER_IP=30000 \
+      SMARTWAIT_AUTH_MODE=off SMARTWAIT_LIMITS_MAX_CONNECTIONS=30000 SMARTWAIT_LIMITS_ACCEPT_RATE=30000 SMARTWAIT_LIMITS_CONNECTIONS_PER_IP=30000 \
       SMARTWAIT_LIMITS_CLIENT_MSGS_PER_SEC=1000 SMARTWAIT_LIMITS_CLIENT_MSGS_BURST=1000 RUST_LOG=warn \
       "${server_pin[@]}" "$binary") &
   local pid=$!; pids+=("$pid"); wait_port "$port"

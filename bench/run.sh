@@ -49,7 +49,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 start_gateway() {  # $1: extra env assignments (e.g. SMARTWAIT_REDIS_URL=...)
   gw_port=$(free_port)
   env SMARTWAIT_SERVER_LISTEN="127.0.0.1:$gw_port" SMARTWAIT_SERVER_STATE_DIR="$work/gw-$gw_port" \
-      SMARTWAIT_AUTH_MODE=off SMARTWAIT_LIMITS_MAX_CONNECTIONS=30000 SMARTWAIT_LIMITS_CONNECTIONS_PER_IP=30000 \
+      SMARTWAIT_AUTH_MODE=off SMARTWAIT_LIMITS_MAX_CONNECTIONS=30000 SMARTWAIT_LIMITS_ACCEPT_RATE=30000 SMARTWAIT_LIMITS_CONNECTIONS_PER_IP=30000 \
       SMARTWAIT_LIMITS_CLIENT_MSGS_PER_SEC=1000 SMARTWAIT_LIMITS_CLIENT_MSGS_BURST=1000 RUST_LOG=warn $1 \
       "${server_pin[@]}" $bin/smartwait-gateway &
   gw_pid=$!; pids+=("$gw_pid"); wait_port "$gw_port"

@@ -143,6 +143,11 @@ impl Default for AuthConfig {
 pub struct LimitsConfig {
     /// Open client connections of every protocol.
     pub max_connections: usize,
+    /// New client connections (WebSocket upgrades, Engine.IO handshakes)
+    /// admitted per second, in order, with a burst of as many; beyond it
+    /// they get 503 with `Retry-After`, so a reconnect storm after a
+    /// restart cannot starve the screens already back.
+    pub accept_rate: usize,
     /// Rooms one connection may be in at once.
     pub rooms_per_connection: usize,
     /// Frames waiting for one client; overflow closes that client with 1013.
@@ -173,6 +178,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_connections: 10_000,
+            accept_rate: 2_000,
             rooms_per_connection: 8,
             client_queue: 1024,
             max_client_frame_bytes: 4 * 1024,
@@ -600,6 +606,7 @@ impl Config {
             ),
             ("limits.max_body_bytes", limits.max_body_bytes),
             ("limits.connections_per_ip", limits.connections_per_ip),
+            ("limits.accept_rate", limits.accept_rate),
             (
                 "store.memory_journal_events",
                 self.store.memory_journal_events,

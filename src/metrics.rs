@@ -40,6 +40,8 @@ pub struct Metrics {
     registry: Arc<Registry>,
     pub connections: Gauge,
     pub connections_rejected: Counter,
+    /// New connections refused by `limits.accept_rate` (503, Retry-After).
+    pub connections_paced: Counter,
     pub joins: Family<RoomKindLabel, Counter>,
     pub joins_denied: Family<CodeLabel, Counter>,
     pub client_errors: Family<CodeLabel, Counter>,
@@ -75,6 +77,7 @@ impl Metrics {
     pub fn new() -> Self {
         let connections = Gauge::default();
         let connections_rejected = Counter::default();
+        let connections_paced = Counter::default();
         let joins = Family::default();
         let joins_denied = Family::default();
         let client_errors = Family::default();
@@ -164,6 +167,11 @@ impl Metrics {
             "Upgrades refused because limits.max_connections was reached",
             connections_rejected.clone(),
         );
+        registry.register(
+            "connections_paced",
+            "New connections refused with 503 and Retry-After because more than limits.accept_rate arrived in a second",
+            connections_paced.clone(),
+        );
         registry.register("joins", "Room joins by room kind", joins.clone());
         registry.register(
             "joins_denied",
@@ -210,6 +218,7 @@ impl Metrics {
             registry: Arc::new(registry),
             connections,
             connections_rejected,
+            connections_paced,
             joins,
             joins_denied,
             client_errors,

@@ -139,6 +139,69 @@ async fn connection_limit_answers_503_until_a_slot_frees() {
     assert_metric(&gateway, "smartwait_connections_rejected_total 1").await;
 }
 
+/// A refused upgrade's answer: status, `Retry-After`, body.
+async fn refused_upgrade(addr: std::net::SocketAddr, path: &str) -> (u16, String, String) {
+    let exchange = common::HttpConnection::open(addr)
+        .await
+        .exchange(
+            "GET",
+            path,
+            None,
+            Vec::new(),
+            &[
+                ("upgrade", "websocket"),
+                ("connection", "Upgrade"),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ("sec-websocket-version", "13"),
+            ],
+        )
+        .await;
+    (
+        exchange.status,
+        exchange.header("retry-after").to_owned(),
+        String::from_utf8_lossy(&exchange.body).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn new_connections_beyond_accept_rate_get_503_with_retry_after_and_the_others_are_served() {
+    let gateway = TestGateway::start_with(|config| config.limits.accept_rate = 4).await;
+    let mut admitted = Vec::new();
+    for _ in 0..4 {
+        admitted.push(gateway.display().await);
+    }
+    // The fifth in the same second, native or Socket.IO, waits its turn.
+    let (status, retry_after, body) = refused_upgrade(gateway.addr, "/ws").await;
+    assert_eq!((status, retry_after.as_str()), (503, "1"), "{body}");
+    assert!(body.contains("too_many_new_connections"), "{body}");
+    let (status, retry_after, body) =
+        refused_upgrade(gateway.addr, "/socket.io/?EIO=4&transport=websocket").await;
+    assert_eq!((status, retry_after.as_str()), (503, "1"), "{body}");
+    let (status, body) = common::raw_http(
+        gateway.addr,
+        "GET",
+        "/socket.io/?EIO=4&transport=polling",
+        None,
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    // Those already in are served as before.
+    gateway.publish("/api/queue/update", json!({"n": 1})).await;
+    for display in &mut admitted {
+        assert_eq!(display.expect_event("queue_update").await["data"]["n"], 1);
+    }
+    assert_eq!(gateway.health().await["connectedClients"], 4);
+    // A second later there is room again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut later = gateway.display().await;
+    gateway.publish("/api/queue/update", json!({"n": 2})).await;
+    // The retained state first, as for every joining screen, then the new one.
+    assert_eq!(later.expect_event("queue_update").await["data"]["n"], 1);
+    assert_eq!(later.expect_event("queue_update").await["data"]["n"], 2);
+    assert_metric(&gateway, "smartwait_connections_paced_total 3").await;
+}
+
 #[tokio::test]
 async fn bad_frames_get_error_events_and_the_connection_stays() {
     let gateway = TestGateway::start().await;

@@ -171,7 +171,11 @@ impl Gateway {
                 min_free_bytes: config.store.min_free_bytes,
             },
         })?;
-        let slots = ConnectionSlots::new(config.limits.max_connections, metrics.clone());
+        let slots = ConnectionSlots::new(
+            config.limits.max_connections,
+            config.limits.accept_rate,
+            metrics.clone(),
+        );
         let replication_status = Arc::new(ReplicationStatus::new(config.redis.enabled()));
         let signer = match config.redis.signing_key_file.as_os_str().is_empty() {
             true => None,

@@ -9,11 +9,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Denied, TokenError};
+use crate::net::slots::NotAdmitted;
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
@@ -64,6 +65,11 @@ impl BadRequest {
 pub enum Unavailable {
     ShuttingDown,
     TooManyConnections,
+    /// More new connections this second than `limits.accept_rate`: retry
+    /// after this many seconds (`Retry-After`).
+    AcceptRate {
+        retry_after_secs: u64,
+    },
     Store,
 }
 
@@ -72,6 +78,7 @@ impl Unavailable {
         match self {
             Self::ShuttingDown => "shutting_down",
             Self::TooManyConnections => "too_many_connections",
+            Self::AcceptRate { .. } => "too_many_new_connections",
             Self::Store => "store_unavailable",
         }
     }
@@ -82,8 +89,23 @@ impl Unavailable {
             Self::TooManyConnections => {
                 "the gateway has reached limits.max_connections; retry later"
             }
+            Self::AcceptRate { .. } => {
+                "more new connections than limits.accept_rate this second; retry after Retry-After"
+            }
             Self::Store => "the event could not be stored; retry later",
         }
+    }
+}
+
+impl From<NotAdmitted> for HttpError {
+    fn from(refused: NotAdmitted) -> Self {
+        Self::Unavailable(match refused {
+            NotAdmitted::Full => Unavailable::TooManyConnections,
+            // Whole seconds, at least one (RFC 9110 takes no fractions).
+            NotAdmitted::TooFast { retry_after } => Unavailable::AcceptRate {
+                retry_after_secs: (retry_after.as_secs_f64().ceil() as u64).max(1),
+            },
+        })
     }
 }
 
@@ -171,6 +193,11 @@ impl HttpError {
             if let Ok(value) = HeaderValue::from_str(allowed.as_str()) {
                 response.headers_mut().insert(ALLOW, value);
             }
+        }
+        if let Self::Unavailable(Unavailable::AcceptRate { retry_after_secs }) = &self {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
         }
         if let Self::UpgradeRequired(_) = &self {
             response.headers_mut().insert(

@@ -1,44 +1,90 @@
 //! Places under `limits.max_connections`: one per open client connection of
-//! any protocol, held by the session and freed when it ends.
+//! any protocol, held by the session and freed when it ends; and the pace
+//! at which new ones are admitted (`limits.accept_rate`).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::Metrics;
+
+/// Why a new client connection is not admitted now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotAdmitted {
+    /// `limits.max_connections` are open.
+    Full,
+    /// More than `limits.accept_rate` arrived this second: retry after this.
+    TooFast { retry_after: Duration },
+}
+
+/// A token bucket of `rate` admissions per second holding at most `rate`.
+#[derive(Debug)]
+struct AcceptPace {
+    rate: f64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl AcceptPace {
+    fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+        }
+    }
+}
 
 /// The connection limit and who holds a place under it; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ConnectionSlots {
     limit: usize,
     permits: Arc<Semaphore>,
+    /// Taken once per new connection, for a few arithmetic operations.
+    pace: Arc<Mutex<AcceptPace>>,
     metrics: Metrics,
 }
 
 impl ConnectionSlots {
-    pub fn new(limit: usize, metrics: Metrics) -> Self {
+    pub fn new(limit: usize, accept_rate: usize, metrics: Metrics) -> Self {
+        let rate = accept_rate.max(1) as f64;
         Self {
             limit,
             permits: Arc::new(Semaphore::new(limit)),
+            pace: Arc::new(Mutex::new(AcceptPace {
+                rate,
+                tokens: rate,
+                refilled: Instant::now(),
+            })),
             metrics,
         }
     }
 
-    /// Takes a place, or `None` at the limit (counted as a rejection).
-    pub fn admit(&self) -> Option<ClientSlot> {
-        match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => {
-                self.metrics.connections.inc();
-                Some(ClientSlot {
-                    _permit: permit,
-                    metrics: self.metrics.clone(),
-                })
-            }
-            Err(_) => {
-                self.metrics.connections_rejected.inc();
-                None
-            }
+    /// Takes a place, or says why not (counted as a rejection).
+    pub fn admit(&self) -> Result<ClientSlot, NotAdmitted> {
+        let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
+            self.metrics.connections_rejected.inc();
+            NotAdmitted::Full
+        })?;
+        let paced = self
+            .pace
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take(Instant::now());
+        if let Err(retry_after) = paced {
+            self.metrics.connections_paced.inc();
+            return Err(NotAdmitted::TooFast { retry_after });
         }
+        self.metrics.connections.inc();
+        Ok(ClientSlot {
+            _permit: permit,
+            metrics: self.metrics.clone(),
+        })
     }
 
     /// Open client connections of every protocol.

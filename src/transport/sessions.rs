@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Authenticator;
 use crate::config::{LimitsConfig, SocketIoConfig, WsConfig};
 use crate::core::rooms::Rooms;
+use crate::http::response::HttpError;
 use crate::metrics::Metrics;
 use crate::net::slots::{ClientSlot, ConnectionSlots};
 
@@ -101,8 +102,9 @@ impl Sessions {
         &self.0.tracker
     }
 
-    /// A place under `limits.max_connections`, or `None` when full.
-    pub fn admit(&self) -> Option<ClientSlot> {
-        self.0.slots.admit()
+    /// A place under `limits.max_connections` and `limits.accept_rate`,
+    /// or the 503 that says why not.
+    pub fn admit(&self) -> Result<ClientSlot, HttpError> {
+        self.0.slots.admit().map_err(HttpError::from)
     }
 }

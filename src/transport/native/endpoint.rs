@@ -10,7 +10,7 @@ use hyper::Request;
 use super::outbound::OutboundIo;
 use super::session::Session;
 use crate::http::query::query_param;
-use crate::http::response::{HttpError, HttpResponse, Unavailable};
+use crate::http::response::{HttpError, HttpResponse};
 use crate::transport::sessions::Sessions;
 use crate::transport::websocket::{accept_key, close_owned, upgrade_over, CloseReason};
 
@@ -24,9 +24,7 @@ pub fn upgrade(
     request: Request<Incoming>,
 ) -> Result<HttpResponse, HttpError> {
     accept_key(&request)?;
-    let slot = sessions
-        .admit()
-        .ok_or(HttpError::Unavailable(Unavailable::TooManyConnections))?;
+    let slot = sessions.admit()?;
     let token = query_param(request.uri().query(), "token");
     let identity = sessions
         .auth()

@@ -22,7 +22,7 @@ use super::session::{EngineSession, SessionId};
 use crate::http::query::query_param;
 use crate::http::response::{
     json_response, read_body, refuse_while_stopping, text_response, BodyError, HttpError,
-    HttpResponse, Unavailable,
+    HttpResponse,
 };
 use crate::net::slots::ClientSlot;
 use crate::transport::sessions::Sessions;
@@ -184,9 +184,7 @@ impl SocketIo {
 
     fn admit(&self) -> Result<ClientSlot, HttpError> {
         refuse_while_stopping(self.sessions.shutdown())?;
-        self.sessions
-            .admit()
-            .ok_or(HttpError::Unavailable(Unavailable::TooManyConnections))
+        self.sessions.admit()
     }
 
     fn handshake_polling(&self, token: Option<String>) -> Result<HttpResponse, EndpointError> {
