@@ -529,3 +529,76 @@ async fn the_certificates_expiry_is_in_health_and_the_fleet_report_and_reload_up
         "{health}"
     );
 }
+
+/// One TLS connection of `connector` (its session cache shared between
+/// calls): how the handshake went, after an HTTP exchange that also
+/// delivers the server's session tickets.
+async fn tls_session(
+    addr: std::net::SocketAddr,
+    connector: &TlsConnector,
+) -> rustls::HandshakeKind {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let stream = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("tls handshake");
+    let kind = stream.get_ref().1.handshake_kind().expect("handshake done");
+    let health = http_get_json(stream, "/health").await;
+    assert!(health["status"].is_string(), "{health}");
+    kind
+}
+
+#[tokio::test]
+async fn returning_clients_resume_their_tls_session_even_after_a_restart() {
+    let state = tempfile::tempdir().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let trusted = ca("resumption ca");
+    let (cert, key) = server_cert(&trusted, certs.path());
+    let with_tls = |config: &mut smartwait_gateway::Config| {
+        config.server.tls_cert = cert.clone();
+        config.server.tls_key = key.clone();
+    };
+    // One screen: one client configuration, so one session cache.
+    let screen = connector(&trusted);
+    let mut gateway = TestGateway::start_in(state.path(), with_tls).await;
+    assert_eq!(
+        tls_session(gateway.addr, &screen).await,
+        rustls::HandshakeKind::Full
+    );
+    assert_eq!(
+        tls_session(gateway.addr, &screen).await,
+        rustls::HandshakeKind::Resumed
+    );
+    // A certificate reload keeps the keys.
+    gateway.tls.reload().unwrap();
+    assert_eq!(
+        tls_session(gateway.addr, &screen).await,
+        rustls::HandshakeKind::Resumed
+    );
+
+    // The keys are kept in the state directory, readable by the gateway only.
+    let keys = state.path().join("tls-ticket-keys");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&keys).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    gateway.shutdown().await;
+    drop(gateway);
+    let mut gateway = TestGateway::start_in(state.path(), with_tls).await;
+    assert_eq!(
+        tls_session(gateway.addr, &screen).await,
+        rustls::HandshakeKind::Resumed,
+        "a returning screen resumes after the restart"
+    );
+
+    // Without the key file (a new card), a full handshake, then resumption again.
+    gateway.shutdown().await;
+    drop(gateway);
+    std::fs::remove_file(&keys).unwrap();
+    let gateway = TestGateway::start_in(state.path(), with_tls).await;
+    let first = tls_session(gateway.addr, &screen).await;
+    assert_eq!(first, rustls::HandshakeKind::Full);
+    assert_eq!(
+        tls_session(gateway.addr, &screen).await,
+        rustls::HandshakeKind::Resumed
+    );
+}

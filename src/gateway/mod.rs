@@ -92,7 +92,6 @@ impl Gateway {
     /// Opens the state directory and the JWT secret; fails with a clear
     /// message when either is unusable.
     pub fn new(config: Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        let tls = Tls::from_config(&config.server)?.map(Arc::new);
         let redirect_listener = match config.server.redirect_http {
             Some(addr) => {
                 let listener = std::net::TcpListener::bind(addr)
@@ -103,6 +102,8 @@ impl Gateway {
             None => None,
         };
         let opened = store::open(&config.server.state_dir)?;
+        // After the store made the state directory: the TLS ticket keys live there.
+        let tls = Tls::from_config(&config.server)?.map(Arc::new);
         let remote_progress = store::load_remote_progress(&opened.connection)
             .context("cannot read how far other boxes' events were delivered")?;
         let auth = Authenticator::from_config(&config.auth)?;

@@ -2,7 +2,9 @@
 //! and key with clear errors, swapping them on SIGHUP without touching open
 //! connections, and the client stream that is either plain TCP or TLS.
 //!
-//! Off unless both `server.tls_cert` and `server.tls_key` are set. The
+//! Off unless both `server.tls_cert` and `server.tls_key` are set. Session
+//! tickets resume returning clients with keys kept across restarts
+//! ([`super::tickets`]). The
 //! certificate's expiry is read at each load, for `/health` and the fleet
 //! report.
 
@@ -22,12 +24,17 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use super::peer_limit::CountedStream;
+use super::tickets::TicketKeys;
 use crate::config::ServerConfig as ServerSection;
 
 /// Reads the certificate chain and key and checks that they belong
 /// together; also returns when the (leaf) certificate expires, in Unix
 /// seconds.
-fn load(cert_path: &Path, key_path: &Path) -> anyhow::Result<(TlsAcceptor, i64)> {
+fn load(
+    cert_path: &Path,
+    key_path: &Path,
+    tickets: &Arc<TicketKeys>,
+) -> anyhow::Result<(TlsAcceptor, i64)> {
     let certs = CertificateDer::pem_file_iter(cert_path)
         .with_context(|| format!("cannot read the TLS certificate {}", cert_path.display()))?
         .collect::<Result<Vec<_>, _>>()
@@ -55,6 +62,9 @@ fn load(cert_path: &Path, key_path: &Path) -> anyhow::Result<(TlsAcceptor, i64)>
             )
         })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // The same keys for every certificate loaded: a reload (same server,
+    // new certificate) keeps returning screens resuming.
+    config.ticketer = tickets.clone();
     Ok((TlsAcceptor::from(Arc::new(config)), not_after))
 }
 
@@ -120,6 +130,7 @@ pub struct Tls {
     /// Read per accepted connection, written on reload; held only to clone.
     acceptor: RwLock<TlsAcceptor>,
     expiry: CertificateExpiry,
+    tickets: Arc<TicketKeys>,
 }
 
 impl std::fmt::Debug for Tls {
@@ -139,11 +150,13 @@ impl Tls {
         ) {
             (true, true) => Ok(None),
             (false, false) => {
-                let (acceptor, not_after) = load(&server.tls_cert, &server.tls_key)?;
+                let tickets = Arc::new(TicketKeys::open(&server.state_dir));
+                let (acceptor, not_after) = load(&server.tls_cert, &server.tls_key, &tickets)?;
                 warn_when_expiring(&server.tls_cert, not_after);
                 Ok(Some(Self {
                     acceptor: RwLock::new(acceptor),
                     expiry: CertificateExpiry::new(not_after),
+                    tickets,
                     cert_path: server.tls_cert.clone(),
                     key_path: server.tls_key.clone(),
                 }))
@@ -166,7 +179,7 @@ impl Tls {
 
     /// Re-reads the files; on error the current certificate stays in use.
     pub fn reload(&self) -> anyhow::Result<()> {
-        let (acceptor, not_after) = load(&self.cert_path, &self.key_path)?;
+        let (acceptor, not_after) = load(&self.cert_path, &self.key_path, &self.tickets)?;
         warn_when_expiring(&self.cert_path, not_after);
         *self
             .acceptor
