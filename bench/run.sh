@@ -5,6 +5,8 @@
 #   bench/run.sh tiny    every scenario at a tiny size (CI runs this: it keeps the suite working)
 #   bench/run.sh full    the sizes quoted in BENCHMARKS.md (long; not for CI)
 #   bench/run.sh drain   only the backlog drain, at several redis.batch_events
+#   bench/run.sh tls     only plain against TLS (ws/wss, native and Socket.IO), alternated three times
+#   bench/run.sh storm   only the reconnect storm: 10,000 clients back after a restart, plain and TLS
 #   bench/run.sh soak    the one-hour soak (bench/soak.sh full)
 #   bench/run.sh fleet   5,000 simulated boxes against the fleet views (bench/fleet.sh full)
 # Results: one JSON line per run in bench/results/<mode>-<date>.jsonl.
@@ -19,12 +21,15 @@ case "$mode" in
   full) fanout_sizes="1000 10000"; idle_sizes="10000 19000"; seconds=10; rate=20; targeted=1000; publish_rate=1000; profile=release
         backlog=100000; drain_batches="500 2000" ;;
   drain) profile=release; backlog=100000; drain_batches="500 2000 5000" ;;
-  *) echo "usage: bench/run.sh tiny|full|drain|soak|fleet" >&2; exit 2 ;;
+  tls) fanout_sizes="1000"; idle_sizes="10000"; seconds=10; rate=20; profile=release; drain_batches="" ;;
+  storm) profile=release; drain_batches="" ;;
+  *) echo "usage: bench/run.sh tiny|full|drain|tls|storm|soak|fleet" >&2; exit 2 ;;
 esac
 
 command -v python3 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3; }
 command -v taskset >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq util-linux; }
 command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+command -v openssl >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl; }
 command -v node >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
 [ -d bench/peer/node_modules/socket.io ] || (cd bench/peer && npm ci --no-audit --no-fund)
 cargo build --profile "$profile" -q -p smartwait-gateway -p smartwait-bench
@@ -76,6 +81,99 @@ drain_run() {  # $1: redis.batch_events
 }
 for batch in $drain_batches; do drain_run "$batch"; done
 [ "$mode" = drain ] && exit 0
+
+# --- plain against TLS: ws/wss, native and Socket.IO, alternated (issue 17) -------------
+# An ECDSA certificate for localhost signed by a CA made here; the generator
+# trusts the CA (--tls-ca; webpki refuses a CA certificate as the server's own).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/ca-key.pem" \
+  -out "$work/ca.pem" -subj /CN=bench-ca -days 30 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/tls-key.pem" \
+  -out "$work/tls.csr" -subj /CN=localhost 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > "$work/tls.ext"
+openssl x509 -req -in "$work/tls.csr" -CA "$work/ca.pem" -CAkey "$work/ca-key.pem" -CAcreateserial \
+  -out "$work/tls-cert.pem" -days 30 -extfile "$work/tls.ext" 2>/dev/null
+tls_compare() {  # $1: runs of each transport, alternated
+  local run transport env ca protocol n
+  for run in $(seq 1 "$1"); do
+    for transport in ws wss; do
+      if [ "$transport" = wss ]; then
+        env="SMARTWAIT_SERVER_TLS_CERT=$work/tls-cert.pem SMARTWAIT_SERVER_TLS_KEY=$work/tls-key.pem"; ca=(--tls-ca "$work/ca.pem")
+      else
+        env=""; ca=()
+      fi
+      for protocol in native socketio; do
+        n=${fanout_sizes%% *}
+        start_gateway "$env"
+        bench fanout --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --protocol $protocol --clients "$n" --rate $rate --seconds $seconds --label "gateway-$transport-run$run" "${ca[@]}"
+        bench burst --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --protocol $protocol --clients "$n" --rate $rate --seconds 1 --connections 8 --label "gateway-$transport-run$run" "${ca[@]}"
+        stop "$gw_pid"
+        start_gateway "$env"
+        bench idle --addr "127.0.0.1:$gw_port" --pid "$gw_pid" --protocol $protocol --clients "${idle_sizes%% *}" --seconds 3 --label "gateway-$transport-run$run" "${ca[@]}"
+        stop "$gw_pid"
+      done
+    done
+  done
+}
+case "$mode" in
+  tls) tls_compare 3; echo "results: $out"; exit 0 ;;
+  tiny) tls_compare 1 ;;
+  full) tls_compare 3 ;;
+esac
+
+# --- the reconnect storm: every client back at once after a restart (issue 17) ---------
+# N clients (native and Socket.IO alternately) joined to `patients` with its
+# retained queue_update; SIGTERM, the gateway starts again on the same port
+# and state, and every client reconnects with its backoff (Retry-After on a
+# 503 of limits.accept_rate, left at its default here). The generator reports
+# when all are back with their retained state and the latency of events
+# published meanwhile; this adds the new gateway's CPU (peak over 0.25 s and
+# total) and peak RSS, and how long the restart took.
+storm_run() {  # $1: ws|wss, $2: clients
+  local port state env=() ca=() old_pid new_pid stopped_at started_at peak=0 before now t0 total rss
+  port=$(free_port); state="$work/storm-$1-$2"
+  if [ "$1" = wss ]; then
+    env=("SMARTWAIT_SERVER_TLS_CERT=$work/tls-cert.pem" "SMARTWAIT_SERVER_TLS_KEY=$work/tls-key.pem"); ca=(--tls-ca "$work/ca.pem")
+  fi
+  storm_gateway() {
+    env SMARTWAIT_SERVER_LISTEN="127.0.0.1:$port" SMARTWAIT_SERVER_STATE_DIR="$state" SMARTWAIT_AUTH_MODE=off \
+      SMARTWAIT_LIMITS_MAX_CONNECTIONS=30000 SMARTWAIT_LIMITS_CONNECTIONS_PER_IP=30000 RUST_LOG=warn "${env[@]}" \
+      "${server_pin[@]}" $bin/smartwait-gateway &
+    gw_pid=$!; pids+=("$gw_pid"); wait_port "$port"
+  }
+  storm_gateway; old_pid=$gw_pid
+  rm -f "$work/ready"
+  "${client_pin[@]}" $bin/smartwait-bench storm --addr "127.0.0.1:$port" --clients "$2" --seconds 180 --ready-file "$work/ready" "${ca[@]}" > "$work/storm.json" &
+  local bench_pid=$!
+  for _ in $(seq 1 1800); do [ -f "$work/ready" ] && break; sleep 0.1; done
+  [ -f "$work/ready" ] || { echo "storm: the clients never all joined" >&2; return 1; }
+  stopped_at=$(date +%s%N)
+  kill -TERM "$old_pid"; wait "$old_pid" 2>/dev/null || true
+  storm_gateway; new_pid=$gw_pid; started_at=$(date +%s%N)
+  t0=$(awk '{print $14 + $15}' "/proc/$new_pid/stat"); before=$t0
+  while kill -0 "$bench_pid" 2>/dev/null; do
+    sleep 0.25
+    now=$(awk '{print $14 + $15}' "/proc/$new_pid/stat" 2>/dev/null || echo "$before")
+    [ $((now - before)) -gt "$peak" ] && peak=$((now - before))
+    before=$now
+  done
+  wait "$bench_pid"
+  total=$(( $(awk '{print $14 + $15}' "/proc/$new_pid/stat") - t0 ))
+  rss=$(awk '/VmHWM/ {print $2}' "/proc/$new_pid/status")
+  python3 - "$work/storm.json" "$1" "$(getconf CLK_TCK)" "$peak" "$total" "$rss" "$stopped_at" "$started_at" <<'PY' | tee -a "$out"
+import json, sys
+r = json.loads(open(sys.argv[1]).read()); hz = int(sys.argv[3])
+r.update({"label": "gateway-storm-" + sys.argv[2], "gateway_peak_cpu_share": round(int(sys.argv[4]) / hz / 0.25, 2),
+          "gateway_cpu_s": round(int(sys.argv[5]) / hz, 2), "gateway_peak_rss_kib": int(sys.argv[6]),
+          "restart_ms": (int(sys.argv[8]) - int(sys.argv[7])) // 1_000_000})
+print(json.dumps(r))
+PY
+  stop "$new_pid"
+}
+case "$mode" in
+  storm) storm_run ws 10000; storm_run wss 10000; echo "results: $out"; exit 0 ;;
+  tiny) storm_run ws 200; storm_run wss 200 ;;
+  full) storm_run ws 10000; storm_run wss 10000 ;;
+esac
 
 # --- the gateway, both protocols ---------------------------------------------------------
 for protocol in native socketio; do

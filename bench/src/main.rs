@@ -8,6 +8,7 @@
 mod proc_stats;
 mod publish;
 mod soak;
+mod storm;
 mod wire;
 
 use std::net::SocketAddr;
@@ -37,6 +38,9 @@ enum Scenario {
     Publish,
     /// A long run with reconnecting clients, sampled for leaks (bench/soak.sh).
     Soak,
+    /// N clients that reconnect at once after the script restarts the
+    /// gateway (bench/run.sh storm).
+    Storm,
 }
 
 #[derive(Debug, Parser)]
@@ -69,6 +73,12 @@ struct Args {
     /// A label for the report (e.g. gateway, peer, floor).
     #[arg(long, default_value = "server")]
     label: String,
+    /// Storm: written once every client is joined (then restart the gateway).
+    #[arg(long)]
+    ready_file: Option<std::path::PathBuf>,
+    /// Connect over TLS (wss://, https://), trusting this PEM certificate.
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
     /// Concurrent publishing HTTP connections (publish and burst scenarios).
     #[arg(long, default_value_t = 1)]
     connections: usize,
@@ -175,10 +185,25 @@ fn new_histogram() -> Histogram<u64> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let report = match args.scenario {
+    if let Some(ca) = &args.tls_ca {
+        wire::use_tls(ca)?;
+    }
+    let mut report = match args.scenario {
         Scenario::Fanout | Scenario::Burst | Scenario::Targeted => deliveries(&args).await?,
         Scenario::Idle => idle(&args).await?,
         Scenario::Publish => publish_round_trips(&args).await?,
+        Scenario::Storm => {
+            storm::run(storm::StormPlan {
+                addr: args.addr,
+                clients: args.clients,
+                ready_file: args
+                    .ready_file
+                    .clone()
+                    .ok_or_else(|| anyhow::anyhow!("storm needs --ready-file"))?,
+                limit: Duration::from_secs(args.seconds.max(10)),
+            })
+            .await?
+        }
         Scenario::Soak => {
             soak::run(soak::SoakPlan {
                 addr: args.addr,
@@ -195,6 +220,9 @@ async fn main() -> anyhow::Result<()> {
             .await?
         }
     };
+    if let Some(fields) = report.as_object_mut() {
+        fields.insert("tls".to_owned(), json!(wire::tls()));
+    }
     println!("{report}");
     Ok(())
 }

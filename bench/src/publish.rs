@@ -9,7 +9,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use tokio::net::TcpStream;
 
 /// Publishes events `first, first + stride, ...` below `events` (several
 /// publishers split the numbers); event `n` goes to `room(n)` with data
@@ -22,8 +21,7 @@ pub async fn run(
     room: impl Fn(usize) -> String,
     now: fn() -> u64,
 ) -> anyhow::Result<serde_json::Value> {
-    let stream = TcpStream::connect(addr).await?;
-    let _ = stream.set_nodelay(true);
+    let stream = crate::wire::dial(addr).await?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);

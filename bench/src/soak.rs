@@ -212,8 +212,7 @@ async fn join(
     addr: SocketAddr,
     resume: Option<(&str, u64)>,
 ) -> anyhow::Result<(crate::wire::Socket, String, bool)> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    let _ = stream.set_nodelay(true);
+    let stream = crate::wire::dial(addr).await?;
     let (mut socket, _) =
         tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream).await?;
     let data = match resume {

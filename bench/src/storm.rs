@@ -1,0 +1,291 @@
+//! The reconnect storm (`bench/run.sh storm`): N clients, native and
+//! Socket.IO alternately, join `patients` and wait; the script restarts the
+//! gateway; every client reconnects at once, as screens do, with a random
+//! backoff (100-500 ms) while the port is closed and `Retry-After` (plus up
+//! to a second of jitter) when the gateway answers 503, and joins again
+//! until it has the room's retained `queue_update`. Meanwhile a publisher
+//! sends `bench` events at 20/s; clients already back measure their
+//! delivery latency. Reports the time from the first close until every
+//! client is back with its retained state, the 503s, failed attempts, and
+//! the latency of the events published during the storm.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::wire::{self, Protocol, Socket};
+
+pub struct StormPlan {
+    pub addr: SocketAddr,
+    pub clients: usize,
+    /// Written once every client is joined: the script then restarts the gateway.
+    pub ready_file: PathBuf,
+    /// Longest the storm may take before the run fails.
+    pub limit: Duration,
+}
+
+#[derive(Default)]
+struct Tally {
+    refused_503: AtomicU64,
+    failed_attempts: AtomicU64,
+    back: AtomicU64,
+    /// Set at the first close seen: the storm's start.
+    first_close: Mutex<Option<Instant>>,
+    /// Microsecond delivery latencies of clients already back.
+    latencies_us: Mutex<Vec<u64>>,
+    storm_over: AtomicBool,
+}
+
+fn protocol_of(index: usize) -> Protocol {
+    if index % 2 == 0 {
+        Protocol::Native
+    } else {
+        Protocol::Socketio
+    }
+}
+
+/// Opens one client and joins; `Err` carries the `Retry-After` seconds of a 503.
+async fn join(addr: SocketAddr, protocol: Protocol) -> Result<Socket, Option<u64>> {
+    match wire::connect(addr, protocol, "patients").await {
+        Ok(socket) => Ok(socket),
+        Err(err) => {
+            let retry_after = err
+                .chain()
+                .find_map(|cause| match cause.downcast_ref::<WsError>() {
+                    Some(WsError::Http(response)) if response.status() == 503 => Some(
+                        response
+                            .headers()
+                            .get("retry-after")
+                            .and_then(|value| value.to_str().ok())
+                            .and_then(|value| value.parse().ok())
+                            .unwrap_or(1),
+                    ),
+                    _ => None,
+                });
+            Err(retry_after)
+        }
+    }
+}
+
+fn jitter_ms(seed: &mut u64, below: u64) -> u64 {
+    // xorshift: enough to spread clients, no dependency.
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed % below.max(1)
+}
+
+/// Reads until the retained `queue_update` (and answers pings on the way).
+async fn until_retained(socket: &mut Socket, protocol: Protocol) -> bool {
+    let wait = async {
+        while let Some(Ok(message)) = socket.next().await {
+            let Message::Text(text) = message else {
+                continue;
+            };
+            match protocol {
+                Protocol::Native if text.contains("\"queue_update\"") => return true,
+                Protocol::Socketio if text.starts_with("42[\"queue_update\"") => return true,
+                Protocol::Socketio if text.as_str() == "2" => {
+                    let _ = socket.send(Message::Text("3".into())).await;
+                }
+                _ => {}
+            }
+        }
+        false
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .unwrap_or(false)
+}
+
+/// One screen: joined, waits for the restart, comes back, then measures.
+async fn screen(index: usize, plan: Arc<StormPlan>, tally: Arc<Tally>, joined: Arc<AtomicU64>) {
+    let protocol = protocol_of(index);
+    let mut seed = 0x9e37_79b9_7f4a_7c15 ^ (index as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d);
+    let mut socket = loop {
+        if let Ok(mut socket) = join(plan.addr, protocol).await {
+            if until_retained(&mut socket, protocol).await {
+                break socket;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100 + jitter_ms(&mut seed, 400))).await;
+    };
+    joined.fetch_add(1, Ordering::Relaxed);
+    // Held until the gateway goes away.
+    loop {
+        match socket.next().await {
+            Some(Ok(Message::Text(text)))
+                if protocol == Protocol::Socketio && text.as_str() == "2" =>
+            {
+                let _ = socket.send(Message::Text("3".into())).await;
+            }
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+            Some(Ok(_)) => {}
+        }
+    }
+    tally
+        .first_close
+        .lock()
+        .map(|mut first| *first.get_or_insert_with(Instant::now))
+        .ok();
+    drop(socket);
+    let mut socket = loop {
+        match join(plan.addr, protocol).await {
+            Ok(mut socket) => {
+                if until_retained(&mut socket, protocol).await {
+                    break socket;
+                }
+                tally.failed_attempts.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(Some(retry_after)) => {
+                tally.refused_503.fetch_add(1, Ordering::Relaxed);
+                let wait = retry_after * 1000 + jitter_ms(&mut seed, 1000);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                continue;
+            }
+            Err(None) => {
+                tally.failed_attempts.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100 + jitter_ms(&mut seed, 400))).await;
+    };
+    tally.back.fetch_add(1, Ordering::Relaxed);
+    // Back: measure the storm's events until it is over.
+    while !tally.storm_over.load(Ordering::Relaxed) {
+        match tokio::time::timeout(
+            Duration::from_millis(200),
+            wire::next_bench_event(&mut socket, protocol),
+        )
+        .await
+        {
+            Ok(Some((_, sent_us))) => {
+                let latency = crate::unix_micros().saturating_sub(sent_us).max(1);
+                if let Ok(mut latencies) = tally.latencies_us.lock() {
+                    latencies.push(latency);
+                }
+            }
+            Ok(None) => break,
+            Err(_) => {}
+        }
+    }
+}
+
+/// Publishes `bench` events to `patients` at 20/s, a fresh connection per
+/// event (the gateway restarts under it); returns how many were accepted.
+async fn publisher(addr: SocketAddr, tally: Arc<Tally>) -> u64 {
+    let mut accepted = 0;
+    let mut n = 0u64;
+    while !tally.storm_over.load(Ordering::Relaxed) {
+        n += 1;
+        let body = json!({"room": "patients", "event": "bench", "data": {"n": n, "t": crate::unix_micros()}});
+        if post(addr, "/api/broadcast", &body).await {
+            accepted += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    accepted
+}
+
+/// One POST on a fresh connection; whether it was accepted.
+pub async fn post(addr: SocketAddr, path: &str, body: &serde_json::Value) -> bool {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    let Ok(stream) = wire::dial(addr).await else {
+        return false;
+    };
+    let Ok((mut sender, connection)) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await
+    else {
+        return false;
+    };
+    tokio::spawn(connection);
+    let Ok(request) = hyper::Request::post(path)
+        .header("host", addr.to_string())
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+    else {
+        return false;
+    };
+    match sender.send_request(request).await {
+        Ok(response) => {
+            let ok = response.status().is_success();
+            let _ = response.into_body().collect().await;
+            ok
+        }
+        Err(_) => false,
+    }
+}
+
+pub async fn run(plan: StormPlan) -> anyhow::Result<serde_json::Value> {
+    let plan = Arc::new(plan);
+    let tally = Arc::new(Tally::default());
+    let joined = Arc::new(AtomicU64::new(0));
+    // The retained state every screen must have again after the restart.
+    anyhow::ensure!(
+        post(
+            plan.addr,
+            "/api/queue/update",
+            &json!({"waiting": 7, "message": "storm"})
+        )
+        .await,
+        "cannot publish the retained queue_update"
+    );
+    let started = Instant::now();
+    let screens: Vec<_> = (0..plan.clients)
+        .map(|index| tokio::spawn(screen(index, plan.clone(), tally.clone(), joined.clone())))
+        .collect();
+    while (joined.load(Ordering::Relaxed) as usize) < plan.clients {
+        anyhow::ensure!(
+            started.elapsed() < plan.limit,
+            "only {} of {} clients joined",
+            joined.load(Ordering::Relaxed),
+            plan.clients
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let connect_s = started.elapsed().as_secs_f64();
+    std::fs::write(&plan.ready_file, "ready\n")?;
+    let publishing = tokio::spawn(publisher(plan.addr, tally.clone()));
+    let deadline = Instant::now() + plan.limit;
+    while (tally.back.load(Ordering::Relaxed) as usize) < plan.clients {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {} clients came back",
+            tally.back.load(Ordering::Relaxed),
+            plan.clients
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first_close = tally.first_close.lock().ok().and_then(|first| *first);
+    let all_back_s = first_close.map(|at| at.elapsed().as_secs_f64());
+    // A few more seconds of events to the clients all back.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tally.storm_over.store(true, Ordering::Relaxed);
+    let published = publishing.await.unwrap_or(0);
+    for screen in screens {
+        let _ = screen.await;
+    }
+    let mut histogram = crate::new_histogram();
+    if let Ok(latencies) = tally.latencies_us.lock() {
+        for latency in latencies.iter() {
+            let _ = histogram.record(*latency);
+        }
+    }
+    Ok(json!({
+        "scenario": "storm",
+        "clients": plan.clients,
+        "initial_connect_s": (connect_s * 1000.0).round() / 1000.0,
+        "all_back_with_retained_state_s": all_back_s.map(|s| (s * 1000.0).round() / 1000.0),
+        "refused_503": tally.refused_503.load(Ordering::Relaxed),
+        "failed_attempts": tally.failed_attempts.load(Ordering::Relaxed),
+        "published_during_storm": published,
+        "deliveries_to_clients_back": histogram.len(),
+        "latency_of_clients_back": crate::percentiles(&histogram),
+    }))
+}
