@@ -5,12 +5,18 @@
 # (a full handshake every time) and `-reuse` (the session resumed), alternated
 # three times; each connection fetches /health so TLS 1.3 tickets arrive.
 # Reports the gateway's CPU per connection (from /proc) as JSON lines.
-#   bench/tls-handshakes.sh
+#   bench/tls-handshakes.sh [full]   the figures in BENCHMARKS.md
+#   bench/tls-handshakes.sh tiny     one short run each (CI: keeps the script working)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+case "${1:-full}" in
+  full) profile=release; runs=3; seconds=3 ;;
+  tiny) profile=ci-bench; runs=1; seconds=1 ;;
+  *) echo "usage: bench/tls-handshakes.sh full|tiny" >&2; exit 2 ;;
+esac
 command -v openssl >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl; }
-cargo build --release -q -p smartwait-gateway
-bin="$PWD/target/release/smartwait-gateway"
+cargo build --profile "$profile" -q -p smartwait-gateway
+bin="$PWD/target/$profile/smartwait-gateway"
 work=$(mktemp -d)
 gw_pid=
 cleanup() { [ -n "$gw_pid" ] && kill "$gw_pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -31,12 +37,13 @@ for kind in ec rsa; do
     SMARTWAIT_LIMITS_ACCEPT_RATE=100000 RUST_LOG=warn "$bin" >"$work/gw.log" 2>&1 &
   gw_pid=$!
   for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-  for run in 1 2 3; do
+  for run in $(seq 1 "$runs"); do
     for mode in new reuse; do
       t0=$(awk '{print $14+$15}' "/proc/$gw_pid/stat")
-      line=$(openssl s_time -connect "127.0.0.1:$port" -"$mode" -time 3 -www /health 2>&1 | grep -E "connections in [0-9.]+s")
+      line=$(openssl s_time -connect "127.0.0.1:$port" -"$mode" -time "$seconds" -www /health 2>&1 | grep -E "connections in [0-9.]+s")
       t1=$(awk '{print $14+$15}' "/proc/$gw_pid/stat")
       n=$(echo "$line" | awk '{print $1}')
+      [ "${n:-0}" -gt 0 ] || { echo "no TLS connection was made ($mode)" >&2; exit 1; }
       echo "{\"scenario\":\"tls-handshake\",\"certificate\":\"$kind\",\"mode\":\"$mode\",\"run\":$run,\"connections\":$n,\"server_us_per_connection\":$(( (t1 - t0) * 1000000 / $(getconf CLK_TCK) / n ))}" | tee -a "$out"
     done
   done
