@@ -7,6 +7,7 @@
 #   bench/run.sh drain   only the backlog drain, at several redis.batch_events
 #   bench/run.sh tls     only plain against TLS (ws/wss, native and Socket.IO), alternated three times
 #   bench/run.sh storm   only the reconnect storm: 10,000 clients back after a restart, plain and TLS
+#                        (ACCEPT_RATE=N sets limits.accept_rate for it)
 #   bench/run.sh soak    the one-hour soak (bench/soak.sh full)
 #   bench/run.sh fleet   5,000 simulated boxes against the fleet views (bench/fleet.sh full)
 # Results: one JSON line per run in bench/results/<mode>-<date>.jsonl.
@@ -137,7 +138,7 @@ storm_run() {  # $1: ws|wss, $2: clients
   storm_gateway() {
     env SMARTWAIT_SERVER_LISTEN="127.0.0.1:$port" SMARTWAIT_SERVER_STATE_DIR="$state" SMARTWAIT_AUTH_MODE=off \
       SMARTWAIT_LIMITS_MAX_CONNECTIONS=30000 SMARTWAIT_LIMITS_CONNECTIONS_PER_IP=30000 RUST_LOG=warn "${env[@]}" \
-      "${server_pin[@]}" $bin/smartwait-gateway &
+      ${ACCEPT_RATE:+SMARTWAIT_LIMITS_ACCEPT_RATE=$ACCEPT_RATE} "${server_pin[@]}" $bin/smartwait-gateway &
     gw_pid=$!; pids+=("$gw_pid"); wait_port "$port"
   }
   storm_gateway; old_pid=$gw_pid
@@ -159,10 +160,10 @@ storm_run() {  # $1: ws|wss, $2: clients
   wait "$bench_pid"
   total=$(( $(awk '{print $14 + $15}' "/proc/$new_pid/stat") - t0 ))
   rss=$(awk '/VmHWM/ {print $2}' "/proc/$new_pid/status")
-  python3 - "$work/storm.json" "$1" "$(getconf CLK_TCK)" "$peak" "$total" "$rss" "$stopped_at" "$started_at" <<'PY' | tee -a "$out"
+  python3 - "$work/storm.json" "$1" "$(getconf CLK_TCK)" "$peak" "$total" "$rss" "$stopped_at" "$started_at" "${ACCEPT_RATE:-default}" <<'PY' | tee -a "$out"
 import json, sys
 r = json.loads(open(sys.argv[1]).read()); hz = int(sys.argv[3])
-r.update({"label": "gateway-storm-" + sys.argv[2], "gateway_peak_cpu_share": round(int(sys.argv[4]) / hz / 0.25, 2),
+r.update({"label": "gateway-storm-" + sys.argv[2], "accept_rate": sys.argv[9], "gateway_peak_cpu_share": round(int(sys.argv[4]) / hz / 0.25, 2),
           "gateway_cpu_s": round(int(sys.argv[5]) / hz, 2), "gateway_peak_rss_kib": int(sys.argv[6]),
           "restart_ms": (int(sys.argv[8]) - int(sys.argv[7])) // 1_000_000})
 print(json.dumps(r))

@@ -18,24 +18,44 @@ pub enum NotAdmitted {
     TooFast { retry_after: Duration },
 }
 
-/// A token bucket of `rate` admissions per second holding at most `rate`.
+/// A token bucket of `rate` admissions per second holding at most `rate`,
+/// and an estimate of how many refused clients are coming back, so that
+/// each is told to return when its turn should come: the n-th refused in a
+/// storm waits about n / `rate` seconds, instead of every one retrying
+/// after a second and being refused again (each refusal costs the box an
+/// HTTP exchange, over TLS a handshake).
 #[derive(Debug)]
 struct AcceptPace {
     rate: f64,
     tokens: f64,
+    /// Refused clients told to come back, less those whose turn has come.
+    returning: f64,
     refilled: Instant,
 }
 
 impl AcceptPace {
+    fn new(rate: f64, now: Instant) -> Self {
+        Self {
+            rate,
+            tokens: rate,
+            returning: 0.0,
+            refilled: now,
+        }
+    }
+
     fn take(&mut self, now: Instant) -> Result<(), Duration> {
         let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.returning = (self.returning - elapsed * self.rate).max(0.0);
         self.refilled = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+            self.returning += 1.0;
+            Err(Duration::from_secs_f64(
+                (self.returning / self.rate).max((1.0 - self.tokens) / self.rate),
+            ))
         }
     }
 }
@@ -56,11 +76,7 @@ impl ConnectionSlots {
         Self {
             limit,
             permits: Arc::new(Semaphore::new(limit)),
-            pace: Arc::new(Mutex::new(AcceptPace {
-                rate,
-                tokens: rate,
-                refilled: Instant::now(),
-            })),
+            pace: Arc::new(Mutex::new(AcceptPace::new(rate, Instant::now()))),
             metrics,
         }
     }
@@ -103,5 +119,29 @@ pub struct ClientSlot {
 impl Drop for ClientSlot {
     fn drop(&mut self) {
         self.metrics.connections.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_storm_is_told_to_come_back_in_turns() {
+        let start = Instant::now();
+        let mut pace = AcceptPace::new(100.0, start);
+        let admitted = (0..100).filter(|_| pace.take(start).is_ok()).count();
+        assert_eq!(admitted, 100, "a burst of one second's worth");
+        // The next 300 at the same instant: told 0.01 s, 0.02 s ... 3 s.
+        let waits: Vec<Duration> = (0..300).map(|_| pace.take(start).unwrap_err()).collect();
+        assert!(waits.windows(2).all(|pair| pair[0] <= pair[1]), "in order");
+        assert!(
+            (waits[299].as_secs_f64() - 3.0).abs() < 0.02,
+            "{:?}",
+            waits[299]
+        );
+        // A second later a second's worth is admitted again.
+        let later = start + Duration::from_secs(1);
+        assert_eq!((0..100).filter(|_| pace.take(later).is_ok()).count(), 100);
     }
 }
