@@ -43,7 +43,7 @@ struct Tally {
 }
 
 fn protocol_of(index: usize) -> Protocol {
-    if index % 2 == 0 {
+    if index.is_multiple_of(2) {
         Protocol::Native
     } else {
         Protocol::Socketio
