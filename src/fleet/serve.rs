@@ -69,6 +69,9 @@ const SCRIPT: &str = include_str!("../../web/fleet/fleet.js");
 
 type Body = BoxBody<Bytes, Infallible>;
 
+/// How long an answer waits for the service's first read after its start.
+const FIRST_READ_WAIT: Duration = Duration::from_secs(5);
+
 /// A read older than this means the watcher is stuck: Redis counts as
 /// unreachable.
 const STALE_AFTER: Duration = Duration::from_secs(15);
@@ -82,6 +85,8 @@ struct FleetRead {
     /// How long the read took.
     seconds: f64,
     at: Instant,
+    /// False for the placeholder before the first read.
+    done: bool,
 }
 
 type Snapshot = Arc<FleetRead>;
@@ -134,8 +139,13 @@ impl CachedConnection {
 }
 
 impl FleetService {
-    /// The watcher's last read, when it is not stale.
-    fn last_read(&self) -> (Snapshot, bool) {
+    /// The watcher's last read, and whether it is fresh; just after the
+    /// start, waits (a few seconds at most) for the first.
+    async fn last_read(&self) -> (Snapshot, bool) {
+        if !self.snapshot.borrow().done {
+            let mut first = self.snapshot.clone();
+            let _ = tokio::time::timeout(FIRST_READ_WAIT, first.wait_for(|read| read.done)).await;
+        }
         let snapshot = self.snapshot.borrow().clone();
         let fresh = snapshot.fleet.is_ok() && snapshot.at.elapsed() < STALE_AFTER;
         (snapshot, fresh)
@@ -180,7 +190,7 @@ impl FleetService {
         }
         match path {
             "/health" => {
-                let (_, reachable) = self.last_read();
+                let (_, reachable) = self.last_read().await;
                 Ok(full(json_response(
                     StatusCode::OK,
                     &json!({"status": if reachable { "ok" } else { "degraded" }, "redis": reachable}),
@@ -188,7 +198,7 @@ impl FleetService {
             }
             "/metrics" => {
                 self.authorize(&request)?;
-                let (snapshot, fresh) = self.last_read();
+                let (snapshot, fresh) = self.last_read().await;
                 let fleet = match &snapshot.fleet {
                     Ok((fleet, _)) if fresh => Some(fleet.as_slice()),
                     _ => None,
@@ -210,7 +220,7 @@ impl FleetService {
             "/fleet/api/boxes" => {
                 self.authorize(&request)?;
                 let clinic = query_param(request.uri().query(), "clinic");
-                let (snapshot, fresh) = self.last_read();
+                let (snapshot, fresh) = self.last_read().await;
                 match &snapshot.fleet {
                     Ok((fleet, _)) if fresh => {
                         let of_clinic: Vec<&FleetBox> = fleet
@@ -449,6 +459,7 @@ async fn watch_fleet(redis: RedisConfig, snapshots: watch::Sender<Snapshot>) {
             fleet,
             seconds: started.elapsed().as_secs_f64(),
             at: Instant::now(),
+            done: true,
         };
         if snapshots.send(Arc::new(snapshot)).is_err() {
             return;
@@ -522,6 +533,7 @@ pub async fn serve(
         fleet: Err("not read yet".to_owned()),
         seconds: 0.0,
         at: Instant::now(),
+        done: false,
     }));
     let watcher = tokio::spawn(watch_fleet(redis.clone(), snapshots));
     let service = Arc::new(FleetService {
