@@ -36,11 +36,12 @@
 //! `publish::notifications`; the `publish::publisher`'s writer thread gives
 //! it the next `seq`, commits it to the `store` (and its outbox), then hands
 //! it to `core::rooms`. The frame is encoded once per framing (by the
-//! encoder the transport gave the core) and shared by all recipients: native
-//! WebSocket members get it written straight into their sockets by the
-//! `core::fanout` thread through their `DirectLink` (one `writev` per member
-//! per run of events, `transport::native::outbound`); Socket.IO members get
-//! it through their bounded queue and session. `replication::link` then
+//! encoder the transport gave the core) and shared by all recipients:
+//! WebSocket members (native, and Socket.IO sessions opened over WebSocket)
+//! get it written straight into their sockets by the `core::fanout` thread
+//! through their `DirectLink` (one `writev` per member per run of events,
+//! `transport::outbound`); Socket.IO polling (and upgraded) members get it
+//! through their bounded queue and session. `replication::link` then
 //! drains the outbox to Redis; other boxes' events come back through
 //! `replication::subscription` and the same writer.
 

@@ -497,3 +497,65 @@ async fn a_raw_tcp_client_sees_the_close_frame_bytes() {
         .unwrap();
     assert_eq!(close, [0x88, 0x02, 0x03, 0xe8]);
 }
+
+/// A session opened over WebSocket is written by the fan-out thread, like a
+/// native client: its join's backlog must still come after the reply and
+/// before live events, each event once, while events keep coming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_session_gets_its_backlog_then_live_events_each_once_in_order() {
+    let gateway = std::sync::Arc::new(TestGateway::start().await);
+    for n in 1..=5 {
+        gateway.broadcast_numbered("tick", n).await;
+    }
+    // The gateway's epoch, from a first join's reply.
+    let mut first = connected_ws(&gateway).await;
+    send(&mut first, "421[\"join-patients-room\"]").await;
+    let epoch = loop {
+        if let Message::Text(text) = next(&mut first).await {
+            if let Some(reply) = text.strip_prefix("431") {
+                let reply: Value = serde_json::from_str(reply).unwrap();
+                break reply[0]["epoch"].as_str().expect("epoch").to_owned();
+            }
+        }
+    };
+    let mut socket = connected_ws(&gateway).await;
+    let publisher = tokio::spawn({
+        let gateway = gateway.clone();
+        async move {
+            for n in 6..=40 {
+                gateway.broadcast_numbered("tick", n).await;
+            }
+        }
+    });
+    let join = json!(["join-patients-room", {"since": 0, "epoch": epoch}]);
+    send(&mut socket, &format!("421{join}")).await;
+    let mut replied = false;
+    let mut ticks = Vec::new();
+    while ticks.len() < 40 {
+        let frame = tokio::time::timeout(PROMPTLY, socket.next()).await;
+        let Ok(Some(Ok(frame))) = frame else {
+            panic!("after {ticks:?} (replied: {replied}): {frame:?}");
+        };
+        match frame {
+            Message::Text(text) if text.starts_with("431[") => {
+                assert!(ticks.is_empty(), "the reply first: {ticks:?}");
+                assert!(text.contains("\"ok\":true"), "{text}");
+                replied = true;
+            }
+            Message::Text(text) if text.starts_with("42[\"tick\",") => {
+                let args: Value = serde_json::from_str(&text[2..]).unwrap();
+                ticks.push(args[1]["n"].as_u64().unwrap());
+            }
+            Message::Text(ping) if ping.as_str() == "2" => send(&mut socket, "3").await,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    publisher.await.unwrap();
+    assert!(replied);
+    assert_eq!(ticks, (1..=40).collect::<Vec<_>>(), "each once, in order");
+    let (_, metrics) = gateway.get("/metrics").await;
+    assert!(
+        !metrics.contains("slow_consumer_disconnects_total 1"),
+        "{metrics}"
+    );
+}

@@ -38,6 +38,9 @@ pub enum Framing {
     Native,
     /// Socket.IO's `42["event", data]` text.
     SocketIo,
+    /// That text as a complete WebSocket frame, header included, for the
+    /// Socket.IO clients the fan-out thread writes to directly.
+    SocketIoFrame,
 }
 
 /// One event as it goes to the members of one room.
@@ -55,7 +58,7 @@ pub struct RoomEvent {
     /// does not replace a retained event made after it.
     pub made_ms: u64,
     /// One encoding per [`Framing`], made on first use.
-    encodings: [OnceLock<Bytes>; 2],
+    encodings: [OnceLock<Bytes>; 3],
 }
 
 impl RoomEvent {

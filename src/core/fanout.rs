@@ -4,8 +4,10 @@
 //!
 //! The rooms core collects, under its lock, which connections each run of
 //! consecutive events of one room goes to ([`DirectWrites`]); this thread
-//! hands each run to each connection's [`DirectLink`], which the native
-//! transport implements with one non-blocking `writev`. Batches that queued up while it was writing are
+//! hands each run to each connection's [`DirectLink`], which the transports
+//! implement with one non-blocking `writev`. A run carries its events in
+//! each [`DirectFraming`] its members speak (native, Socket.IO over
+//! WebSocket), each encoded once. Batches that queued up while it was writing are
 //! merged first: when a room's members did not change in between, their
 //! runs become one, so under load more frames leave per write. Batches are
 //! taken in commit order and each is finished before the next, so a client
@@ -22,6 +24,41 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::event::{Encoder, Framing, RoomEvent};
+
+/// The framings of the clients written to directly: each a complete
+/// WebSocket frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectFraming {
+    Native,
+    SocketIo,
+}
+
+impl DirectFraming {
+    const ALL: [DirectFraming; 2] = [DirectFraming::Native, DirectFraming::SocketIo];
+
+    fn framing(self) -> Framing {
+        match self {
+            Self::Native => Framing::Native,
+            Self::SocketIo => Framing::SocketIoFrame,
+        }
+    }
+}
+
+/// How each [`DirectFraming`] is encoded, handed in by the transports.
+#[derive(Debug, Clone, Copy)]
+pub struct DirectEncoders {
+    pub native: Encoder,
+    pub socketio: Encoder,
+}
+
+impl DirectEncoders {
+    fn of(&self, framing: DirectFraming) -> Encoder {
+        match framing {
+            DirectFraming::Native => self.native,
+            DirectFraming::SocketIo => self.socketio,
+        }
+    }
+}
 use super::room::Room;
 use crate::metrics::Metrics;
 
@@ -38,6 +75,10 @@ const QUEUED_BATCHES: usize = 1;
 /// A connection that broadcasts are written to directly, from the fan-out
 /// thread, instead of through a queue its session reads.
 pub trait DirectLink: Send + Sync + std::fmt::Debug {
+    /// The framing its frames are encoded in.
+    fn framing(&self) -> DirectFraming {
+        DirectFraming::Native
+    }
     /// Hands a broadcast's frames (in order) to the connection without
     /// waiting on it.
     fn broadcast(&self, frames: &[Bytes]) -> Handed;
@@ -63,14 +104,18 @@ pub struct DirectWrites {
     metrics: Metrics,
     /// Cores the writes of one run may be spread over.
     cores: usize,
-    /// How a direct link's frames are encoded.
-    encode: Encoder,
+    /// How direct links' frames are encoded.
+    encoders: DirectEncoders,
 }
 
 struct Run {
     room: Room,
-    frames: Vec<Bytes>,
+    /// The run's events in each [`DirectFraming`] (by its index), for the
+    /// framings its recipients speak; empty for the others.
+    frames: [Vec<Bytes>; 2],
     recipients: Vec<Arc<dyn DirectLink>>,
+    /// Which framings the recipients speak.
+    spoken: [bool; 2],
     oldest: Instant,
 }
 
@@ -87,16 +132,16 @@ impl Run {
 }
 
 impl DirectWrites {
-    pub fn new(metrics: Metrics, cores: usize, encode: Encoder) -> Self {
+    pub fn new(metrics: Metrics, cores: usize, encoders: DirectEncoders) -> Self {
         Self {
             runs: Vec::new(),
             metrics,
             cores,
-            encode,
+            encoders,
         }
     }
 
-    /// Adds `event` for its room's native members; `recipients` is asked
+    /// Adds `event` for its room's direct members; `recipients` is asked
     /// only when the event starts a new run (the previous event was for
     /// another room). Called under the rooms lock, so the members of
     /// consecutive events of one room are the same.
@@ -105,17 +150,34 @@ impl DirectWrites {
         event: &RoomEvent,
         recipients: impl FnOnce() -> Vec<Arc<dyn DirectLink>>,
     ) {
-        let frame = event.encoded(Framing::Native, self.encode);
-        if let Some(run) = self.runs.last_mut().filter(|run| run.room == event.room) {
-            run.frames.push(frame);
-            return;
+        let encoders = self.encoders;
+        let run = match self.runs.last_mut().filter(|run| run.room == event.room) {
+            Some(run) => run,
+            None => {
+                let recipients = recipients();
+                let mut spoken = [false; 2];
+                for link in &recipients {
+                    spoken[link.framing() as usize] = true;
+                }
+                self.runs.push(Run {
+                    room: event.room.clone(),
+                    frames: Default::default(),
+                    recipients,
+                    spoken,
+                    oldest: event.published_at,
+                });
+                let Some(run) = self.runs.last_mut() else {
+                    return;
+                };
+                run
+            }
+        };
+        for framing in DirectFraming::ALL {
+            if run.spoken[framing as usize] {
+                let frame = event.encoded(framing.framing(), encoders.of(framing));
+                run.frames[framing as usize].push(frame);
+            }
         }
-        self.runs.push(Run {
-            room: event.room.clone(),
-            frames: vec![frame],
-            recipients: recipients(),
-            oldest: event.published_at,
-        });
     }
 
     /// Appends a later batch, joining its first run to this batch's last
@@ -124,7 +186,11 @@ impl DirectWrites {
         let mut runs = later.runs.into_iter();
         if let Some(first) = runs.next() {
             match self.runs.last_mut() {
-                Some(last) if last.same_members(&first) => last.frames.extend(first.frames),
+                Some(last) if last.same_members(&first) => {
+                    for (frames, more) in last.frames.iter_mut().zip(first.frames) {
+                        frames.extend(more);
+                    }
+                }
                 _ => self.runs.push(first),
             }
         }
@@ -168,9 +234,9 @@ impl DirectWrites {
     }
 }
 
-fn write_run(recipients: &[Arc<dyn DirectLink>], frames: &[Bytes], metrics: &Metrics) {
+fn write_run(recipients: &[Arc<dyn DirectLink>], frames: &[Vec<Bytes>; 2], metrics: &Metrics) {
     for link in recipients {
-        if link.broadcast(frames) == Handed::Overflowed {
+        if link.broadcast(&frames[link.framing() as usize]) == Handed::Overflowed {
             metrics.slow_consumer_disconnects.inc();
         }
     }
@@ -251,13 +317,65 @@ mod tests {
     }
 
     fn batch(events: &[RoomEvent], recipients: &[Arc<dyn DirectLink>]) -> DirectWrites {
-        let mut writes = DirectWrites::new(Metrics::default(), 1, |event| {
-            Bytes::from(event.seq.to_string())
-        });
+        let encoders = DirectEncoders {
+            native: |event| Bytes::from(event.seq.to_string()),
+            socketio: |event| Bytes::from(format!("sio {}", event.seq)),
+        };
+        let mut writes = DirectWrites::new(Metrics::default(), 1, encoders);
         for event in events {
             writes.add(event, || recipients.to_vec());
         }
         writes
+    }
+
+    /// A link that keeps what it was handed, in its framing.
+    #[derive(Debug)]
+    struct Recording(
+        DirectFraming,
+        std::sync::Mutex<Vec<Bytes>>,
+        CancellationToken,
+    );
+
+    impl DirectLink for Recording {
+        fn framing(&self) -> DirectFraming {
+            self.0
+        }
+        fn broadcast(&self, frames: &[Bytes]) -> Handed {
+            self.1.lock().unwrap().extend_from_slice(frames);
+            Handed::Accepted
+        }
+        fn overflowed(&self) -> &CancellationToken {
+            &self.2
+        }
+    }
+
+    #[test]
+    fn each_member_gets_the_run_in_its_own_framing() {
+        let native = Arc::new(Recording(
+            DirectFraming::Native,
+            Default::default(),
+            Default::default(),
+        ));
+        let socketio = Arc::new(Recording(
+            DirectFraming::SocketIo,
+            Default::default(),
+            Default::default(),
+        ));
+        let members: [Arc<dyn DirectLink>; 2] = [native.clone(), socketio.clone()];
+        let writes = batch(
+            &[event(1, Room::Patients), event(2, Room::Patients)],
+            &members,
+        );
+        assert_eq!(writes.runs.len(), 1, "one run for both framings");
+        writes.write();
+        assert_eq!(
+            *native.1.lock().unwrap(),
+            [Bytes::from("1"), Bytes::from("2")]
+        );
+        assert_eq!(
+            *socketio.1.lock().unwrap(),
+            [Bytes::from("sio 1"), Bytes::from("sio 2")]
+        );
     }
 
     #[test]
@@ -273,14 +391,18 @@ mod tests {
         );
         writes.merge(batch(&[event(3, Room::Patients)], &both));
         assert_eq!(writes.runs.len(), 1);
-        assert_eq!(writes.runs[0].frames.len(), 3);
+        assert_eq!(writes.runs[0].frames[0].len(), 3);
+        assert!(
+            writes.runs[0].frames[1].is_empty(),
+            "no Socket.IO member: not encoded"
+        );
         // Someone left in between: another run, after the first.
         writes.merge(batch(&[event(4, Room::Patients)], std::slice::from_ref(&a)));
         writes.merge(batch(&[event(5, Room::Staff)], std::slice::from_ref(&a)));
         let shape: Vec<_> = writes
             .runs
             .iter()
-            .map(|run| (run.frames.len(), run.recipients.len()))
+            .map(|run| (run.frames[0].len(), run.recipients.len()))
             .collect();
         assert_eq!(shape, [(3, 2), (1, 1), (1, 1)]);
     }

@@ -21,8 +21,8 @@ use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
 use super::client_queue::{self, SendError};
-use super::event::{CommittedEvent, Encoder, RoomEvent};
-use super::fanout::{DirectLink, DirectWrites};
+use super::event::{CommittedEvent, RoomEvent};
+use super::fanout::{DirectEncoders, DirectLink, DirectWrites};
 use super::history::{History, Recovery, Retained, SavedHistory};
 use super::room::{is_retained, EventName, Room, RoomKind};
 use crate::metrics::Metrics;
@@ -61,7 +61,8 @@ enum ClientLink {
         queue: client_queue::Sender<Arc<RoomEvent>>,
         overflowed: CancellationToken,
     },
-    /// Frames written straight to the connection (native WebSocket).
+    /// Frames written straight to the connection (native WebSocket, and
+    /// Socket.IO opened over WebSocket), in the link's framing.
     Direct(Arc<dyn DirectLink>),
 }
 
@@ -97,7 +98,7 @@ struct Inner {
     /// The cores this process may run on (read once: it costs system calls).
     cores: usize,
     /// How direct links' frames are encoded.
-    direct_encoder: Encoder,
+    direct_encoders: DirectEncoders,
 }
 
 /// How the rooms core starts: from what the store holds.
@@ -110,8 +111,8 @@ pub struct RoomsSetup {
     pub saved_history: Option<SavedHistory>,
     pub history_per_room: usize,
     pub client_queue: usize,
-    /// The framing direct links are written in (the native transport's).
-    pub direct_encoder: Encoder,
+    /// The framings direct links are written in (the transports').
+    pub direct_encoders: DirectEncoders,
 }
 
 /// Cheap-to-clone handle to the rooms core.
@@ -145,7 +146,7 @@ impl Rooms {
             client_queue: setup.client_queue,
             metrics,
             cores: std::thread::available_parallelism().map_or(1, usize::from),
-            direct_encoder: setup.direct_encoder,
+            direct_encoders: setup.direct_encoders,
         }))
     }
 
@@ -307,7 +308,7 @@ impl Rooms {
     }
 
     fn direct_writes(&self) -> DirectWrites {
-        DirectWrites::new(self.0.metrics.clone(), self.0.cores, self.0.direct_encoder)
+        DirectWrites::new(self.0.metrics.clone(), self.0.cores, self.0.direct_encoders)
     }
 
     /// Queues the event for queue-linked members now and adds it to

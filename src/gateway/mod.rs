@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{unix_now, Authenticator};
 use crate::clock::Clock;
 use crate::config::{mask_url_password, AuthMode, Config};
+use crate::core::fanout::DirectEncoders;
 use crate::core::rooms::{Rooms, RoomsSetup};
 use crate::http::api::Api;
 use crate::http::cors::Cors;
@@ -137,7 +138,10 @@ impl Gateway {
                 saved_history: opened.history,
                 history_per_room: config.history.per_room,
                 client_queue: config.limits.client_queue,
-                direct_encoder: encode_room_event_frame,
+                direct_encoders: DirectEncoders {
+                    native: encode_room_event_frame,
+                    socketio: crate::transport::socketio::packet::encode_room_event_frame,
+                },
             },
             metrics.clone(),
         );

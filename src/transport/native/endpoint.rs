@@ -7,10 +7,11 @@ use futures_util::future::Either;
 use hyper::body::Incoming;
 use hyper::Request;
 
-use super::outbound::OutboundIo;
 use super::session::Session;
+use crate::core::fanout::DirectFraming;
 use crate::http::query::query_param;
 use crate::http::response::{HttpError, HttpResponse};
+use crate::transport::outbound::OutboundIo;
 use crate::transport::sessions::Sessions;
 use crate::transport::websocket::{accept_key, close_owned, upgrade_over, CloseReason};
 
@@ -38,7 +39,7 @@ pub fn upgrade(
         sessions,
         peer,
         request,
-        move |stream| OutboundIo::new(stream, capacity),
+        move |stream| OutboundIo::new(stream, capacity, DirectFraming::Native),
         move |sessions, socket| match identity {
             Ok(identity) => Either::Left(Session::new(sessions, socket, identity, slot).run()),
             Err(refused) => Either::Right(close_owned(socket, CloseReason::Token(refused))),

@@ -1,7 +1,7 @@
 //! One native-protocol client connection: a single `select!` over shutdown,
 //! the client's frames, its heartbeat, and the broadcasts its socket did not
 //! take at once (most are written by the rooms core's fan-out itself, see
-//! [`super::outbound`]; the session is not woken for them).
+//! [`crate::transport::outbound`]; the session is not woken for them).
 //!
 //! The session owns its [`Client`] (memberships that leave their room when
 //! dropped, the message budget) and its connection slot, so however the
@@ -18,12 +18,12 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-use super::outbound::{Outbound, OutboundIo};
 use super::protocol::{self, encode_room_event_frame, ServerMessage};
 use crate::auth::{Identity, TokenError};
 use crate::core::event::Framing;
 use crate::net::slots::ClientSlot;
 use crate::transport::client::{Client, RequestKind, TokenTimer};
+use crate::transport::outbound::{Outbound, OutboundIo};
 use crate::transport::requests::{ErrorCode, ProtocolError, Request};
 use crate::transport::sessions::Sessions;
 use crate::transport::websocket::{close, text_frame, CloseReason};

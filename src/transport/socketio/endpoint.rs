@@ -19,14 +19,16 @@ use tracing::Instrument;
 use super::engineio;
 use super::registry::{EngineSessions, Inbound, PollAnswer, SessionEntry};
 use super::session::{EngineSession, SessionId};
+use crate::core::fanout::DirectFraming;
 use crate::http::query::query_param;
 use crate::http::response::{
     json_response, read_body, refuse_while_stopping, text_response, BodyError, HttpError,
     HttpResponse,
 };
 use crate::net::slots::ClientSlot;
+use crate::transport::outbound::OutboundIo;
 use crate::transport::sessions::Sessions;
-use crate::transport::websocket::upgrade_with;
+use crate::transport::websocket::{upgrade_over, upgrade_with};
 
 /// Messages from HTTP requests waiting for one session.
 const SESSION_INBOX: usize = 16;
@@ -145,16 +147,24 @@ impl SocketIo {
             (None, false) => Err(EngineError::BadHandshakeMethod.into()),
             (None, true) => {
                 let slot = self.admit()?;
+                let capacity = self.sessions.rooms().client_queue();
                 // The session is built before its future (see native::endpoint).
-                let upgraded =
-                    upgrade_with(&self.sessions, peer, request, move |sessions, socket| {
+                // Its broadcasts are written by the fan-out thread, as a
+                // native client's are.
+                let upgraded = upgrade_over(
+                    &self.sessions,
+                    peer,
+                    request,
+                    move |stream| OutboundIo::new(stream, capacity, DirectFraming::SocketIo),
+                    move |sessions, socket| {
                         // Opened over WebSocket: no polling or probe can name this
                         // session (engine.io refuses a transport change to polling),
                         // so it is not registered and carries no inbox (~1 KiB).
                         let id = SessionId::Unregistered(new_sid());
                         let open = open_packet(&sessions, id.as_str(), false);
                         EngineSession::new(sessions, id, None, Some(socket), token, slot).run(open)
-                    })?;
+                    },
+                )?;
                 Ok(upgraded)
             }
             (Some(sid), websocket) => {

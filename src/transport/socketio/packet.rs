@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use bytes::Bytes;
 
-use crate::core::event::RoomEvent;
+use crate::core::event::{Framing, RoomEvent};
 
 /// The only namespace the gateway serves.
 pub const MAIN_NAMESPACE: &str = "/";
@@ -221,6 +221,14 @@ pub fn encode_room_event(event: &RoomEvent) -> Bytes {
     frame.push_str("42");
     frame.push_str(&args);
     Bytes::from(frame)
+}
+
+/// [`encode_room_event`] as a complete WebSocket text frame, for the
+/// clients on WebSocket the fan-out thread writes to directly; made once
+/// per event from the text the polling clients get.
+pub fn encode_room_event_frame(event: &RoomEvent) -> Bytes {
+    let text = event.encoded(Framing::SocketIo, encode_room_event);
+    crate::transport::websocket::text_frame(&text)
 }
 
 #[cfg(test)]

@@ -3,6 +3,12 @@
 //! task with one `select!`, on the same rooms core, auth and limits as the
 //! native protocol (through [`Client`]).
 //!
+//! A session opened over WebSocket is written like a native connection:
+//! its room events are written into its [`Outbound`] queue by the rooms
+//! core's fan-out thread, encoded once per event for every such client, and
+//! never pass through this task; its own packets go through the same queue.
+//! A session upgraded from polling keeps its queue, as polling does.
+//!
 //! HTTP requests of the polling transport do not touch the session's state:
 //! they hand it [`Inbound`] messages and wait for its answer. While polling,
 //! room events are taken from the client's bounded queue only when a GET is
@@ -28,9 +34,10 @@ use crate::metrics::ReasonLabel;
 use crate::net::slots::ClientSlot;
 use crate::transport::budget::Exhausted;
 use crate::transport::client::{Client, RequestKind, TokenTimer};
+use crate::transport::outbound::{DirectSocket, Outbound};
 use crate::transport::requests::{self, ErrorCode, ProtocolError};
 use crate::transport::sessions::Sessions;
-use crate::transport::websocket::{close, CloseReason, Socket, Violation};
+use crate::transport::websocket::{close, text_frame, CloseReason, Socket, Violation};
 
 /// An encoded packet: UTF-8 text, which a WebSocket write takes as it is.
 type TextFrame = Utf8Bytes;
@@ -92,7 +99,14 @@ fn violation(violation: Violation) -> End {
 
 enum Transport {
     Polling,
+    /// Upgraded from polling: events come through the client's queue.
     WebSocket(Box<Socket>),
+    /// Opened over WebSocket: events are written into `outbound` by the
+    /// fan-out thread; this task writes only its own packets there.
+    Direct {
+        socket: Box<DirectSocket>,
+        outbound: Arc<Outbound>,
+    },
 }
 
 pub struct EngineSession {
@@ -126,7 +140,7 @@ impl EngineSession {
         sessions: Sessions,
         id: SessionId,
         inbound: Option<mpsc::Receiver<Inbound>>,
-        websocket: Option<Socket>,
+        websocket: Option<DirectSocket>,
         query_token: Option<String>,
         slot: ClientSlot,
     ) -> Self {
@@ -134,8 +148,9 @@ impl EngineSession {
             sessions,
             id,
             inbound,
-            transport: websocket.map_or(Transport::Polling, |socket| {
-                Transport::WebSocket(Box::new(socket))
+            transport: websocket.map_or(Transport::Polling, |socket| Transport::Direct {
+                outbound: socket.get_ref().outbound().clone(),
+                socket: Box::new(socket),
             }),
             probe: None,
             outbox: VecDeque::new(),
@@ -156,7 +171,7 @@ impl EngineSession {
     /// taking `mut self` would keep `self` twice in every session's future.
     pub fn run(self, open: String) -> impl std::future::Future<Output = ()> {
         let mut session = self;
-        if let Transport::WebSocket(_) = session.transport {
+        if let Transport::Direct { .. } = session.transport {
             session.queue(TextFrame::from(open));
         }
         async move {
@@ -194,6 +209,11 @@ impl EngineSession {
         let mut overflowed: Option<
             std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
         > = None;
+        // A direct session's queue, which the fan-out thread fills.
+        let direct = match &self.transport {
+            Transport::Direct { outbound, .. } => Some(outbound.clone()),
+            _ => None,
+        };
         loop {
             if let Some(reason) = self.disconnecting.filter(|_| self.outbox.is_empty()) {
                 return Err(End::Closed(reason));
@@ -204,7 +224,7 @@ impl EngineSession {
                 });
             }
             let can_deliver =
-                matches!(self.transport, Transport::WebSocket(_)) || self.waiting_poll.is_some();
+                !matches!(self.transport, Transport::Polling) || self.waiting_poll.is_some();
             let pong_deadline = self.pong_deadline;
             let token_check_at = match self.disconnecting {
                 None => self.client.as_ref().and_then(Client::token_check_at),
@@ -239,7 +259,9 @@ impl EngineSession {
                     Some(inbound) => self.on_inbound(inbound).await?,
                     None => return Err(End::TransportGone),
                 },
-                message = async { match &mut self.transport { Transport::WebSocket(socket) => socket.next().await, Transport::Polling => pending().await } } => {
+                // Broadcasts the socket did not take at once (over TLS: all of them).
+                () = async { match &direct { Some(outbound) => std::future::poll_fn(|cx| outbound.poll_has_pending(cx)).await, None => pending().await } } => {}
+                message = async { match &mut self.transport { Transport::WebSocket(socket) => socket.next().await, Transport::Direct { socket, .. } => socket.next().await, Transport::Polling => pending().await } } => {
                     match message {
                         Some(Ok(Message::Text(text))) => self.on_packet(&text).await?,
                         Some(Ok(Message::Binary(_))) => self.on_binary("binary frames are not supported")?,
@@ -317,8 +339,27 @@ impl EngineSession {
         self.outbox.push_back(packet);
     }
 
+    /// Hands a direct session's queued packets to its connection's queue,
+    /// as WebSocket frames, behind what waits there.
+    fn push_direct(&mut self) {
+        if let Transport::Direct { outbound, .. } = &self.transport {
+            if !self.outbox.is_empty() {
+                let frames: Vec<bytes::Bytes> = self
+                    .outbox
+                    .drain(..)
+                    .map(|packet| text_frame(packet.as_bytes()))
+                    .collect();
+                outbound.push(&frames);
+            }
+        }
+    }
+
     /// Sends what is queued: over the WebSocket, or to a waiting GET.
     async fn flush(&mut self) -> Result<(), End> {
+        if let Transport::Direct { .. } = self.transport {
+            self.push_direct();
+            return self.flush_direct().await;
+        }
         if self.outbox.is_empty() {
             return Ok(());
         }
@@ -348,6 +389,8 @@ impl EngineSession {
                     Err(_) => Err(End::Closed(CloseReason::SlowConsumer)),
                 }
             }
+            // Written through its connection's queue, above.
+            Transport::Direct { .. } => Ok(()),
             Transport::Polling => {
                 if let Some(waiting) = self.waiting_poll.take() {
                     let packets: Vec<TextFrame> = self.outbox.drain(..).collect();
@@ -366,6 +409,25 @@ impl EngineSession {
         }
     }
 
+    /// Writes what waits in a direct session's queue (what the socket did
+    /// not take at once, or everything over TLS), for at most the ping timeout.
+    async fn flush_direct(&mut self) -> Result<(), End> {
+        let Transport::Direct { socket, .. } = &mut self.transport else {
+            return Ok(());
+        };
+        let deadline = self.sessions.socketio().ping_timeout;
+        let mut write = std::pin::pin!(socket.flush());
+        let written = match futures_util::FutureExt::now_or_never(write.as_mut()) {
+            Some(written) => Ok(written),
+            None => tokio::time::timeout(deadline, write).await,
+        };
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::TransportGone),
+            Err(_) => Err(End::Closed(CloseReason::SlowConsumer)),
+        }
+    }
+
     async fn on_inbound(&mut self, inbound: Inbound) -> Result<(), End> {
         match inbound {
             Inbound::Payload(body) => {
@@ -375,7 +437,7 @@ impl EngineSession {
                 Ok(())
             }
             Inbound::Poll(answer) => {
-                if matches!(self.transport, Transport::WebSocket(_)) {
+                if !matches!(self.transport, Transport::Polling) {
                     let _ = answer.send(PollAnswer::Closed);
                     return Ok(());
                 }
@@ -537,7 +599,12 @@ impl EngineSession {
             .filter(|token| !token.is_empty());
         match self.sessions.auth().identify(token.as_deref()) {
             Ok(identity) => {
-                let subscriber = self.sessions.rooms().connect();
+                let subscriber = match &self.transport {
+                    Transport::Direct { outbound, .. } => {
+                        self.sessions.rooms().connect_direct(outbound.clone())
+                    }
+                    _ => self.sessions.rooms().connect(),
+                };
                 let client = Client::new(self.sessions.clone(), identity, subscriber);
                 self.client = Some(client);
                 self.queue(TextFrame::from(socketio::connect(self.id.as_str())));
@@ -565,6 +632,13 @@ impl EngineSession {
                 return self.reject_error(&error);
             }
         };
+        // A direct session's broadcasts wait while the reply and the join's
+        // backlog are queued: missed events (or the retained state) go out
+        // after the reply and before live ones.
+        let hold = match &self.transport {
+            Transport::Direct { outbound, .. } => Some(outbound.hold()),
+            _ => None,
+        };
         let Some(client) = &mut self.client else {
             return Err(violation(Violation::NotConnected));
         };
@@ -589,6 +663,8 @@ impl EngineSession {
         for event in backlog {
             self.outbox.extend(room_event_text(&event));
         }
+        self.push_direct();
+        drop(hold);
         Ok(())
     }
 
@@ -644,6 +720,19 @@ impl EngineSession {
                 if let Some(reason) = reason {
                     close(&mut socket, reason).await;
                 }
+            }
+            Transport::Direct {
+                mut socket,
+                outbound,
+            } => {
+                if let Some(reason) = reason {
+                    if reason == CloseReason::SlowConsumer {
+                        // The Close frame should not wait behind what the client does not read.
+                        outbound.discard_unsent();
+                    }
+                    close(&mut socket, reason).await;
+                }
+                outbound.close();
             }
             Transport::Polling => {
                 if let Some(waiting) = self.waiting_poll.take() {

@@ -1,4 +1,5 @@
-//! The bytes leaving one native WebSocket connection, and who writes them.
+//! The bytes leaving one WebSocket connection written to directly (native,
+//! or Socket.IO opened over WebSocket), and who writes them.
 //!
 //! The rooms core's fan-out writes a broadcast's frames — encoded once, header
 //! included (server frames are not masked, so every recipient gets the same
@@ -30,7 +31,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::core::fanout::{DirectLink, Handed};
+use crate::core::fanout::{DirectFraming, DirectLink, Handed};
 use crate::net::peer_limit::{CountedStream, PeerGuard};
 use crate::net::tls::ClientStream;
 
@@ -132,10 +133,16 @@ pub struct Outbound {
     session: AtomicWaker,
     overflowed: CancellationToken,
     capacity: usize,
+    /// The framing the fan-out encodes this connection's broadcasts in.
+    framing: DirectFraming,
 }
 
 impl Outbound {
-    pub(crate) fn new(direct: Option<OwnedWriteHalf>, capacity: usize) -> Self {
+    pub(crate) fn new(
+        direct: Option<OwnedWriteHalf>,
+        capacity: usize,
+        framing: DirectFraming,
+    ) -> Self {
         Self {
             state: Mutex::new(State {
                 direct,
@@ -147,6 +154,7 @@ impl Outbound {
             session: AtomicWaker::new(),
             overflowed: CancellationToken::new(),
             capacity,
+            framing,
         }
     }
 
@@ -262,6 +270,10 @@ impl Outbound {
 }
 
 impl DirectLink for Outbound {
+    fn framing(&self) -> DirectFraming {
+        self.framing
+    }
+
     fn broadcast(&self, frames: &[Bytes]) -> Handed {
         Outbound::broadcast(self, frames)
     }
@@ -288,6 +300,9 @@ impl Drop for Hold {
     }
 }
 
+/// A WebSocket written through its [`Outbound`] queue.
+pub type DirectSocket = tokio_tungstenite::WebSocketStream<OutboundIo>;
+
 /// The reading end of the connection, and over TLS the whole stream.
 #[derive(Debug)]
 enum Reader {
@@ -306,21 +321,22 @@ pub struct OutboundIo {
 }
 
 impl OutboundIo {
-    /// Splits a client stream; `capacity` bounds the frames that may wait.
-    pub fn new(stream: ClientStream, capacity: usize) -> Self {
+    /// Splits a client stream; `capacity` bounds the frames that may wait,
+    /// `framing` is what its broadcasts are encoded in.
+    pub fn new(stream: ClientStream, capacity: usize, framing: DirectFraming) -> Self {
         match stream {
             ClientStream::Plain(counted) => {
                 let (tcp, peer) = counted.into_parts();
                 let (read, write) = tcp.into_split();
                 Self {
                     reader: Reader::Plain(read),
-                    outbound: Arc::new(Outbound::new(Some(write), capacity)),
+                    outbound: Arc::new(Outbound::new(Some(write), capacity, framing)),
                     _peer: Some(peer),
                 }
             }
             ClientStream::Tls(tls) => Self {
                 reader: Reader::Tls(tls),
-                outbound: Arc::new(Outbound::new(None, capacity)),
+                outbound: Arc::new(Outbound::new(None, capacity, framing)),
                 _peer: None,
             },
         }
@@ -479,7 +495,7 @@ mod tests {
 
     #[test]
     fn held_broadcasts_follow_the_sessions_frames_and_overflow_counts_them() {
-        let outbound = Arc::new(Outbound::new(None, 3));
+        let outbound = Arc::new(Outbound::new(None, 3, DirectFraming::Native));
         let hold = outbound.hold();
         assert_eq!(
             outbound.broadcast(&[Bytes::from_static(b"live")]),
