@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Two builds of the gateway in one sitting, alternated run by run (A B A B ...),
 # on the scenarios a change to the delivery path must not slow down: fan-out
-# to 1,000 native clients, burst with 8 publishers, and idle memory per
-# connection (native and Socket.IO). Quote the medians (BENCHMARKS.md).
+# to 1,000 clients, burst with 8 publishers (native and Socket.IO over
+# WebSocket), and idle memory per connection (native and Socket.IO). Quote the medians (BENCHMARKS.md).
 #   bench/compare.sh BEFORE_BINARY AFTER_BINARY [runs per build, default 3]
 # Build the "before" binary from another checkout, e.g.
 #   git worktree add /tmp/before <commit> && (cd /tmp/before && cargo build --release)
@@ -48,6 +48,8 @@ for run in $(seq 1 "$runs"); do
     if [ "$label" = before ]; then binary=$before; else binary=$after; fi
     one "$label" "$binary" fanout --protocol native --clients 1000 --rate 20 --seconds 10
     one "$label" "$binary" burst --protocol native --clients 1000 --rate 20 --seconds 1 --connections 8
+    one "$label" "$binary" fanout --protocol socketio --clients 1000 --rate 20 --seconds 10
+    one "$label" "$binary" burst --protocol socketio --clients 1000 --rate 20 --seconds 1 --connections 8
     one "$label" "$binary" idle --protocol native --clients 10000 --seconds 3
     one "$label" "$binary" idle --protocol socketio --clients 10000 --seconds 3
   done
