@@ -13,7 +13,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{gateway_command, wait_until, GatewayProcess, TestRedis, PROMPTLY};
+use common::{gateway_command, wait_until, FleetService, GatewayProcess, TestRedis, PROMPTLY};
 use serde_json::Value;
 
 /// Runs `fleet` with `args` against `redis`: exit status, stdout, stderr.
@@ -189,50 +189,8 @@ async fn the_fleet_command_tells_up_stopped_missing_and_degraded_boxes_apart() {
 }
 
 /// `fleet serve` on a free port in `dir`; killed on drop.
-struct FleetService {
-    addr: std::net::SocketAddr,
-    _child: tokio::process::Child,
-}
-
 async fn fleet_serve(dir: &std::path::Path, redis: &str) -> FleetService {
-    fleet_serve_with(dir, redis, &[]).await
-}
-
-async fn fleet_serve_with(dir: &std::path::Path, redis: &str, extra: &[&str]) -> FleetService {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = gateway_command(dir)
-        .args([
-            "fleet",
-            "serve",
-            "--redis",
-            redis,
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .args(extra)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn fleet serve");
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let addr = tokio::time::timeout(PROMPTLY, async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let addr = rest.split_whitespace().next().expect("address");
-                return addr.parse().expect("socket address");
-            }
-        }
-        panic!("fleet serve exited before listening");
-    })
-    .await
-    .expect("fleet serve listened in time");
-    // The rest of its log is read and dropped, so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    FleetService {
-        addr,
-        _child: child,
-    }
+    FleetService::start(dir, redis, &[], &[]).await
 }
 
 /// `POST /fleet/api/announce` with `body` as `token`.
@@ -491,7 +449,8 @@ async fn an_announcement_reaches_the_screens_of_its_clinic_signed_and_no_other_c
     let elsewhere = start_box(dirs[1].path(), &redis, "clinic-2", "lobby", &[]).await;
     let service_dir = dirs[2].path();
     let keys_dir = keys.path().to_str().expect("path").to_owned();
-    let fleet_service = fleet_serve_with(service_dir, &url, &["--signing-keys", &keys_dir]).await;
+    let fleet_service =
+        FleetService::start(service_dir, &url, &["--signing-keys", &keys_dir], &[]).await;
     let operator =
         common::mint_token(service_dir, &["--role", "service", "--sub", "operator"]).await;
     let monitor = common::mint_token(service_dir, &["--role", "monitor", "--sub", "ops"]).await;

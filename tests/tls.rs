@@ -380,38 +380,18 @@ async fn the_fleet_service_serves_https_with_the_gateways_keys() {
     let dir = tempfile::tempdir().unwrap();
     let trusted = ca("fleet ca");
     let (cert, key) = server_cert(&trusted, dir.path());
-    let mut child = common::gateway_command(dir.path())
-        .args([
-            "fleet",
-            "serve",
-            "--redis",
-            &redis.url(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .env("SMARTWAIT_SERVER_TLS_CERT", &cert)
-        .env("SMARTWAIT_SERVER_TLS_KEY", &key)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let addr: std::net::SocketAddr = {
-        use tokio::io::AsyncBufReadExt;
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr = tokio::time::timeout(common::PROMPTLY, async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(rest) = line.split("listening on https://").nth(1) {
-                    return rest.split_whitespace().next().unwrap().parse().unwrap();
-                }
-            }
-            panic!("fleet serve did not listen on https");
-        })
-        .await
-        .expect("fleet serve started");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        addr
-    };
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let service = common::FleetService::start(
+        dir.path(),
+        &redis.url(),
+        &[],
+        &[
+            ("SMARTWAIT_SERVER_TLS_CERT", cert),
+            ("SMARTWAIT_SERVER_TLS_KEY", key),
+        ],
+    )
+    .await;
+    let addr = service.addr;
     let stream = tls_stream(addr, &trusted).await.expect("tls handshake");
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await

@@ -333,6 +333,11 @@ impl FleetService {
                 if !first && snapshots.changed().await.is_err() {
                     return None;
                 }
+                if first && !snapshots.borrow().done {
+                    let _ =
+                        tokio::time::timeout(FIRST_READ_WAIT, snapshots.wait_for(|read| read.done))
+                            .await;
+                }
                 let snapshot = snapshots.borrow_and_update().clone();
                 let event = match &snapshot.fleet {
                     Ok((_, page)) => format!("event: boxes\ndata: {page}\n\n"),

@@ -13,6 +13,7 @@
 pub mod browser;
 pub mod cluster;
 pub mod faultfs;
+pub mod fleet;
 pub mod gateway;
 pub mod http_client;
 pub mod node;
@@ -30,6 +31,8 @@ use std::time::Duration;
 pub use cluster::*;
 #[allow(unused_imports)]
 pub use faultfs::*;
+#[allow(unused_imports)]
+pub use fleet::*;
 #[allow(unused_imports)]
 pub use gateway::*;
 #[allow(unused_imports)]
