@@ -179,6 +179,7 @@ mod tests {
             state,
             last_seen: String::new(),
             last_seen_ms: 1_700_000_000_000,
+            full_report: std::sync::Arc::from(serde_json::value::RawValue::NULL.to_owned()),
             report: std::sync::Arc::new(
                 json!({"backlog": 3, "store": {"state": "ok"}, "clock": {"offsetMs": -250}, "version": "0.1.0"}),
             ),

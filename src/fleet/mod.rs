@@ -14,6 +14,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use futures_util::StreamExt;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::clock::{rfc3339_ms, unix_ms};
@@ -152,9 +153,14 @@ pub(crate) struct FleetBox {
     pub last_seen: String,
     #[serde(skip)]
     pub last_seen_ms: u64,
-    /// The box's last report, as it wrote it (null when it is gone);
-    /// shared with the reader's cache.
+    /// The fields of the box's last report the views read
+    /// ([`REPORT_FIELDS`]); shared with the reader's cache.
+    #[serde(skip)]
     pub report: Arc<Value>,
+    /// The last report as the box wrote it (null when it is gone), kept as
+    /// text: a parsed copy of every box's would cost several times more.
+    #[serde(rename = "report")]
+    pub full_report: Arc<RawValue>,
 }
 
 impl FleetBox {
@@ -165,6 +171,48 @@ impl FleetBox {
             other => other.to_string(),
         }
     }
+}
+
+/// The report fields the table, the metrics, the page's summaries and
+/// [`state_of`] read; the rest of a report is kept as text only.
+const REPORT_FIELDS: [&str; 13] = [
+    "status",
+    "why",
+    "stoppedAtMs",
+    "stopReason",
+    "version",
+    "connectedClients",
+    "backlog",
+    "replicationLagSeconds",
+    "store",
+    "clock",
+    "uptimeSeconds",
+    "certExpiryDays",
+    "startedAt",
+];
+
+/// A report as the views keep it: its [`REPORT_FIELDS`] (of `store` and
+/// `clock` only `state` and `offsetMs`) and its text.
+fn kept_report(text: Option<String>) -> (Arc<Value>, Arc<RawValue>) {
+    let parsed = text.and_then(|text| {
+        let full: Value = serde_json::from_str(&text).ok()?;
+        Some((full, RawValue::from_string(text).ok()?))
+    });
+    let Some((mut full, raw)) = parsed else {
+        return (Arc::new(Value::Null), Arc::from(RawValue::NULL.to_owned()));
+    };
+    let mut fields = serde_json::Map::new();
+    for name in REPORT_FIELDS {
+        if let Some(value) = full.get_mut(name).map(Value::take) {
+            let value = match name {
+                "store" => serde_json::json!({"state": value["state"]}),
+                "clock" => serde_json::json!({"offsetMs": value["offsetMs"]}),
+                _ => value,
+            };
+            fields.insert(name.to_owned(), value);
+        }
+    }
+    (Arc::new(Value::Object(fields)), Arc::from(raw))
 }
 
 /// Where a box stands at `now_ms`, from when it last reported and what.
@@ -200,7 +248,7 @@ pub(crate) fn state_of(report: &Value, last_seen_ms: u64, now_ms: u64) -> BoxSta
 #[derive(Debug, Default)]
 pub(crate) struct FleetReader {
     /// By fleet member: the score its report was read at, and the report.
-    reports: HashMap<String, (u64, Arc<Value>)>,
+    reports: HashMap<String, (u64, (Arc<Value>, Arc<RawValue>))>,
 }
 
 impl FleetReader {
@@ -243,15 +291,10 @@ impl FleetReader {
             })
             .collect();
         let reports = read_all(connection, &report_keys).await?;
-        let mut fresh: HashMap<String, (u64, Arc<Value>)> = moved
+        let mut fresh: HashMap<String, (u64, (Arc<Value>, Arc<RawValue>))> = moved
             .into_iter()
             .zip(reports)
-            .map(|((member, score), report)| {
-                let report = report
-                    .and_then(|text| serde_json::from_str(&text).ok())
-                    .unwrap_or(Value::Null);
-                (member.clone(), (*score, Arc::new(report)))
-            })
+            .map(|((member, score), report)| (member.clone(), (*score, kept_report(report))))
             .collect();
         let now = unix_ms();
         let mut boxes = Vec::with_capacity(members.len());
@@ -267,12 +310,13 @@ impl FleetReader {
                 continue;
             };
             boxes.push(FleetBox {
-                state: state_of(&entry.1, last_seen_ms, now),
+                state: state_of(&entry.1 .0, last_seen_ms, now),
                 clinic: clinic.to_owned(),
                 node: node.to_owned(),
                 last_seen: rfc3339_ms(last_seen_ms),
                 last_seen_ms,
-                report: entry.1.clone(),
+                report: entry.1 .0.clone(),
+                full_report: entry.1 .1.clone(),
             });
             kept.insert(member, entry);
         }

@@ -477,7 +477,11 @@ async fn watch_fleet(redis: RedisConfig, snapshots: watch::Sender<Snapshot>) {
 /// a click): a tenth of the bytes to push every 2 s.
 fn summary(fleet_box: &FleetBox) -> Value {
     let report = &fleet_box.report;
-    let mut summary = serde_json::to_value(fleet_box).unwrap_or_default();
+    // Built from the parts, not the box: its full report stays text.
+    let mut summary = serde_json::to_value(&fleet_box.state).unwrap_or_else(|_| json!({}));
+    summary["clinic"] = json!(fleet_box.clinic);
+    summary["node"] = json!(fleet_box.node);
+    summary["lastSeen"] = json!(fleet_box.last_seen);
     summary["report"] = json!({
         "version": report["version"],
         "connectedClients": report["connectedClients"],
