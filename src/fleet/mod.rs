@@ -193,13 +193,22 @@ const REPORT_FIELDS: [&str; 13] = [
 
 /// A report as the views keep it: its [`REPORT_FIELDS`] (of `store` and
 /// `clock` only `state` and `offsetMs`) and its text.
-fn kept_report(text: Option<String>) -> (Arc<Value>, Arc<RawValue>) {
+#[derive(Debug, Clone)]
+struct KeptReport {
+    fields: Arc<Value>,
+    text: Arc<RawValue>,
+}
+
+fn kept_report(text: Option<String>) -> KeptReport {
     let parsed = text.and_then(|text| {
         let full: Value = serde_json::from_str(&text).ok()?;
         Some((full, RawValue::from_string(text).ok()?))
     });
     let Some((mut full, raw)) = parsed else {
-        return (Arc::new(Value::Null), Arc::from(RawValue::NULL.to_owned()));
+        return KeptReport {
+            fields: Arc::new(Value::Null),
+            text: Arc::from(RawValue::NULL.to_owned()),
+        };
     };
     let mut fields = serde_json::Map::new();
     for name in REPORT_FIELDS {
@@ -212,7 +221,10 @@ fn kept_report(text: Option<String>) -> (Arc<Value>, Arc<RawValue>) {
             fields.insert(name.to_owned(), value);
         }
     }
-    (Arc::new(Value::Object(fields)), Arc::from(raw))
+    KeptReport {
+        fields: Arc::new(Value::Object(fields)),
+        text: Arc::from(raw),
+    }
 }
 
 /// Where a box stands at `now_ms`, from when it last reported and what.
@@ -248,7 +260,7 @@ pub(crate) fn state_of(report: &Value, last_seen_ms: u64, now_ms: u64) -> BoxSta
 #[derive(Debug, Default)]
 pub(crate) struct FleetReader {
     /// By fleet member: the score its report was read at, and the report.
-    reports: HashMap<String, (u64, (Arc<Value>, Arc<RawValue>))>,
+    reports: HashMap<String, (u64, KeptReport)>,
 }
 
 impl FleetReader {
@@ -291,7 +303,7 @@ impl FleetReader {
             })
             .collect();
         let reports = read_all(connection, &report_keys).await?;
-        let mut fresh: HashMap<String, (u64, (Arc<Value>, Arc<RawValue>))> = moved
+        let mut fresh: HashMap<String, (u64, KeptReport)> = moved
             .into_iter()
             .zip(reports)
             .map(|((member, score), report)| (member.clone(), (*score, kept_report(report))))
@@ -310,13 +322,13 @@ impl FleetReader {
                 continue;
             };
             boxes.push(FleetBox {
-                state: state_of(&entry.1 .0, last_seen_ms, now),
+                state: state_of(&entry.1.fields, last_seen_ms, now),
                 clinic: clinic.to_owned(),
                 node: node.to_owned(),
                 last_seen: rfc3339_ms(last_seen_ms),
                 last_seen_ms,
-                report: entry.1 .0.clone(),
-                full_report: entry.1 .1.clone(),
+                report: entry.1.fields.clone(),
+                full_report: entry.1.text.clone(),
             });
             kept.insert(member, entry);
         }
