@@ -38,6 +38,32 @@ async fn fleet_json(dir: &std::path::Path, redis: &str) -> (i32, Vec<Value>) {
     (status, boxes)
 }
 
+/// The fleet's state changes, oldest first: each entry's `fields`, joined
+/// by spaces (an absent one is empty).
+async fn fleet_changes(redis: &TestRedis, fields: &[&str]) -> Vec<String> {
+    let mut connection = redis.client().await;
+    let events: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg("smartwait:fleet:events")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut connection)
+        .await
+        .expect("XRANGE");
+    events
+        .iter()
+        .map(|(_, entry)| {
+            let field = |name: &&str| {
+                entry
+                    .chunks(2)
+                    .find(|pair| pair[0] == *name)
+                    .map_or(String::new(), |pair| pair[1].clone())
+            };
+            let values: Vec<String> = fields.iter().map(field).collect();
+            values.join(" ").trim().to_owned()
+        })
+        .collect()
+}
+
 fn find<'a>(boxes: &'a [Value], node: &str) -> Option<&'a Value> {
     boxes.iter().find(|fleet_box| fleet_box["node"] == node)
 }
@@ -144,26 +170,7 @@ async fn the_fleet_command_tells_up_stopped_missing_and_degraded_boxes_apart() {
     assert_eq!(only[0]["node"], "b1");
 
     // The fleet's state changes.
-    let mut connection = redis.client().await;
-    let events: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
-        .arg("smartwait:fleet:events")
-        .arg("-")
-        .arg("+")
-        .query_async(&mut connection)
-        .await
-        .expect("XRANGE");
-    let changes: Vec<String> = events
-        .iter()
-        .map(|(_, fields)| {
-            let field = |name: &str| {
-                fields
-                    .chunks(2)
-                    .find(|pair| pair[0] == name)
-                    .map_or(String::new(), |pair| pair[1].clone())
-            };
-            format!("{} {}", field("node"), field("state"))
-        })
-        .collect();
+    let changes = fleet_changes(&redis, &["node", "state"]).await;
     for expected in ["a1 up", "a2 up", "b1 up", "a2 stopped", "b1 degraded"] {
         assert!(
             changes.iter().any(|change| change == expected),
@@ -688,28 +695,7 @@ async fn a_box_whose_card_fails_shows_degraded_store_and_recovers() {
         status == 0 && find(&boxes, "sd").is_some_and(|sd| sd["state"] == "up")
     })
     .await;
-    let mut connection = redis.client().await;
-    let events: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
-        .arg("smartwait:fleet:events")
-        .arg("-")
-        .arg("+")
-        .query_async(&mut connection)
-        .await
-        .expect("XRANGE");
-    let changes: Vec<String> = events
-        .iter()
-        .map(|(_, fields)| {
-            let field = |name: &str| {
-                fields
-                    .chunks(2)
-                    .find(|pair| pair[0] == name)
-                    .map_or(String::new(), |pair| pair[1].clone())
-            };
-            format!("{} {} {}", field("state"), field("why"), field("node"))
-                .trim()
-                .to_owned()
-        })
-        .collect();
+    let changes = fleet_changes(&redis, &["state", "why", "node"]).await;
     assert_eq!(
         changes,
         ["up  sd", "degraded store sd", "recovered  sd"],

@@ -58,16 +58,15 @@ impl Health {
         let clock = self.clock.status();
         let now = unix_ms();
         let redis_why = link.path_degraded(now);
-        let certificate_days = self
-            .certificate
-            .as_ref()
-            .map(|expiry| expiry.days_left(now));
         let degraded = degraded_why(
             &link,
             BoxConditions {
                 store_ok: store_status.state == StoreState::Ok,
                 clock_off: clock.off(),
-                certificate_expired: certificate_days.is_some_and(|days| days < 0.0),
+                certificate_expired: self
+                    .certificate
+                    .as_ref()
+                    .is_some_and(|expiry| expiry.expired(now)),
             },
             now,
         );

@@ -98,6 +98,11 @@ impl CertificateExpiry {
         days_left(self.not_after(), now_ms)
     }
 
+    /// Whether it has expired at `now_ms`.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.days_left(now_ms) < 0.0
+    }
+
     /// `{"certExpiresAt", "certExpiryDays"}`, as `/health` and the fleet
     /// report show it.
     pub fn describe(&self, now_ms: u64) -> serde_json::Value {

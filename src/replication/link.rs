@@ -359,16 +359,15 @@ impl Replicator {
         let status = self.status.status();
         let store = self.publisher.store_health().status();
         let clock = self.clock.status();
-        let certificate_days = self
-            .certificate
-            .as_ref()
-            .map(|expiry| expiry.days_left(now_ms));
         let why = degraded_why(
             &status,
             BoxConditions {
                 store_ok: store.state == StoreState::Ok,
                 clock_off: clock.off(),
-                certificate_expired: certificate_days.is_some_and(|days| days < 0.0),
+                certificate_expired: self
+                    .certificate
+                    .as_ref()
+                    .is_some_and(|expiry| expiry.expired(now_ms)),
             },
             now_ms,
         );

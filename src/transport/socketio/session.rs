@@ -339,37 +339,28 @@ impl EngineSession {
         self.outbox.push_back(packet);
     }
 
-    /// Hands a direct session's queued packets to its connection's queue,
-    /// as WebSocket frames, behind what waits there.
+    /// Hands a direct session's queued packets to its connection's queue.
     fn push_direct(&mut self) {
         if let Transport::Direct { outbound, .. } = &self.transport {
-            if !self.outbox.is_empty() {
-                let frames: Vec<bytes::Bytes> = self
-                    .outbox
-                    .drain(..)
-                    .map(|packet| text_frame(packet.as_bytes()))
-                    .collect();
-                outbound.push(&frames);
-            }
+            push_frames(outbound, &mut self.outbox);
         }
     }
 
-    /// Sends what is queued: over the WebSocket, or to a waiting GET.
+    /// Sends what is queued: over the WebSocket, or to a waiting GET. A
+    /// direct session also writes what the fan-out queued that its socket
+    /// did not take at once (over TLS: all of it).
     async fn flush(&mut self) -> Result<(), End> {
-        if let Transport::Direct { .. } = self.transport {
-            self.push_direct();
-            return self.flush_direct().await;
-        }
-        if self.outbox.is_empty() {
-            return Ok(());
-        }
-        if self.outbox.len() > self.sessions.limits().client_queue {
-            // A polling client that stopped fetching: the same policy as a full queue.
-            return Err(End::Closed(CloseReason::SlowConsumer));
-        }
+        let deadline = self.sessions.socketio().ping_timeout;
+        let limit = self.sessions.limits().client_queue;
         match &mut self.transport {
+            Transport::Direct { socket, outbound } => {
+                push_frames(outbound, &mut self.outbox);
+                bounded_write(deadline, socket.flush()).await
+            }
+            _ if self.outbox.is_empty() => Ok(()),
+            // A polling client that stopped fetching: the same policy as a full queue.
+            _ if self.outbox.len() > limit => Err(End::Closed(CloseReason::SlowConsumer)),
             Transport::WebSocket(socket) => {
-                let deadline = self.sessions.socketio().ping_timeout;
                 let packets: Vec<TextFrame> = self.outbox.drain(..).collect();
                 let write = async {
                     for packet in packets {
@@ -377,20 +368,8 @@ impl EngineSession {
                     }
                     socket.flush().await
                 };
-                // Most writes complete at once: a timer only for one that waits.
-                let mut write = std::pin::pin!(write);
-                let written = match futures_util::FutureExt::now_or_never(write.as_mut()) {
-                    Some(written) => Ok(written),
-                    None => tokio::time::timeout(deadline, write).await,
-                };
-                match written {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(_)) => Err(End::TransportGone),
-                    Err(_) => Err(End::Closed(CloseReason::SlowConsumer)),
-                }
+                bounded_write(deadline, write).await
             }
-            // Written through its connection's queue, above.
-            Transport::Direct { .. } => Ok(()),
             Transport::Polling => {
                 if let Some(waiting) = self.waiting_poll.take() {
                     let packets: Vec<TextFrame> = self.outbox.drain(..).collect();
@@ -406,25 +385,6 @@ impl EngineSession {
                 }
                 Ok(())
             }
-        }
-    }
-
-    /// Writes what waits in a direct session's queue (what the socket did
-    /// not take at once, or everything over TLS), for at most the ping timeout.
-    async fn flush_direct(&mut self) -> Result<(), End> {
-        let Transport::Direct { socket, .. } = &mut self.transport else {
-            return Ok(());
-        };
-        let deadline = self.sessions.socketio().ping_timeout;
-        let mut write = std::pin::pin!(socket.flush());
-        let written = match futures_util::FutureExt::now_or_never(write.as_mut()) {
-            Some(written) => Ok(written),
-            None => tokio::time::timeout(deadline, write).await,
-        };
-        match written {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::TransportGone),
-            Err(_) => Err(End::Closed(CloseReason::SlowConsumer)),
         }
     }
 
@@ -740,6 +700,38 @@ impl EngineSession {
                 }
             }
         }
+    }
+}
+
+/// Appends `outbox`'s packets, as WebSocket frames, to a direct session's
+/// connection queue, behind what waits there.
+fn push_frames(outbound: &Outbound, outbox: &mut VecDeque<TextFrame>) {
+    if outbox.is_empty() {
+        return;
+    }
+    let frames: Vec<bytes::Bytes> = outbox
+        .drain(..)
+        .map(|packet| text_frame(packet.as_bytes()))
+        .collect();
+    outbound.push(&frames);
+}
+
+/// A write that must finish within `deadline`: a client that takes longer
+/// is a slow consumer; a failed write means it is gone.
+async fn bounded_write(
+    deadline: std::time::Duration,
+    write: impl std::future::Future<Output = Result<(), tokio_tungstenite::tungstenite::Error>>,
+) -> Result<(), End> {
+    // Most writes complete at once: a timer only for one that waits.
+    let mut write = std::pin::pin!(write);
+    let written = match futures_util::FutureExt::now_or_never(write.as_mut()) {
+        Some(written) => Ok(written),
+        None => tokio::time::timeout(deadline, write).await,
+    };
+    match written {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::TransportGone),
+        Err(_) => Err(End::Closed(CloseReason::SlowConsumer)),
     }
 }
 
