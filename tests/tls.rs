@@ -582,3 +582,251 @@ async fn returning_clients_resume_their_tls_session_even_after_a_restart() {
         rustls::HandshakeKind::Resumed
     );
 }
+
+/// A TLS gateway (certificate signed by the returned CA), `configure`d further.
+async fn tls_gateway(
+    dir: &Path,
+    configure: impl FnOnce(&mut smartwait_gateway::Config),
+) -> (TestGateway, TestCa) {
+    let trusted = ca("fast path ca");
+    let (cert, key) = server_cert(&trusted, dir);
+    let gateway = TestGateway::start_with(move |config| {
+        config.server.tls_cert = cert;
+        config.server.tls_key = key;
+        configure(config);
+    })
+    .await;
+    (gateway, trusted)
+}
+
+/// Broadcasts over HTTPS as the service role.
+async fn publish(gateway: &TestGateway, trusted: &TestCa, body: Value) -> (u16, Value) {
+    let token = gateway.token(Role::Service, None);
+    https_post(gateway.addr, trusted, "/api/broadcast", &token, body).await
+}
+
+/// A native client over TLS whose socket has the smallest receive buffer
+/// the kernel allows, so that broadcasts back up as soon as it stops reading.
+async fn small_buffer_wss(
+    gateway: &TestGateway,
+    trusted: &TestCa,
+    token: Option<&str>,
+) -> common::TestWsClient<tokio_rustls::client::TlsStream<TcpStream>> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(gateway.addr).await.unwrap();
+    let stream = connector(trusted)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("tls handshake");
+    let url = match token {
+        Some(token) => format!("wss://localhost/ws?token={token}"),
+        None => "wss://localhost/ws".to_owned(),
+    };
+    common::TestWsClient::open(&url, stream).await
+}
+
+/// Over TLS the fan-out thread encrypts and writes broadcasts itself; what
+/// the socket does not take waits — encrypted records in rustls' buffer,
+/// then frames in the queue — and leaves whole and in order, and decrypts,
+/// once the client reads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wss_client_that_pauses_reading_gets_every_frame_whole_and_in_order() {
+    const EVENTS: u64 = 80;
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, trusted) =
+        tls_gateway(dir.path(), |config| config.limits.client_queue = 100).await;
+    let mut paused = small_buffer_wss(&gateway, &trusted, None).await;
+    paused.join("join-patients-room", Value::Null).await;
+
+    let padding = "y".repeat(60 * 1024);
+    for n in 0..EVENTS {
+        let (status, _) = publish(
+            &gateway,
+            &trusted,
+            json!({"room": "patients", "event": "bulk", "data": {"n": n, "padding": padding}}),
+        )
+        .await;
+        assert_eq!(status, 202);
+    }
+    for n in 0..EVENTS {
+        let frame = paused.expect_event("bulk").await;
+        assert_eq!(frame["data"]["n"], n);
+        assert_eq!(
+            frame["data"]["padding"].as_str().map(str::len),
+            Some(padding.len())
+        );
+    }
+    // Its own requests still get their answers after the backlog.
+    let ack = paused.request("join-patients-room", Value::Null).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    assert_eq!(
+        https_health(gateway.addr, &trusted).await["slowConsumerDisconnects"],
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_wss_client_is_closed_with_1013_and_delays_no_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, trusted) =
+        tls_gateway(dir.path(), |config| config.limits.client_queue = 16).await;
+    let token = gateway.token(Role::Patient, Some("slow"));
+    let mut slow = small_buffer_wss(&gateway, &trusted, Some(&token)).await;
+    slow.join("join-patient-room", json!("slow")).await;
+    slow.join("join-patients-room", Value::Null).await;
+    let mut others = Vec::new();
+    for _ in 0..20 {
+        others.push(wss_display(gateway.addr, &trusted).await);
+    }
+
+    let padding = "x".repeat(60 * 1024);
+    let mut overflowed = false;
+    for _ in 0..1000 {
+        let (status, _) = publish(
+            &gateway,
+            &trusted,
+            json!({"room": "patient_slow", "event": "bulk", "data": padding}),
+        )
+        .await;
+        assert_eq!(status, 202);
+        if https_health(gateway.addr, &trusted).await["slowConsumerDisconnects"] == 1 {
+            overflowed = true;
+            break;
+        }
+    }
+    assert!(overflowed, "the slow client's queue never overflowed");
+    for round in 0..20 {
+        let (status, _) = publish(
+            &gateway,
+            &trusted,
+            json!({"room": "patients", "event": "tick", "data": round}),
+        )
+        .await;
+        assert_eq!(status, 202);
+    }
+    for other in &mut others {
+        for round in 0..20 {
+            let frame = next_text(other).await;
+            assert_eq!(
+                (frame["event"].clone(), frame["data"].clone()),
+                (json!("tick"), json!(round))
+            );
+        }
+    }
+    // When it reads, what was already on its way decrypts, then the Close.
+    assert_eq!(
+        slow.expect_close().await,
+        (1013, "slow_consumer".to_owned())
+    );
+}
+
+/// A TLS 1.3 key update from the client makes rustls answer while the
+/// session reads; the answer and the broadcasts after it must leave in
+/// order, or the client could not decrypt them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_tls_key_update_is_answered_and_broadcasts_keep_decrypting() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, trusted) = tls_gateway(dir.path(), |_| {}).await;
+    let mut display = wss_display(gateway.addr, &trusted).await;
+    for round in 0..3 {
+        display
+            .get_mut()
+            .get_mut()
+            .1
+            .refresh_traffic_keys()
+            .expect("a TLS 1.3 connection");
+        // The key update leaves with the next write.
+        display
+            .send(Message::Ping(Bytes::from_static(b"k")))
+            .await
+            .unwrap();
+        for n in 0..5 {
+            let (status, _) = publish(
+                &gateway,
+                &trusted,
+                json!({"room": "patients", "event": "tick", "data": {"round": round, "n": n}}),
+            )
+            .await;
+            assert_eq!(status, 202);
+        }
+        for n in 0..5 {
+            let frame = next_text(&mut display).await;
+            assert_eq!(frame["data"], json!({"round": round, "n": n}), "{frame}");
+        }
+    }
+}
+
+/// Socket.IO opened over WebSocket on a TLS port takes the same direct path:
+/// its handshake, its join's reply and the room's events, raw on the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_over_wss_gets_its_handshake_replies_and_room_events() {
+    use futures_util::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, trusted) = tls_gateway(dir.path(), |_| {}).await;
+    let stream = tls_stream(gateway.addr, &trusted)
+        .await
+        .expect("tls handshake");
+    let (mut socket, _) = tokio_tungstenite::client_async(
+        "wss://localhost/socket.io/?EIO=4&transport=websocket",
+        stream,
+    )
+    .await
+    .expect("upgrade");
+    let open = next_raw(&mut socket).await;
+    assert!(open.starts_with("0{\"sid\":"), "{open}");
+    socket.send(Message::Text("40".into())).await.unwrap();
+    let connected = next_raw(&mut socket).await;
+    assert!(connected.starts_with("40{\"sid\":"), "{connected}");
+    socket
+        .send(Message::Text("421[\"join-patients-room\"]".into()))
+        .await
+        .unwrap();
+    let reply = next_raw(&mut socket).await;
+    assert!(
+        reply.starts_with("431[{") && reply.contains("\"ok\":true"),
+        "{reply}"
+    );
+    for n in 1..=3 {
+        publish(
+            &gateway,
+            &trusted,
+            json!({"room": "patients", "event": "tick", "data": {"n": n}}),
+        )
+        .await;
+    }
+    for n in 1..=3 {
+        let frame = next_raw(&mut socket).await;
+        let args: Value =
+            serde_json::from_str(frame.strip_prefix("42").expect("an EVENT")).unwrap();
+        assert_eq!(
+            (args[0].clone(), args[1]["n"].clone()),
+            (json!("tick"), json!(n)),
+            "{frame}"
+        );
+    }
+    socket.send(Message::Text("41".into())).await.unwrap();
+    match tokio::time::timeout(common::PROMPTLY, socket.next()).await {
+        Ok(Some(Ok(Message::Close(Some(frame))))) => assert_eq!(u16::from(frame.code), 1000),
+        other => panic!("expected a Close frame 1000, got {other:?}"),
+    }
+}
+
+async fn next_raw<S>(socket: &mut tokio_tungstenite::WebSocketStream<S>) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    loop {
+        let frame = tokio::time::timeout(common::PROMPTLY, socket.next())
+            .await
+            .expect("a frame in time")
+            .expect("open")
+            .expect("a frame");
+        match frame {
+            Message::Text(text) => return text.to_string(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,49 +1,60 @@
 //! The bytes leaving one WebSocket connection written to directly (native,
-//! or Socket.IO opened over WebSocket), and who writes them.
+//! or Socket.IO opened over WebSocket), plain or TLS, and who writes them.
 //!
 //! The rooms core's fan-out writes a broadcast's frames — encoded once, header
 //! included (server frames are not masked, so every recipient gets the same
 //! bytes) — straight into each member's socket, with one non-blocking
 //! `writev` per member per run of events, instead of waking one task per
 //! member per event: that wake-up and the session's pass over its inputs
-//! cost more than the write itself. What a socket does not take at once
-//! (its kernel buffer is full, or the connection is TLS, whose encryption
-//! state belongs to the session) waits in `pending`, at most `capacity`
-//! frames, and the session writes it when the socket takes more. A client
-//! that lets more pile up is told to close (1013) through `overflowed`.
+//! cost more than the write itself. Over TLS the run is encrypted first,
+//! under the same lock, into as few records as fit (one, for a run under
+//! 16 KiB): one encryption and one write per member per run. The
+//! connection's rustls state lives here, not in the session: the session
+//! decrypts what it reads under the same lock.
+//!
+//! What a socket does not take at once (its kernel buffer is full) waits:
+//! over TLS first as records in rustls' own buffer (its default 64 KiB
+//! bound), then, like plain, as frames in `pending`, at most `capacity`, and
+//! the session writes it when the socket takes more. A client that lets more
+//! pile up is told to close (1013) through `overflowed`.
 //!
 //! Everything sent on the connection — broadcasts, the session's replies and
 //! tungstenite's own control frames (through [`OutboundIo`]) — goes through
 //! the same `pending` queue under one mutex, so frames never interleave and
 //! leave in the order they were given. The mutex is held for a
-//! non-blocking write at most, never across an `.await`.
+//! non-blocking read or write at most, never across an `.await`.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Read, Write};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
 use futures_util::task::AtomicWaker;
+use rustls::ServerConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::fanout::{DirectFraming, DirectLink, Handed};
-use crate::net::peer_limit::{CountedStream, PeerGuard};
+use crate::net::peer_limit::PeerGuard;
 use crate::net::tls::ClientStream;
 
-/// Frames gathered into one `writev`.
+/// Frames gathered into one `writev` (or one encryption).
 const MAX_SLICES: usize = 64;
 
 #[derive(Debug)]
 struct State {
-    /// Plain TCP: the socket's write half, written by whoever holds the lock.
-    /// `None` over TLS (the session writes) and once the connection ended.
+    /// The socket's write half, written by whoever holds the lock; `None`
+    /// once the connection ended.
     direct: Option<OwnedWriteHalf>,
-    /// Frames not yet (fully) written, oldest first.
+    /// Over TLS, the connection's rustls state: frames are encrypted into
+    /// it and its records written from it. Boxed: a plain connection pays
+    /// one pointer for it.
+    tls: Option<Box<ServerConnection>>,
+    /// Frames not yet (fully) written — over TLS, not yet encrypted —
+    /// oldest first.
     pending: VecDeque<Bytes>,
     /// While the session writes a reply and the backlog that must precede
     /// live events, broadcasts wait here.
@@ -55,39 +66,35 @@ struct State {
 }
 
 impl State {
-    /// Writes `pending` from its front until it is empty or `write` cannot
-    /// take more. Partly written frames stay at the front, advanced.
-    fn write_pending(
+    /// Writes `pending` (over TLS: encrypts it, and writes the records)
+    /// until it is empty or `write` cannot take more. Partly written frames
+    /// stay at the front, advanced.
+    fn send(
         &mut self,
         mut write: impl FnMut(&[IoSlice<'_>]) -> Poll<io::Result<usize>>,
     ) -> Poll<io::Result<()>> {
-        while !self.pending.is_empty() {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return write_pending(&mut self.pending, write);
+        };
+        loop {
+            ready!(write_records(tls, &mut write))?;
+            if self.pending.is_empty() {
+                self.pending = VecDeque::new();
+                return Poll::Ready(Ok(()));
+            }
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
             let count = gather(self.pending.iter(), &mut slices);
-            match write(&slices[..count]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(written)) => self.advance(written),
-                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
-                Poll::Pending => return Poll::Pending,
-            }
+            // Takes none only while rustls' buffer is full, which the
+            // records' write above has just emptied.
+            let taken = tls.writer().write_vectored(&slices[..count])?;
+            advance(&mut self.pending, taken);
         }
-        // An idle connection keeps no queue memory.
-        self.pending = VecDeque::new();
-        Poll::Ready(Ok(()))
     }
 
-    fn advance(&mut self, mut written: usize) {
-        while written > 0 {
-            let Some(front) = self.pending.front_mut() else {
-                return;
-            };
-            if written < front.len() {
-                front.advance(written);
-                return;
-            }
-            written -= front.len();
-            self.pending.pop_front();
-        }
+    /// Records rustls has ready to write (its own replies, or broadcasts a
+    /// full socket did not take).
+    fn records_waiting(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| tls.wants_write())
     }
 
     /// Appends `frames` minus the first `written` bytes of them; returns
@@ -104,6 +111,97 @@ impl State {
             written = 0;
         }
         partial
+    }
+}
+
+/// Writes `pending` from its front until it is empty or `write` cannot take
+/// more.
+fn write_pending(
+    pending: &mut VecDeque<Bytes>,
+    mut write: impl FnMut(&[IoSlice<'_>]) -> Poll<io::Result<usize>>,
+) -> Poll<io::Result<()>> {
+    while !pending.is_empty() {
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let count = gather(pending.iter(), &mut slices);
+        match ready!(write(&slices[..count])) {
+            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Ok(written) => advance(pending, written),
+            Err(err) => return Poll::Ready(Err(err)),
+        }
+    }
+    // An idle connection keeps no queue memory.
+    *pending = VecDeque::new();
+    Poll::Ready(Ok(()))
+}
+
+/// Writes the records rustls holds until none is left or `write` cannot
+/// take more.
+fn write_records(
+    tls: &mut ServerConnection,
+    write: impl FnMut(&[IoSlice<'_>]) -> Poll<io::Result<usize>>,
+) -> Poll<io::Result<()>> {
+    let mut sink = PollWriter(write);
+    while tls.wants_write() {
+        match tls.write_tls(&mut sink) {
+            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Ok(_) => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
+            Err(err) => return Poll::Ready(Err(err)),
+        }
+    }
+    Poll::Ready(Ok(()))
+}
+
+/// A poll-style write as the `io::Write` rustls writes its records to
+/// (`Pending` is `WouldBlock`).
+struct PollWriter<F>(F);
+
+impl<F: FnMut(&[IoSlice<'_>]) -> Poll<io::Result<usize>>> Write for PollWriter<F> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match (self.0)(bufs) {
+            Poll::Ready(result) => result,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The socket's read half as the `io::Read` rustls reads records from,
+/// registering `cx` when nothing is there.
+struct PollReader<'a, 'b> {
+    read: &'a mut OwnedReadHalf,
+    cx: &'a mut Context<'b>,
+}
+
+impl Read for PollReader<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut buf = ReadBuf::new(buf);
+        match Pin::new(&mut *self.read).poll_read(self.cx, &mut buf) {
+            Poll::Ready(Ok(())) => Ok(buf.filled().len()),
+            Poll::Ready(Err(err)) => Err(err),
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+fn advance(pending: &mut VecDeque<Bytes>, mut written: usize) {
+    while written > 0 {
+        let Some(front) = pending.front_mut() else {
+            return;
+        };
+        if written < front.len() {
+            front.advance(written);
+            return;
+        }
+        written -= front.len();
+        pending.pop_front();
     }
 }
 
@@ -140,12 +238,14 @@ pub struct Outbound {
 impl Outbound {
     pub(crate) fn new(
         direct: Option<OwnedWriteHalf>,
+        tls: Option<Box<ServerConnection>>,
         capacity: usize,
         framing: DirectFraming,
     ) -> Self {
         Self {
             state: Mutex::new(State {
                 direct,
+                tls,
                 pending: VecDeque::new(),
                 held: None,
                 closed: false,
@@ -186,14 +286,23 @@ impl Outbound {
         }
         let mut written = 0;
         if state.pending.is_empty() {
-            if let Some(direct) = &state.direct {
+            let State { direct, tls, .. } = &mut *state;
+            if let Some(direct) = direct {
                 let mut slices = [IoSlice::new(&[]); MAX_SLICES];
                 let count = gather(frames.iter(), &mut slices);
-                match try_write(direct, &slices[..count]) {
-                    Poll::Ready(Ok(n)) => written = n,
+                let sent = match tls.as_deref_mut() {
+                    None => try_write(direct, &slices[..count]).map_ok(|n| written = n),
+                    Some(tls) => match tls.writer().write_vectored(&slices[..count]) {
+                        Ok(taken) => {
+                            written = taken;
+                            write_records(tls, |slices| try_write(direct, slices))
+                        }
+                        Err(err) => Poll::Ready(Err(err)),
+                    },
+                };
+                if let Poll::Ready(Err(_)) = sent {
                     // The read side will see the connection end; the session closes it.
-                    Poll::Ready(Err(_)) => return Handed::Closed,
-                    Poll::Pending => {}
+                    return Handed::Closed;
                 }
             }
         }
@@ -207,7 +316,7 @@ impl Outbound {
         } else {
             Handed::Accepted
         };
-        if !state.pending.is_empty() {
+        if !state.pending.is_empty() || state.records_waiting() {
             drop(state);
             self.session.wake();
         }
@@ -224,7 +333,7 @@ impl Outbound {
     pub fn poll_has_pending(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.session.register(cx.waker());
         let state = self.state();
-        if state.pending.is_empty() || state.held.is_some() {
+        if (state.pending.is_empty() && !state.records_waiting()) || state.held.is_some() {
             Poll::Pending
         } else {
             Poll::Ready(())
@@ -264,6 +373,7 @@ impl Outbound {
         let mut state = self.state();
         state.closed = true;
         state.direct = None;
+        state.tls = None;
         state.pending = VecDeque::new();
         state.held = None;
     }
@@ -292,7 +402,7 @@ impl Drop for Hold {
         if let Some(held) = state.held.take() {
             state.pending.extend(held);
         }
-        let waiting = !state.pending.is_empty();
+        let waiting = !state.pending.is_empty() || state.records_waiting();
         drop(state);
         if waiting {
             self.0.session.wake();
@@ -303,47 +413,109 @@ impl Drop for Hold {
 /// A WebSocket written through its [`Outbound`] queue.
 pub type DirectSocket = tokio_tungstenite::WebSocketStream<OutboundIo>;
 
-/// The reading end of the connection, and over TLS the whole stream.
-#[derive(Debug)]
-enum Reader {
-    Plain(OwnedReadHalf),
-    Tls(Box<TlsStream<CountedStream>>),
-}
-
 /// The stream tungstenite reads from and writes to: reads come from the
-/// socket, writes go through the connection's [`Outbound`] queue.
+/// socket (over TLS, decrypted under the [`Outbound`]'s lock), writes go
+/// through the connection's [`Outbound`] queue.
 #[derive(Debug)]
 pub struct OutboundIo {
-    reader: Reader,
+    reader: OwnedReadHalf,
+    /// Whether the connection is TLS (known without taking the lock).
+    tls: bool,
     outbound: Arc<Outbound>,
-    /// A plain connection's place under the per-IP cap (a TLS stream carries its own).
-    _peer: Option<PeerGuard>,
+    /// The connection's place under the per-IP cap.
+    _peer: PeerGuard,
 }
 
 impl OutboundIo {
     /// Splits a client stream; `capacity` bounds the frames that may wait,
-    /// `framing` is what its broadcasts are encoded in.
+    /// `framing` is what its broadcasts are encoded in. A TLS stream's
+    /// rustls state moves into the [`Outbound`]: what rustls already
+    /// buffered (either way) stays in it.
     pub fn new(stream: ClientStream, capacity: usize, framing: DirectFraming) -> Self {
-        match stream {
-            ClientStream::Plain(counted) => {
-                let (tcp, peer) = counted.into_parts();
-                let (read, write) = tcp.into_split();
-                Self {
-                    reader: Reader::Plain(read),
-                    outbound: Arc::new(Outbound::new(Some(write), capacity, framing)),
-                    _peer: Some(peer),
-                }
+        let (counted, tls) = match stream {
+            ClientStream::Plain(counted) => (counted, None),
+            ClientStream::Tls(stream) => {
+                let (counted, tls) = (*stream).into_inner();
+                (counted, Some(Box::new(tls)))
             }
-            ClientStream::Tls(tls) => Self {
-                reader: Reader::Tls(tls),
-                outbound: Arc::new(Outbound::new(None, capacity, framing)),
-                _peer: None,
-            },
+        };
+        let (tcp, peer) = counted.into_parts();
+        let (reader, writer) = tcp.into_split();
+        Self {
+            reader,
+            tls: tls.is_some(),
+            outbound: Arc::new(Outbound::new(Some(writer), tls, capacity, framing)),
+            _peer: peer,
         }
     }
 
     pub fn outbound(&self) -> &Arc<Outbound> {
         &self.outbound
+    }
+
+    /// Reads and decrypts until `buf` has plaintext, the peer closed, or
+    /// the socket has nothing more.
+    fn poll_read_tls(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut state = self.outbound.state();
+        let State { direct, tls, .. } = &mut *state;
+        let Some(tls) = tls.as_deref_mut() else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
+        loop {
+            // Ok(0) after the peer's close_notify; UnexpectedEof after a
+            // bare TCP close, as tokio-rustls reports them.
+            match tls.reader().read(buf.initialize_unfilled()) {
+                Ok(read) => {
+                    buf.advance(read);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                Err(err) => return Poll::Ready(Err(err)),
+            }
+            let read = tls.read_tls(&mut PollReader {
+                read: &mut self.reader,
+                cx,
+            });
+            match read {
+                Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
+                Err(err) => return Poll::Ready(Err(err)),
+            }
+            let processed = tls.process_new_packets();
+            // What reading made rustls send (an alert, a key update's
+            // answer) goes now; what the socket does not take, the session
+            // writes when woken.
+            if tls.wants_write() {
+                if let Some(direct) = direct {
+                    let _ = write_records(tls, |slices| try_write(direct, slices));
+                }
+                if tls.wants_write() {
+                    self.outbound.session.wake();
+                }
+            }
+            if let Err(err) = processed {
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, err)));
+            }
+        }
+    }
+
+    /// Writes what waits in the queue, registering `cx` for when the socket
+    /// takes more.
+    fn write_queued(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut state = self.outbound.state();
+        let mut direct = state.direct.take();
+        let result = match direct.as_mut() {
+            Some(write) => {
+                state.send(|slices| Pin::new(&mut *write).poll_write_vectored(cx, slices))
+            }
+            None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        };
+        state.direct = direct;
+        result
     }
 }
 
@@ -353,9 +525,11 @@ impl AsyncRead for OutboundIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().reader {
-            Reader::Plain(read) => Pin::new(read).poll_read(cx, buf),
-            Reader::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        let this = self.get_mut();
+        if this.tls {
+            this.poll_read_tls(cx, buf)
+        } else {
+            Pin::new(&mut this.reader).poll_read(cx, buf)
         }
     }
 }
@@ -378,55 +552,20 @@ impl AsyncWrite for OutboundIo {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        match this.write_queued(cx) {
-            Poll::Ready(Ok(())) => match &mut this.reader {
-                Reader::Plain(_) => Poll::Ready(Ok(())),
-                Reader::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
-            },
-            other => other,
-        }
+        self.get_mut().write_queued(cx)
     }
 
+    /// Over TLS, ends with a close_notify first (sent once).
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        match this.write_queued(cx) {
-            Poll::Ready(Ok(())) => {}
-            other => return other,
+        if let Some(tls) = this.outbound.state().tls.as_deref_mut() {
+            tls.send_close_notify();
         }
-        match &mut this.reader {
-            Reader::Plain(_) => {
-                let mut state = this.outbound.state();
-                match state.direct.as_mut() {
-                    Some(direct) => Pin::new(direct).poll_shutdown(cx),
-                    None => Poll::Ready(Ok(())),
-                }
-            }
-            Reader::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
-impl OutboundIo {
-    /// Writes what waits in the queue, registering `cx` for when the socket
-    /// takes more.
-    fn write_queued(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut state = self.outbound.state();
-        match &mut self.reader {
-            Reader::Plain(_) => {
-                let mut direct = state.direct.take();
-                let result = match direct.as_mut() {
-                    Some(write) => state.write_pending(|slices| {
-                        Pin::new(&mut *write).poll_write_vectored(cx, slices)
-                    }),
-                    None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
-                };
-                state.direct = direct;
-                result
-            }
-            Reader::Tls(tls) => {
-                state.write_pending(|slices| Pin::new(tls.as_mut()).poll_write_vectored(cx, slices))
-            }
+        ready!(this.write_queued(cx))?;
+        let mut state = this.outbound.state();
+        match state.direct.as_mut() {
+            Some(direct) => Pin::new(direct).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
         }
     }
 }
@@ -438,6 +577,7 @@ mod tests {
     fn state() -> State {
         State {
             direct: None,
+            tls: None,
             pending: VecDeque::new(),
             held: None,
             closed: false,
@@ -457,7 +597,7 @@ mod tests {
         let mut out = Vec::new();
         let budget = [2usize, 3, 100];
         let mut turn = 0;
-        let result = state.write_pending(|slices| {
+        let result = state.send(|slices| {
             let take = budget[turn];
             turn += 1;
             let mut written = 0;
@@ -481,7 +621,7 @@ mod tests {
         let mut state = state();
         state.queue_rest(&[Bytes::from_static(b"abc")], 0);
         let mut calls = 0;
-        let result = state.write_pending(|_| {
+        let result = state.send(|_| {
             calls += 1;
             if calls == 1 {
                 Poll::Ready(Ok(1))
@@ -495,7 +635,7 @@ mod tests {
 
     #[test]
     fn held_broadcasts_follow_the_sessions_frames_and_overflow_counts_them() {
-        let outbound = Arc::new(Outbound::new(None, 3, DirectFraming::Native));
+        let outbound = Arc::new(Outbound::new(None, None, 3, DirectFraming::Native));
         let hold = outbound.hold();
         assert_eq!(
             outbound.broadcast(&[Bytes::from_static(b"live")]),

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
@@ -11,9 +12,10 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::*;
 
-/// A native-protocol client over a real WebSocket.
-pub struct TestWsClient {
-    pub socket: WebSocketStream<TcpStream>,
+/// A native-protocol client over a real WebSocket (plain TCP unless `S`
+/// says otherwise, e.g. TLS).
+pub struct TestWsClient<S = TcpStream> {
+    pub socket: WebSocketStream<S>,
     next_ack: u64,
 }
 
@@ -29,6 +31,13 @@ impl TestWsClient {
             Some(token) => format!("ws://{addr}/ws?token={token}"),
             None => format!("ws://{addr}/ws"),
         };
+        Self::open(&url, stream).await
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> TestWsClient<S> {
+    /// Opens `url` over an already connected stream of any kind.
+    pub async fn open(url: &str, stream: S) -> Self {
         let (socket, _) = tokio_tungstenite::client_async(url, stream)
             .await
             .expect("websocket handshake");
