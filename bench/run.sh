@@ -7,7 +7,9 @@
 #   bench/run.sh drain   only the backlog drain, at several redis.batch_events
 #   bench/run.sh tls     only plain against TLS (ws/wss, native and Socket.IO), alternated three times
 #   bench/run.sh storm   only the reconnect storm: 10,000 clients back after a restart, plain and TLS
-#                        (ACCEPT_RATE=N sets limits.accept_rate for it)
+#                        (ACCEPT_RATE=N sets limits.accept_rate for it, STORM_RATE=N the events/s
+#                        published meanwhile, 2 by default: 20,000 deliveries/s once all are back,
+#                        on one kept-alive connection; STORM_FRESH=1: a new connection per event)
 #   bench/run.sh soak    the one-hour soak (bench/soak.sh full)
 #   bench/run.sh fleet   5,000 simulated boxes against the fleet views (bench/fleet.sh full)
 # Results: one JSON line per run in bench/results/<mode>-<date>.jsonl.
@@ -125,8 +127,9 @@ esac
 # N clients (native and Socket.IO alternately) joined to `patients` with its
 # retained queue_update; SIGTERM, the gateway starts again on the same port
 # and state, and every client reconnects with its backoff (Retry-After on a
-# 503 of limits.accept_rate, left at its default here). The generator reports
-# when all are back with their retained state and the latency of events
+# 503 of limits.accept_rate, left at its default here) and re-joins with
+# `since`/`epoch`. The generator reports when all are current again
+# (recovered, or given the retained state) and the latency of events
 # published meanwhile; this adds the new gateway's CPU (peak over 0.25 s and
 # total) and peak RSS, and how long the restart took.
 storm_run() {  # $1: ws|wss, $2: clients
@@ -143,7 +146,7 @@ storm_run() {  # $1: ws|wss, $2: clients
   }
   storm_gateway; old_pid=$gw_pid
   rm -f "$work/ready"
-  "${client_pin[@]}" $bin/smartwait-bench storm --addr "127.0.0.1:$port" --clients "$2" --seconds 180 --ready-file "$work/ready" "${ca[@]}" > "$work/storm.json" &
+  "${client_pin[@]}" $bin/smartwait-bench storm --addr "127.0.0.1:$port" --clients "$2" --seconds 180 --rate "${STORM_RATE:-2}" ${STORM_FRESH:+--fresh-publishes} --ready-file "$work/ready" "${ca[@]}" > "$work/storm.json" &
   local bench_pid=$!
   for _ in $(seq 1 1800); do [ -f "$work/ready" ] && break; sleep 0.1; done
   [ -f "$work/ready" ] || { echo "storm: the clients never all joined" >&2; return 1; }

@@ -61,9 +61,12 @@ struct Args {
     protocol: Protocol,
     #[arg(long, default_value_t = 1000)]
     clients: usize,
-    /// Events per second (fanout, targeted).
+    /// Events per second (fanout, targeted, storm).
     #[arg(long, default_value_t = 20)]
     rate: u64,
+    /// storm: publish on a new connection per event, not one kept alive.
+    #[arg(long)]
+    fresh_publishes: bool,
     /// Seconds of publishing (or of holding idle connections).
     #[arg(long, default_value_t = 10)]
     seconds: u64,
@@ -201,6 +204,8 @@ async fn main() -> anyhow::Result<()> {
                     .clone()
                     .ok_or_else(|| anyhow::anyhow!("storm needs --ready-file"))?,
                 limit: Duration::from_secs(args.seconds.max(10)),
+                rate: args.rate,
+                fresh_publishes: args.fresh_publishes,
             })
             .await?
         }

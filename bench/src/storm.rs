@@ -3,8 +3,10 @@
 //! gateway; every client reconnects at once, as screens do, with a random
 //! backoff (100-500 ms) while the port is closed and `Retry-After` (plus up
 //! to a second of jitter) when the gateway answers 503, and joins again
-//! until it has the room's retained `queue_update`. Meanwhile a publisher
-//! sends `bench` events at 20/s; clients already back measure their
+//! with `since` and `epoch` until it is current: recovered (the events it
+//! missed follow the reply) or, where the history does not reach back, with
+//! the room's retained `queue_update`. Meanwhile a publisher
+//! sends `bench` events at `--rate` per second; clients already back measure their
 //! delivery latency. Reports the time from the first close until every
 //! client is back with its retained state, the 503s, failed attempts, and
 //! the latency of the events published during the storm.
@@ -28,6 +30,10 @@ pub struct StormPlan {
     pub ready_file: PathBuf,
     /// Longest the storm may take before the run fails.
     pub limit: Duration,
+    /// Events per second published to `patients` from the restart on.
+    pub rate: u64,
+    /// A new connection per publish instead of one kept alive.
+    pub fresh_publishes: bool,
 }
 
 #[derive(Default)]
@@ -35,6 +41,10 @@ struct Tally {
     refused_503: AtomicU64,
     failed_attempts: AtomicU64,
     back: AtomicU64,
+    /// Came back with `since` and were sent what they missed.
+    recovered: AtomicU64,
+    /// The `n` of the last event the publisher had accepted.
+    last_published: AtomicU64,
     /// Set at the first close seen: the storm's start.
     first_close: Mutex<Option<Instant>>,
     /// Microsecond delivery latencies of clients already back.
@@ -50,9 +60,26 @@ fn protocol_of(index: usize) -> Protocol {
     }
 }
 
-/// Opens one client and joins; `Err` carries the `Retry-After` seconds of a 503.
-async fn join(addr: SocketAddr, protocol: Protocol) -> Result<Socket, Option<u64>> {
-    match wire::connect(addr, protocol, "patients").await {
+/// Where a screen is in `patients`: the gateway's epoch and the last seq
+/// it has, to resume from after a reconnect.
+#[derive(Debug, Default)]
+struct Position {
+    epoch: String,
+    seq: u64,
+}
+
+/// Opens one client and joins `patients`, resuming from `from` (`since`,
+/// `epoch`) when given; `Err` carries the `Retry-After` seconds of a 503.
+async fn join(
+    addr: SocketAddr,
+    protocol: Protocol,
+    from: Option<&Position>,
+) -> Result<Socket, Option<u64>> {
+    let data = match from {
+        Some(position) => json!({"since": position.seq, "epoch": position.epoch}),
+        None => serde_json::Value::Null,
+    };
+    match wire::connect_joining(addr, protocol, ("join-patients-room", data), Some(1)).await {
         Ok(socket) => Ok(socket),
         Err(err) => {
             let retry_after = err
@@ -81,49 +108,102 @@ fn jitter_ms(seed: &mut u64, below: u64) -> u64 {
     *seed % below.max(1)
 }
 
-/// Reads until the retained `queue_update` (and answers pings on the way).
-async fn until_retained(socket: &mut Socket, protocol: Protocol) -> bool {
+/// How a join brought the screen's state up to date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Current {
+    /// The reply said `recovered`: the events it missed follow it.
+    Recovered,
+    /// The room's retained `queue_update` arrived.
+    Retained,
+}
+
+/// Reads the join's reply (noting the epoch and seq in `position`) and,
+/// unless it recovered, the retained `queue_update`; answers pings on the
+/// way. `None` when neither came in time.
+async fn until_current(
+    socket: &mut Socket,
+    protocol: Protocol,
+    position: &mut Position,
+) -> Option<Current> {
     let wait = async {
         while let Some(Ok(message)) = socket.next().await {
             let Message::Text(text) = message else {
                 continue;
             };
-            match protocol {
-                Protocol::Native if text.contains("\"queue_update\"") => return true,
-                Protocol::Socketio if text.starts_with("42[\"queue_update\"") => return true,
+            let reply = match protocol {
+                Protocol::Native => {
+                    let frame: serde_json::Value = serde_json::from_str(&text).ok()?;
+                    if frame["event"] == "queue_update" {
+                        return Some(Current::Retained);
+                    }
+                    if frame["ack"] != 1 {
+                        continue;
+                    }
+                    frame["data"].clone()
+                }
+                Protocol::Socketio if text.starts_with("42[\"queue_update\"") => {
+                    return Some(Current::Retained)
+                }
                 Protocol::Socketio if text.as_str() == "2" => {
                     let _ = socket.send(Message::Text("3".into())).await;
+                    continue;
                 }
-                _ => {}
+                Protocol::Socketio => match text.strip_prefix("431") {
+                    Some(args) => serde_json::from_str::<serde_json::Value>(args).ok()?[0].clone(),
+                    None => continue,
+                },
+            };
+            if reply["ok"] != true {
+                return None;
+            }
+            position.epoch = reply["epoch"].as_str().unwrap_or_default().to_owned();
+            position.seq = reply["seq"].as_u64().unwrap_or(0);
+            if reply["recovered"] == true {
+                return Some(Current::Recovered);
             }
         }
-        false
+        None
     };
     tokio::time::timeout(Duration::from_secs(10), wait)
         .await
-        .unwrap_or(false)
+        .ok()
+        .flatten()
 }
 
 /// One screen: joined, waits for the restart, comes back, then measures.
 async fn screen(index: usize, plan: Arc<StormPlan>, tally: Arc<Tally>, joined: Arc<AtomicU64>) {
     let protocol = protocol_of(index);
     let mut seed = 0x9e37_79b9_7f4a_7c15 ^ (index as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d);
+    let mut position = Position::default();
     let mut socket = loop {
-        if let Ok(mut socket) = join(plan.addr, protocol).await {
-            if until_retained(&mut socket, protocol).await {
+        if let Ok(mut socket) = join(plan.addr, protocol, None).await {
+            if until_current(&mut socket, protocol, &mut position)
+                .await
+                .is_some()
+            {
                 break socket;
             }
         }
         tokio::time::sleep(Duration::from_millis(100 + jitter_ms(&mut seed, 400))).await;
     };
     joined.fetch_add(1, Ordering::Relaxed);
-    // Held until the gateway goes away.
+    // Held until the gateway goes away. A native screen follows the seq of
+    // what it gets; Socket.IO's events carry none, so a Socket.IO screen
+    // resumes from its join's seq (and is sent again what came since).
     loop {
         match socket.next().await {
             Some(Ok(Message::Text(text)))
                 if protocol == Protocol::Socketio && text.as_str() == "2" =>
             {
                 let _ = socket.send(Message::Text("3".into())).await;
+            }
+            Some(Ok(Message::Text(text))) if protocol == Protocol::Native => {
+                let seq = serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|frame| frame["seq"].as_u64());
+                if let Some(seq) = seq {
+                    position.seq = position.seq.max(seq);
+                }
             }
             Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
             Some(Ok(_)) => {}
@@ -136,10 +216,15 @@ async fn screen(index: usize, plan: Arc<StormPlan>, tally: Arc<Tally>, joined: A
         .ok();
     drop(socket);
     let mut socket = loop {
-        match join(plan.addr, protocol).await {
+        match join(plan.addr, protocol, Some(&position)).await {
             Ok(mut socket) => {
-                if until_retained(&mut socket, protocol).await {
-                    break socket;
+                match until_current(&mut socket, protocol, &mut position).await {
+                    Some(Current::Recovered) => {
+                        tally.recovered.fetch_add(1, Ordering::Relaxed);
+                        break socket;
+                    }
+                    Some(Current::Retained) => break socket,
+                    None => {}
                 }
                 tally.failed_attempts.fetch_add(1, Ordering::Relaxed);
             }
@@ -156,7 +241,9 @@ async fn screen(index: usize, plan: Arc<StormPlan>, tally: Arc<Tally>, joined: A
         tokio::time::sleep(Duration::from_millis(100 + jitter_ms(&mut seed, 400))).await;
     };
     tally.back.fetch_add(1, Ordering::Relaxed);
-    // Back: measure the storm's events until it is over.
+    // Back: measure the storm's events published from now on (what was
+    // published before comes as the recovery's replay, late by design).
+    let published_before = tally.last_published.load(Ordering::Relaxed);
     while !tally.storm_over.load(Ordering::Relaxed) {
         match tokio::time::timeout(
             Duration::from_millis(200),
@@ -164,6 +251,7 @@ async fn screen(index: usize, plan: Arc<StormPlan>, tally: Arc<Tally>, joined: A
         )
         .await
         {
+            Ok(Some((n, _))) if n <= published_before => {}
             Ok(Some((_, sent_us))) => {
                 let latency = crate::unix_micros().saturating_sub(sent_us).max(1);
                 if let Ok(mut latencies) = tally.latencies_us.lock() {
@@ -176,39 +264,57 @@ async fn screen(index: usize, plan: Arc<StormPlan>, tally: Arc<Tally>, joined: A
     }
 }
 
-/// Publishes `bench` events to `patients` at 20/s, a fresh connection per
-/// event (the gateway restarts under it); returns how many were accepted.
-async fn publisher(addr: SocketAddr, tally: Arc<Tally>) -> u64 {
+type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>;
+
+/// Publishes `bench` events to `patients` at `rate` per second, as a queue
+/// system does: on one kept-alive connection, opened again when the
+/// gateway restarts under it (or, with `fresh`, a new connection per
+/// event, which waits behind the storm's handshakes); returns how many
+/// were accepted.
+async fn publisher(addr: SocketAddr, rate: u64, fresh: bool, tally: Arc<Tally>) -> u64 {
+    let interval = Duration::from_micros(1_000_000 / rate.max(1));
     let mut accepted = 0;
     let mut n = 0u64;
+    let mut kept: Option<Sender> = None;
     while !tally.storm_over.load(Ordering::Relaxed) {
         n += 1;
         let body = json!({"room": "patients", "event": "bench", "data": {"n": n, "t": crate::unix_micros()}});
-        if post(addr, "/api/broadcast", &body).await {
+        let mut sender = match kept.take() {
+            Some(sender) if !fresh && !sender.is_closed() => Some(sender),
+            _ => open(addr).await,
+        };
+        let ok = match sender.as_mut() {
+            Some(sender) => send(sender, addr, "/api/broadcast", &body).await,
+            None => false,
+        };
+        if ok {
             accepted += 1;
+            tally.last_published.store(n, Ordering::Relaxed);
+            kept = sender;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(interval).await;
     }
     accepted
 }
 
-/// One POST on a fresh connection; whether it was accepted.
-pub async fn post(addr: SocketAddr, path: &str, body: &serde_json::Value) -> bool {
-    use bytes::Bytes;
-    use http_body_util::{BodyExt, Full};
-    let Ok(stream) = wire::dial(addr).await else {
-        return false;
-    };
-    let Ok((mut sender, connection)) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await
-    else {
-        return false;
-    };
+/// A new HTTP/1.1 connection to the gateway.
+async fn open(addr: SocketAddr) -> Option<Sender> {
+    let stream = wire::dial(addr).await.ok()?;
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .ok()?;
     tokio::spawn(connection);
+    Some(sender)
+}
+
+/// One POST on `sender`; whether it was accepted.
+async fn send(sender: &mut Sender, addr: SocketAddr, path: &str, body: &serde_json::Value) -> bool {
+    use http_body_util::{BodyExt, Full};
     let Ok(request) = hyper::Request::post(path)
         .header("host", addr.to_string())
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
+        .body(Full::new(bytes::Bytes::from(body.to_string())))
     else {
         return false;
     };
@@ -219,6 +325,14 @@ pub async fn post(addr: SocketAddr, path: &str, body: &serde_json::Value) -> boo
             ok
         }
         Err(_) => false,
+    }
+}
+
+/// One POST on a fresh connection; whether it was accepted.
+pub async fn post(addr: SocketAddr, path: &str, body: &serde_json::Value) -> bool {
+    match open(addr).await {
+        Some(mut sender) => send(&mut sender, addr, path, body).await,
+        None => false,
     }
 }
 
@@ -251,7 +365,12 @@ pub async fn run(plan: StormPlan) -> anyhow::Result<serde_json::Value> {
     }
     let connect_s = started.elapsed().as_secs_f64();
     std::fs::write(&plan.ready_file, "ready\n")?;
-    let publishing = tokio::spawn(publisher(plan.addr, tally.clone()));
+    let publishing = tokio::spawn(publisher(
+        plan.addr,
+        plan.rate,
+        plan.fresh_publishes,
+        tally.clone(),
+    ));
     let deadline = Instant::now() + plan.limit;
     while (tally.back.load(Ordering::Relaxed) as usize) < plan.clients {
         anyhow::ensure!(
@@ -282,8 +401,11 @@ pub async fn run(plan: StormPlan) -> anyhow::Result<serde_json::Value> {
         "clients": plan.clients,
         "initial_connect_s": (connect_s * 1000.0).round() / 1000.0,
         "all_back_with_retained_state_s": all_back_s.map(|s| (s * 1000.0).round() / 1000.0),
+        "recovered_with_since": tally.recovered.load(Ordering::Relaxed),
         "refused_503": tally.refused_503.load(Ordering::Relaxed),
         "failed_attempts": tally.failed_attempts.load(Ordering::Relaxed),
+        "rate": plan.rate,
+        "publishes": if plan.fresh_publishes { "fresh connections" } else { "kept alive" },
         "published_during_storm": published,
         "deliveries_to_clients_back": histogram.len(),
         "latency_of_clients_back": crate::percentiles(&histogram),

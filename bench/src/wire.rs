@@ -120,6 +120,21 @@ pub enum Protocol {
 
 /// Opens a connection and joins `room` (`patients` or `patient_<id>`).
 pub async fn connect(addr: SocketAddr, protocol: Protocol, room: &str) -> anyhow::Result<Socket> {
+    let join = match room.strip_prefix("patient_") {
+        Some(id) => ("join-patient-room", serde_json::Value::from(id)),
+        None => ("join-patients-room", serde_json::Value::Null),
+    };
+    connect_joining(addr, protocol, join, None).await
+}
+
+/// Opens a connection and sends `join` (event name and data), with ack id
+/// `ack` when given (the reply then carries the room's epoch and seq).
+pub async fn connect_joining(
+    addr: SocketAddr,
+    protocol: Protocol,
+    join: (&str, serde_json::Value),
+    ack: Option<u64>,
+) -> anyhow::Result<Socket> {
     let stream = dial(addr).await?;
     let path = match protocol {
         Protocol::Native => "/ws",
@@ -135,20 +150,20 @@ pub async fn connect(addr: SocketAddr, protocol: Protocol, room: &str) -> anyhow
     )
     .await
     .context("websocket handshake")?;
-    let join = match room.strip_prefix("patient_") {
-        Some(id) => ("join-patient-room", serde_json::Value::from(id)),
-        None => ("join-patients-room", serde_json::Value::Null),
-    };
     match protocol {
         Protocol::Native => {
-            let frame = serde_json::json!({"event": join.0, "data": join.1});
+            let mut frame = serde_json::json!({"event": join.0, "data": join.1});
+            if let Some(id) = ack {
+                frame["id"] = id.into();
+            }
             socket.send(Message::Text(frame.to_string().into())).await?;
         }
         Protocol::Socketio => {
             expect_prefix(&mut socket, "0").await?;
             socket.send(Message::Text("40".into())).await?;
             expect_prefix(&mut socket, "40").await?;
-            let frame = format!("42{}", serde_json::json!([join.0, join.1]));
+            let id = ack.map(|id| id.to_string()).unwrap_or_default();
+            let frame = format!("42{id}{}", serde_json::json!([join.0, join.1]));
             socket.send(Message::Text(frame.into())).await?;
         }
     }
