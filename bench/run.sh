@@ -9,7 +9,8 @@
 #   bench/run.sh storm   only the reconnect storm: 10,000 clients back after a restart, plain and TLS
 #                        (ACCEPT_RATE=N sets limits.accept_rate for it, STORM_RATE=N the events/s
 #                        published meanwhile, 2 by default: 20,000 deliveries/s once all are back,
-#                        on one kept-alive connection; STORM_FRESH=1: a new connection per event)
+#                        on one kept-alive connection; STORM_FRESH=1: a new connection per event;
+#                        STORM_TRANSPORTS="wss" only TLS; GATEWAY=path another gateway binary)
 #   bench/run.sh soak    the one-hour soak (bench/soak.sh full)
 #   bench/run.sh fleet   5,000 simulated boxes against the fleet views (bench/fleet.sh full)
 # Results: one JSON line per run in bench/results/<mode>-<date>.jsonl.
@@ -141,7 +142,7 @@ storm_run() {  # $1: ws|wss, $2: clients
   storm_gateway() {
     env SMARTWAIT_SERVER_LISTEN="127.0.0.1:$port" SMARTWAIT_SERVER_STATE_DIR="$state" SMARTWAIT_AUTH_MODE=off \
       SMARTWAIT_LIMITS_MAX_CONNECTIONS=30000 SMARTWAIT_LIMITS_CONNECTIONS_PER_IP=30000 RUST_LOG=warn "${env[@]}" \
-      ${ACCEPT_RATE:+SMARTWAIT_LIMITS_ACCEPT_RATE=$ACCEPT_RATE} "${server_pin[@]}" $bin/smartwait-gateway &
+      ${ACCEPT_RATE:+SMARTWAIT_LIMITS_ACCEPT_RATE=$ACCEPT_RATE} "${server_pin[@]}" "${GATEWAY:-$bin/smartwait-gateway}" &
     gw_pid=$!; pids+=("$gw_pid"); wait_port "$port"
   }
   storm_gateway; old_pid=$gw_pid
@@ -174,7 +175,7 @@ PY
   stop "$new_pid"
 }
 case "$mode" in
-  storm) storm_run ws 10000; storm_run wss 10000; echo "results: $out"; exit 0 ;;
+  storm) for transport in ${STORM_TRANSPORTS:-ws wss}; do storm_run "$transport" 10000; done; echo "results: $out"; exit 0 ;;
   tiny) storm_run ws 200; storm_run wss 200 ;;
   full) storm_run ws 10000; storm_run wss 10000 ;;
 esac

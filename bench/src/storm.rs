@@ -45,6 +45,8 @@ struct Tally {
     recovered: AtomicU64,
     /// The `n` of the last event the publisher had accepted.
     last_published: AtomicU64,
+    /// How long each of the publisher's connections took to open, µs.
+    publisher_connects_us: Mutex<Vec<u64>>,
     /// Set at the first close seen: the storm's start.
     first_close: Mutex<Option<Instant>>,
     /// Microsecond delivery latencies of clients already back.
@@ -269,8 +271,11 @@ type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes
 /// Publishes `bench` events to `patients` at `rate` per second, as a queue
 /// system does: on one kept-alive connection, opened again when the
 /// gateway restarts under it (or, with `fresh`, a new connection per
-/// event, which waits behind the storm's handshakes); returns how many
-/// were accepted.
+/// event). Each event is stamped once its connection is open: the wait for
+/// a connection (behind the storm's own, in the listen queue and, over
+/// TLS, its handshakes) is the publisher's, reported apart
+/// (`publisher_connect_ms`), not the delivery's. Returns how many were
+/// accepted.
 async fn publisher(addr: SocketAddr, rate: u64, fresh: bool, tally: Arc<Tally>) -> u64 {
     let interval = Duration::from_micros(1_000_000 / rate.max(1));
     let mut accepted = 0;
@@ -278,11 +283,21 @@ async fn publisher(addr: SocketAddr, rate: u64, fresh: bool, tally: Arc<Tally>) 
     let mut kept: Option<Sender> = None;
     while !tally.storm_over.load(Ordering::Relaxed) {
         n += 1;
-        let body = json!({"room": "patients", "event": "bench", "data": {"n": n, "t": crate::unix_micros()}});
         let mut sender = match kept.take() {
             Some(sender) if !fresh && !sender.is_closed() => Some(sender),
-            _ => open(addr).await,
+            _ => {
+                let connecting = Instant::now();
+                let sender = open(addr).await;
+                if sender.is_some() {
+                    let waited = connecting.elapsed().as_micros() as u64;
+                    if let Ok(mut connects) = tally.publisher_connects_us.lock() {
+                        connects.push(waited);
+                    }
+                }
+                sender
+            }
         };
+        let body = json!({"room": "patients", "event": "bench", "data": {"n": n, "t": crate::unix_micros()}});
         let ok = match sender.as_mut() {
             Some(sender) => send(sender, addr, "/api/broadcast", &body).await,
             None => false,
@@ -334,6 +349,20 @@ pub async fn post(addr: SocketAddr, path: &str, body: &serde_json::Value) -> boo
         Some(mut sender) => send(&mut sender, addr, path, body).await,
         None => false,
     }
+}
+
+/// The publisher's connection times: the longest (its reconnect after the
+/// restart, in the storm) and how many it opened.
+fn publisher_connects(tally: &Tally) -> serde_json::Value {
+    let connects = tally
+        .publisher_connects_us
+        .lock()
+        .map(|connects| connects.clone())
+        .unwrap_or_default();
+    json!({
+        "max": connects.iter().max().map(|us| *us as f64 / 1000.0),
+        "connections": connects.len(),
+    })
 }
 
 pub async fn run(plan: StormPlan) -> anyhow::Result<serde_json::Value> {
@@ -409,5 +438,6 @@ pub async fn run(plan: StormPlan) -> anyhow::Result<serde_json::Value> {
         "published_during_storm": published,
         "deliveries_to_clients_back": histogram.len(),
         "latency_of_clients_back": crate::percentiles(&histogram),
+        "publisher_connect_ms": publisher_connects(&tally),
     }))
 }
