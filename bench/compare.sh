@@ -4,6 +4,7 @@
 # to 1,000 clients, burst with 8 publishers (native and Socket.IO over
 # WebSocket), and idle memory per connection (native and Socket.IO). Quote the medians (BENCHMARKS.md).
 #   bench/compare.sh BEFORE_BINARY AFTER_BINARY [runs per build, default 3]
+#   TLS=1 bench/compare.sh ...   the same over TLS (wss://, a certificate made here)
 # Build the "before" binary from another checkout, e.g.
 #   git worktree add /tmp/before <commit> && (cd /tmp/before && cargo build --release)
 # Results: one JSON line per run in bench/results/compare-<date>.jsonl, with
@@ -26,6 +27,19 @@ out="bench/results/compare-$(date -u +%Y%m%dT%H%M%SZ).jsonl"
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
+tls_env=(); tls_ca=()
+if [ -n "${TLS:-}" ]; then
+  command -v openssl >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl; }
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/ca-key.pem" \
+    -out "$work/ca.pem" -subj /CN=bench-ca -days 30 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/tls-key.pem" \
+    -out "$work/tls.csr" -subj /CN=localhost 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > "$work/tls.ext"
+  openssl x509 -req -in "$work/tls.csr" -CA "$work/ca.pem" -CAkey "$work/ca-key.pem" -CAcreateserial \
+    -out "$work/tls-cert.pem" -days 30 -extfile "$work/tls.ext" 2>/dev/null
+  tls_env=("SMARTWAIT_SERVER_TLS_CERT=$work/tls-cert.pem" "SMARTWAIT_SERVER_TLS_KEY=$work/tls-key.pem")
+  tls_ca=(--tls-ca "$work/ca.pem")
+fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
 
@@ -36,10 +50,10 @@ one() {  # $1 label, $2 binary, then the generator's arguments
   # From the work directory: neither build may read this checkout's config/gateway.toml.
   (cd "$work" && exec env SMARTWAIT_SERVER_LISTEN="127.0.0.1:$port" SMARTWAIT_SERVER_STATE_DIR="$work/$label-$port" \
       SMARTWAIT_AUTH_MODE=off SMARTWAIT_LIMITS_MAX_CONNECTIONS=30000 SMARTWAIT_LIMITS_ACCEPT_RATE=30000 SMARTWAIT_LIMITS_CONNECTIONS_PER_IP=30000 \
-      SMARTWAIT_LIMITS_CLIENT_MSGS_PER_SEC=1000 SMARTWAIT_LIMITS_CLIENT_MSGS_BURST=1000 RUST_LOG=warn \
+      SMARTWAIT_LIMITS_CLIENT_MSGS_PER_SEC=1000 SMARTWAIT_LIMITS_CLIENT_MSGS_BURST=1000 RUST_LOG=warn "${tls_env[@]}" \
       "${server_pin[@]}" "$binary") &
   local pid=$!; pids+=("$pid"); wait_port "$port"
-  "${client_pin[@]}" $generator "$@" --addr "127.0.0.1:$port" --pid "$pid" --label "$label" | tee -a "$out"
+  "${client_pin[@]}" $generator "$@" --addr "127.0.0.1:$port" --pid "$pid" --label "$label" "${tls_ca[@]}" | tee -a "$out"
   kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; sleep 0.5
 }
 
