@@ -810,6 +810,18 @@ async fn socket_io_over_wss_gets_its_handshake_replies_and_room_events() {
         Ok(Some(Ok(Message::Close(Some(frame))))) => assert_eq!(u16::from(frame.code), 1000),
         other => panic!("expected a Close frame 1000, got {other:?}"),
     }
+    // The Close frame answered, the TLS connection ends cleanly: a
+    // close_notify (read as the end of the stream), not a bare TCP close.
+    let _ = socket.flush().await;
+    let mut stream = socket.into_inner();
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(
+        common::PROMPTLY,
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest),
+    )
+    .await
+    .expect("the connection ends");
+    assert!(ended.is_ok(), "{ended:?} after {rest:?}");
 }
 
 async fn next_raw<S>(socket: &mut tokio_tungstenite::WebSocketStream<S>) -> String

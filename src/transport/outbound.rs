@@ -84,9 +84,13 @@ impl State {
             }
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
             let count = gather(self.pending.iter(), &mut slices);
-            // Takes none only while rustls' buffer is full, which the
-            // records' write above has just emptied.
             let taken = tls.writer().write_vectored(&slices[..count])?;
+            if taken == 0 && !tls.wants_write() {
+                // rustls takes none only while its buffer is full, which
+                // the records' write above has just emptied; anything else
+                // (its record limit reached) would loop here for ever.
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
             advance(&mut self.pending, taken);
         }
     }
@@ -368,9 +372,16 @@ impl Outbound {
     }
 
     /// The connection has ended: nothing more is accepted and the write
-    /// half is released.
+    /// half is released. Over TLS a close_notify goes first, if the socket
+    /// takes it at once, so that the client sees the end of the stream and
+    /// not a truncation (rustls clients report a bare TCP close as an error).
     pub fn close(&self) {
         let mut state = self.state();
+        let State { direct, tls, .. } = &mut *state;
+        if let (Some(direct), Some(tls)) = (direct.as_ref(), tls.as_deref_mut()) {
+            tls.send_close_notify();
+            let _ = write_records(tls, |slices| try_write(direct, slices));
+        }
         state.closed = true;
         state.direct = None;
         state.tls = None;
@@ -555,9 +566,11 @@ impl AsyncWrite for OutboundIo {
         self.get_mut().write_queued(cx)
     }
 
-    /// Over TLS, ends with a close_notify first (sent once).
+    /// Writes what waits, then over TLS a close_notify (sent once), then
+    /// shuts the socket's write side.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        ready!(this.write_queued(cx))?;
         if let Some(tls) = this.outbound.state().tls.as_deref_mut() {
             tls.send_close_notify();
         }
