@@ -6,6 +6,7 @@
 #   bench/run.sh full    the sizes quoted in BENCHMARKS.md (long; not for CI)
 #   bench/run.sh drain   only the backlog drain, at several redis.batch_events
 #   bench/run.sh tls     only plain against TLS (ws/wss, native and Socket.IO), alternated three times
+#                        (TLS_RUNS=N: N times)
 #   bench/run.sh storm   only the reconnect storm: 10,000 clients back after a restart, plain and TLS
 #                        (ACCEPT_RATE=N sets limits.accept_rate for it, STORM_RATE=N the events/s
 #                        published meanwhile, 2 by default: 20,000 deliveries/s once all are back,
@@ -119,7 +120,7 @@ tls_compare() {  # $1: runs of each transport, alternated
   done
 }
 case "$mode" in
-  tls) tls_compare 3; echo "results: $out"; exit 0 ;;
+  tls) tls_compare "${TLS_RUNS:-3}"; echo "results: $out"; exit 0 ;;
   tiny) tls_compare 1 ;;
   full) tls_compare 3 ;;
 esac
