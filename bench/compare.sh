@@ -29,14 +29,7 @@ cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; w
 trap cleanup EXIT
 tls_env=(); tls_ca=()
 if [ -n "${TLS:-}" ]; then
-  command -v openssl >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl; }
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/ca-key.pem" \
-    -out "$work/ca.pem" -subj /CN=bench-ca -days 30 2>/dev/null
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/tls-key.pem" \
-    -out "$work/tls.csr" -subj /CN=localhost 2>/dev/null
-  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > "$work/tls.ext"
-  openssl x509 -req -in "$work/tls.csr" -CA "$work/ca.pem" -CAkey "$work/ca-key.pem" -CAcreateserial \
-    -out "$work/tls-cert.pem" -days 30 -extfile "$work/tls.ext" 2>/dev/null
+  bench/make-cert.sh "$work"
   tls_env=("SMARTWAIT_SERVER_TLS_CERT=$work/tls-cert.pem" "SMARTWAIT_SERVER_TLS_KEY=$work/tls-key.pem")
   tls_ca=(--tls-ca "$work/ca.pem")
 fi

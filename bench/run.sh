@@ -34,7 +34,6 @@ esac
 command -v python3 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3; }
 command -v taskset >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq util-linux; }
 command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
-command -v openssl >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl; }
 command -v node >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
 [ -d bench/peer/node_modules/socket.io ] || (cd bench/peer && npm ci --no-audit --no-fund)
 cargo build --profile "$profile" -q -p smartwait-gateway -p smartwait-bench
@@ -88,15 +87,8 @@ for batch in $drain_batches; do drain_run "$batch"; done
 [ "$mode" = drain ] && exit 0
 
 # --- plain against TLS: ws/wss, native and Socket.IO, alternated (issue 17) -------------
-# An ECDSA certificate for localhost signed by a CA made here; the generator
-# trusts the CA (--tls-ca; webpki refuses a CA certificate as the server's own).
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/ca-key.pem" \
-  -out "$work/ca.pem" -subj /CN=bench-ca -days 30 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/tls-key.pem" \
-  -out "$work/tls.csr" -subj /CN=localhost 2>/dev/null
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > "$work/tls.ext"
-openssl x509 -req -in "$work/tls.csr" -CA "$work/ca.pem" -CAkey "$work/ca-key.pem" -CAcreateserial \
-  -out "$work/tls-cert.pem" -days 30 -extfile "$work/tls.ext" 2>/dev/null
+# An ECDSA certificate for localhost signed by a CA made here (bench/make-cert.sh).
+bench/make-cert.sh "$work"
 tls_compare() {  # $1: runs of each transport, alternated
   local run transport env ca protocol n
   for run in $(seq 1 "$1"); do

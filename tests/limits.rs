@@ -98,14 +98,7 @@ async fn a_client_that_pauses_reading_gets_every_frame_whole_and_in_order() {
             .await;
         assert_eq!(status, 202);
     }
-    for n in 0..EVENTS {
-        let frame = paused.expect_event("bulk").await;
-        assert_eq!(frame["data"]["n"], n);
-        assert_eq!(
-            frame["data"]["padding"].as_str().map(str::len),
-            Some(padding.len())
-        );
-    }
+    paused.expect_bulk_in_order(EVENTS, padding.len()).await;
     paused.expect_silence().await;
     assert_eq!(gateway.health().await["slowConsumerDisconnects"], 0);
 }

@@ -95,6 +95,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TestWsClient<S> {
         frame
     }
 
+    /// The next `events` frames are `bulk` events numbered 0.. in order,
+    /// each with its `padding` whole.
+    pub async fn expect_bulk_in_order(&mut self, events: u64, padding: usize) {
+        for n in 0..events {
+            let frame = self.expect_event("bulk").await;
+            assert_eq!(frame["data"]["n"], n);
+            assert_eq!(
+                frame["data"]["padding"].as_str().map(str::len),
+                Some(padding)
+            );
+        }
+    }
+
     /// Asserts nothing but pings arrives for [`QUIET_PERIOD`].
     pub async fn expect_silence(&mut self) {
         let deadline = tokio::time::Instant::now() + QUIET_PERIOD;
