@@ -835,3 +835,64 @@ where
         }
     }
 }
+
+/// A Socket.IO session that starts on polling and upgrades (socket.io-client's
+/// default) is served from its queue through tokio-rustls, not the direct
+/// path: it too ends with a close_notify after its Close frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_io_session_upgraded_from_polling_over_tls_ends_with_a_close_notify() {
+    use futures_util::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, trusted) = tls_gateway(dir.path(), |_| {}).await;
+    let request = hyper::Request::get("/socket.io/?EIO=4&transport=polling")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let stream = tls_stream(gateway.addr, &trusted)
+        .await
+        .expect("tls handshake");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let open: Value = serde_json::from_slice(&body[1..]).expect("an open packet");
+    let sid = open["sid"].as_str().expect("sid").to_owned();
+
+    let stream = tls_stream(gateway.addr, &trusted)
+        .await
+        .expect("tls handshake");
+    let url = format!("wss://localhost/socket.io/?EIO=4&transport=websocket&sid={sid}");
+    let (mut socket, _) = tokio_tungstenite::client_async(url, stream)
+        .await
+        .expect("upgrade");
+    socket.send(Message::Text("2probe".into())).await.unwrap();
+    assert_eq!(next_raw(&mut socket).await, "3probe");
+    socket.send(Message::Text("5".into())).await.unwrap();
+    socket.send(Message::Text("40".into())).await.unwrap();
+    let connected = loop {
+        // A noop ends a poll that could be pending; none was.
+        match next_raw(&mut socket).await {
+            noop if noop == "6" => continue,
+            packet => break packet,
+        }
+    };
+    assert!(connected.starts_with("40{\"sid\":"), "{connected}");
+    socket.send(Message::Text("41".into())).await.unwrap();
+    match tokio::time::timeout(common::PROMPTLY, socket.next()).await {
+        Ok(Some(Ok(Message::Close(Some(frame))))) => assert_eq!(u16::from(frame.code), 1000),
+        other => panic!("expected a Close frame 1000, got {other:?}"),
+    }
+    let _ = socket.flush().await;
+    let mut stream = socket.into_inner();
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(
+        common::PROMPTLY,
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest),
+    )
+    .await
+    .expect("the connection ends");
+    assert!(ended.is_ok(), "{ended:?} after {rest:?}");
+}

@@ -20,7 +20,7 @@ use hyper::header::{
 use hyper::upgrade::Upgraded;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -156,7 +156,11 @@ pub async fn close<S: AsyncRead + AsyncWrite + Unpin>(
         Ok::<(), tokio_tungstenite::tungstenite::Error>(())
     };
     match tokio::time::timeout(CLOSE_GRACE, handshake).await {
-        Ok(Ok(())) | Ok(Err(WsError::ConnectionClosed)) => {}
+        Ok(Ok(())) | Ok(Err(WsError::ConnectionClosed)) => {
+            // The stream ends with a FIN, and over TLS a close_notify first:
+            // rustls clients read a bare TCP close as a truncation.
+            let _ = tokio::time::timeout(CLOSE_GRACE, socket.get_mut().shutdown()).await;
+        }
         Ok(Err(err)) => tracing::debug!(?reason, error = %err, "close handshake failed"),
         Err(_) => tracing::debug!(?reason, "peer did not complete the close handshake in time"),
     }
