@@ -754,7 +754,6 @@ async fn a_clients_tls_key_update_is_answered_and_broadcasts_keep_decrypting() {
 /// its handshake, its join's reply and the room's events, raw on the wire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_io_over_wss_gets_its_handshake_replies_and_room_events() {
-    use futures_util::StreamExt;
     let dir = tempfile::tempdir().unwrap();
     let (gateway, trusted) = tls_gateway(dir.path(), |_| {}).await;
     let stream = tls_stream(gateway.addr, &trusted)
@@ -798,23 +797,7 @@ async fn socket_io_over_wss_gets_its_handshake_replies_and_room_events() {
             "{frame}"
         );
     }
-    socket.send(Message::Text("41".into())).await.unwrap();
-    match tokio::time::timeout(common::PROMPTLY, socket.next()).await {
-        Ok(Some(Ok(Message::Close(Some(frame))))) => assert_eq!(u16::from(frame.code), 1000),
-        other => panic!("expected a Close frame 1000, got {other:?}"),
-    }
-    // The Close frame answered, the TLS connection ends cleanly: a
-    // close_notify (read as the end of the stream), not a bare TCP close.
-    let _ = socket.flush().await;
-    let mut stream = socket.into_inner();
-    let mut rest = Vec::new();
-    let ended = tokio::time::timeout(
-        common::PROMPTLY,
-        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest),
-    )
-    .await
-    .expect("the connection ends");
-    assert!(ended.is_ok(), "{ended:?} after {rest:?}");
+    disconnect_and_expect_a_clean_end(socket).await;
 }
 
 async fn next_raw<S>(socket: &mut tokio_tungstenite::WebSocketStream<S>) -> String
@@ -841,7 +824,6 @@ where
 /// path: it too ends with a close_notify after its Close frame.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_io_session_upgraded_from_polling_over_tls_ends_with_a_close_notify() {
-    use futures_util::StreamExt;
     let dir = tempfile::tempdir().unwrap();
     let (gateway, trusted) = tls_gateway(dir.path(), |_| {}).await;
     let request = hyper::Request::get("/socket.io/?EIO=4&transport=polling")
@@ -880,6 +862,16 @@ async fn a_socket_io_session_upgraded_from_polling_over_tls_ends_with_a_close_no
         }
     };
     assert!(connected.starts_with("40{\"sid\":"), "{connected}");
+    disconnect_and_expect_a_clean_end(socket).await;
+}
+
+/// Sends a Socket.IO DISCONNECT (`41`) and expects the Close frame (1000)
+/// and then, the Close answered, a clean end of the TLS connection: a
+/// close_notify (read as the end of the stream), not a bare TCP close.
+async fn disconnect_and_expect_a_clean_end(
+    mut socket: tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>,
+) {
+    use futures_util::StreamExt;
     socket.send(Message::Text("41".into())).await.unwrap();
     match tokio::time::timeout(common::PROMPTLY, socket.next()).await {
         Ok(Some(Ok(Message::Close(Some(frame))))) => assert_eq!(u16::from(frame.code), 1000),
