@@ -8,8 +8,10 @@
 //! the room's retained `queue_update`. Meanwhile a publisher
 //! sends `bench` events at `--rate` per second; clients already back measure their
 //! delivery latency. Reports the time from the first close until every
-//! client is back with its retained state, the 503s, failed attempts, and
-//! the latency of the events published during the storm.
+//! client is back and current (`all_back_with_retained_state_s`, named as
+//! in the earlier result files), how many recovered with `since`, the
+//! 503s, failed attempts, and the latency of the events published during
+//! the storm.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

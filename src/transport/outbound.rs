@@ -375,6 +375,9 @@ impl Outbound {
     /// half is released. Over TLS a close_notify goes first, if the socket
     /// takes it at once, so that the client sees the end of the stream and
     /// not a truncation (rustls clients report a bare TCP close as an error).
+    /// A session whose close handshake completed has sent it already, with
+    /// its shutdown (rustls sends it once); this covers the other endings:
+    /// the client closed first, or never answered the Close.
     pub fn close(&self) {
         let mut state = self.state();
         let State { direct, tls, .. } = &mut *state;
